@@ -1,0 +1,20 @@
+"""``python -m bench +editor=<name> +model=<name> [data=...] [edits=N] [seed=S]``."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from .run import run
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("bench").setLevel(logging.INFO)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

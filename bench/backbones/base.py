@@ -1,0 +1,338 @@
+"""The backbone interface every VLLM adapter implements.
+
+Editors act on the *language model* inside a VLLM. A backbone hides how an
+image becomes prefix embeddings and gives editors:
+
+* ``tokenizer``, ``hidden_size``, ``num_layers``;
+* ``layer(i)`` (decoder layer by index, negative indices allowed) and
+  ``ffn(i, role)`` (an FFN matrix of layer ``i`` by role: ``in``/``gate``/``out``);
+  the module paths come from the model's YAML, never from code branches;
+* ``prepare(probes)`` -> :class:`Batch` and ``forward(batch)`` -> logits, the one
+  teacher-forced path used for scoring and for editors' losses;
+* ``score(probes)``: batched, padding-correct scoring of probes.
+
+Sequences are laid out ``[template prefix][image tokens][prompt][target]`` and
+right-padded, so a real token never attends to padding and its position id does
+not depend on the other members of the batch: a probe's score is the same alone
+and inside any batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGE_MARK = "<image>"
+PROMPT_MARK = "{prompt}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One teacher-forced query: optional image, prompt (already worded), target."""
+
+    prompt: str
+    target: str
+    image: str | None = None
+    kind: str = "rel"
+    record: int = -1
+
+
+@dataclass
+class Batch:
+    """Token-level view of a list of probes, ready for the language model.
+
+    ``prompt_last[b]`` is the position of the last prompt token of sample ``b``
+    (the position whose logits predict the first target token); target token ``i``
+    of sample ``b`` sits at ``prompt_last[b] + 1 + i`` and is predicted by the
+    logits at ``prompt_last[b] + i``.
+    """
+
+    inputs_embeds: torch.Tensor  # [B, L, d]
+    attention_mask: torch.Tensor  # [B, L]
+    input_ids: torch.Tensor  # [B, L]; image positions hold pad id
+    target_ids: list[list[int]]
+    prompt_last: torch.Tensor  # [B]
+    lengths: torch.Tensor  # [B] real length
+    image_mask: torch.Tensor  # [B, L] bool, True on image tokens
+    probes: list[Probe] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.inputs_embeds.shape[0]
+
+    def label_positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch index, logit position, target id) for every target token."""
+        rows, pos, ids = [], [], []
+        for b, tgt in enumerate(self.target_ids):
+            start = int(self.prompt_last[b])
+            for i, t in enumerate(tgt):
+                rows.append(b)
+                pos.append(start + i)
+                ids.append(t)
+        dev = self.inputs_embeds.device
+        return (
+            torch.tensor(rows, device=dev, dtype=torch.long),
+            torch.tensor(pos, device=dev, dtype=torch.long),
+            torch.tensor(ids, device=dev, dtype=torch.long),
+        )
+
+    def target_mask(self) -> torch.Tensor:
+        """[B, L] bool, True on positions holding target tokens (not their logits)."""
+        mask = torch.zeros(self.attention_mask.shape, dtype=torch.bool, device=self.attention_mask.device)
+        for b, tgt in enumerate(self.target_ids):
+            s = int(self.prompt_last[b]) + 1
+            mask[b, s : s + len(tgt)] = True
+        return mask
+
+
+@dataclass
+class ProbeScore:
+    target_ids: list[int]
+    pred_ids: list[int]
+    logprob: float
+
+    @property
+    def token_acc(self) -> float:
+        if not self.target_ids:
+            return 0.0
+        hits = sum(int(p == t) for p, t in zip(self.pred_ids, self.target_ids, strict=True))
+        return hits / len(self.target_ids)
+
+
+def _get_path(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        if not part:
+            continue
+        if not hasattr(mod, part):
+            raise AttributeError(
+                f"module path '{path}' not found: {type(mod).__name__} has no attribute '{part}'"
+            )
+        mod = getattr(mod, part)
+    return mod
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses build ``self.lm`` and implement ``image_embeds``."""
+
+    #: filled by subclasses from config
+    layers_path: str = "model.layers"
+    ffn_paths: dict[str, str]
+    image_template: str = IMAGE_MARK + PROMPT_MARK
+    text_template: str = PROMPT_MARK
+    add_bos: bool = False
+    batch_size: int = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ffn_paths = {}
+        self._ctx: Batch | None = None
+
+    # ----- things subclasses provide -------------------------------------------------
+    lm: nn.Module
+    tokenizer: object
+    name: str = "backbone"
+
+    def image_embeds(self, images: Sequence[str]) -> torch.Tensor:  # pragma: no cover
+        """[N, T_img, hidden] prefix embeddings for the given image paths."""
+        raise NotImplementedError
+
+    # ----- language model access ------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.lm.parameters()).dtype
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _get_path(self.lm, self.layers_path)  # type: ignore[return-value]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm.config.hidden_size)
+
+    def layer_index(self, i: int) -> int:
+        n = self.num_layers
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"layer {i} out of range for {self.name} with {n} decoder layers")
+        return j
+
+    def layer(self, i: int) -> nn.Module:
+        return self.layers[self.layer_index(i)]
+
+    def ffn(self, i: int, role: str = "out") -> nn.Linear:
+        if role not in self.ffn_paths:
+            raise KeyError(f"{self.name} has no FFN role '{role}'; roles: {sorted(self.ffn_paths)}")
+        return _get_path(self.layer(i), self.ffn_paths[role])  # type: ignore[return-value]
+
+    def ffn_name(self, i: int, role: str = "out") -> str:
+        """Fully qualified parameter-module name of ``ffn(i, role)`` inside ``self.lm``."""
+        return f"{self.layers_path}.{self.layer_index(i)}.{self.ffn_paths[role]}"
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # ----- batching -----------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_target(self, target: str) -> list[int]:
+        """Target tokens: leading space, no special tokens (protocol.md)."""
+        text = target if target.startswith(" ") else " " + target
+        ids = self._encode(text)
+        if not ids:
+            raise ValueError(f"target {target!r} tokenises to nothing")
+        return ids
+
+    def _split_template(self, has_image: bool) -> tuple[str, str, str]:
+        tpl = self.image_template if has_image else self.text_template
+        if PROMPT_MARK not in tpl:
+            raise ValueError(f"{self.name}: prompt template {tpl!r} lacks {PROMPT_MARK}")
+        before, after = tpl.split(PROMPT_MARK, 1)
+        if has_image:
+            if IMAGE_MARK not in before:
+                raise ValueError(f"{self.name}: image template {tpl!r} needs {IMAGE_MARK} before {PROMPT_MARK}")
+            head, mid = before.split(IMAGE_MARK, 1)
+        else:
+            head, mid = "", before
+        return head, mid, after
+
+    def prepare(self, probes: Sequence[Probe]) -> Batch:
+        """Tokenise and embed probes into one right-padded batch."""
+        probes = list(probes)
+        bos = getattr(self.tokenizer, "bos_token_id", None) if self.add_bos else None
+        img_paths = [p.image for p in probes if p.image is not None]
+        img_emb = self.image_embeds(img_paths) if img_paths else None
+        pieces: list[list[tuple[str, object]]] = []
+        targets: list[list[int]] = []
+        for p in probes:
+            head, mid, tail = self._split_template(p.image is not None)
+            seq: list[tuple[str, object]] = []
+            ids = ([bos] if bos is not None else []) + (self._encode(head) if head else [])
+            if ids:
+                seq.append(("ids", ids))
+            if p.image is not None:
+                seq.append(("img", None))
+            seq.append(("ids", self._encode(mid + p.prompt + tail)))
+            pieces.append(seq)
+            targets.append(self.encode_target(p.target))
+        n_img = img_emb.shape[1] if img_emb is not None else 0
+        lengths, prompt_last = [], []
+        for seq, tgt in zip(pieces, targets, strict=True):
+            n = sum(len(x) if kind == "ids" else n_img for kind, x in seq)
+            prompt_last.append(n - 1)
+            lengths.append(n + len(tgt))
+        B, L = len(probes), max(lengths)
+        d = self.hidden_size
+        dev = self.device
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(self.tokenizer, "eos_token_id", 0) or 0
+        input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+        image_mask = torch.zeros((B, L), dtype=torch.bool)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        for b, (seq, tgt) in enumerate(zip(pieces, targets, strict=True)):
+            pos = 0
+            for kind, x in seq:
+                if kind == "ids":
+                    input_ids[b, pos : pos + len(x)] = torch.tensor(x)
+                    pos += len(x)
+                else:
+                    image_mask[b, pos : pos + n_img] = True
+                    pos += n_img
+            input_ids[b, pos : pos + len(tgt)] = torch.tensor(tgt)
+            attn[b, : lengths[b]] = 1
+        input_ids = input_ids.to(dev)
+        image_mask = image_mask.to(dev)
+        embeds = self.embed_tokens(input_ids).clone()
+        if img_emb is not None:
+            rows = [b for b, p in enumerate(probes) if p.image is not None]
+            embeds[image_mask] = img_emb.to(embeds.dtype).reshape(len(rows) * n_img, d)
+        return Batch(
+            inputs_embeds=embeds,
+            attention_mask=attn.to(dev),
+            input_ids=input_ids,
+            target_ids=targets,
+            prompt_last=torch.tensor(prompt_last, device=dev),
+            lengths=torch.tensor(lengths, device=dev),
+            image_mask=image_mask,
+            probes=probes,
+        )
+
+    # ----- forward ------------------------------------------------------------------------
+    @property
+    def context(self) -> Batch | None:
+        """The batch currently going through ``forward`` (for editors' hooks)."""
+        return self._ctx
+
+    @contextlib.contextmanager
+    def _in_context(self, batch: Batch) -> Iterator[None]:
+        prev, self._ctx = self._ctx, batch
+        try:
+            yield
+        finally:
+            self._ctx = prev
+
+    def forward(self, batch: Batch, output_hidden_states: bool = False):  # type: ignore[override]
+        """Run the language model on a prepared batch; returns the HF output."""
+        n = batch.inputs_embeds.shape[1]
+        position_ids = torch.arange(n, device=batch.inputs_embeds.device).unsqueeze(0).expand(batch.size, n)
+        with self._in_context(batch):
+            return self.lm(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=output_hidden_states,
+                use_cache=False,
+            )
+
+    def target_loss(self, batch: Batch, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over all target tokens of the batch."""
+        if logits is None:
+            logits = self.forward(batch).logits
+        rows, pos, ids = batch.label_positions()
+        return nn.functional.cross_entropy(logits[rows, pos].float(), ids)
+
+    @torch.no_grad()
+    def score(self, probes: Sequence[Probe], batch_size: int | None = None, progress: bool = False) -> list[ProbeScore]:
+        """Teacher-forced argmax predictions on every probe's target span."""
+        from tqdm.auto import tqdm
+
+        probes = list(probes)
+        bs = batch_size or self.batch_size
+        # sort by rough length so batches pad little; results go back in input order
+        order = sorted(range(len(probes)), key=lambda i: (probes[i].image is None, len(probes[i].prompt) + len(probes[i].target)))
+        out: list[ProbeScore | None] = [None] * len(probes)
+        chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+        for chunk in tqdm(chunks, desc="scoring", disable=not progress, leave=False):
+            batch = self.prepare([probes[i] for i in chunk])
+            logits = self.forward(batch).logits
+            rows, pos, ids = batch.label_positions()
+            sel = logits[rows, pos].float()
+            preds = sel.argmax(-1).tolist()
+            lps = torch.log_softmax(sel, -1).gather(-1, ids[:, None])[:, 0].tolist()
+            k = 0
+            for b, i in enumerate(chunk):
+                n = len(batch.target_ids[b])
+                out[i] = ProbeScore(batch.target_ids[b], preds[k : k + n], float(sum(lps[k : k + n])))
+                k += n
+        return out  # type: ignore[return-value]

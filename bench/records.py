@@ -1,0 +1,167 @@
+"""One loader for the benchmark record schema (real and toy files alike).
+
+Records are validated when loaded; a bad one raises :class:`RecordError` naming
+the file, record index and field. Records live in a Hugging Face
+``datasets.Dataset``; images stay paths until a probe is scored (lazy decoding).
+See ``protocol.md`` for the schema and the probes built from a record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from .backbones.base import Probe
+
+REQUIRED = ("src", "alt", "rephrase", "image", "image_rephrase", "loc", "loc_ans", "m_loc", "m_loc_q", "m_loc_a")
+OPTIONAL_STR = ("pred",)
+PORT_FIELDS = ("port_edit_q", "port_edit_a", "port_q", "port_a")
+IMAGE_FIELDS = ("image", "image_rephrase", "m_loc")
+PROBE_KINDS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc", "port")
+
+
+class RecordError(ValueError):
+    """A malformed record: the message names file, record index and field."""
+
+    def __init__(self, file: str | Path, index: int | None, field: str | None, problem: str) -> None:
+        where = f"{file}"
+        if index is not None:
+            where += f": record {index}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {problem}")
+        self.file, self.index, self.field = str(file), index, field
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Prompt wording (protocol.md): suffixes added to each probe's prompt."""
+
+    edit_suffix: str = ""  # rel, t_gen, m_gen
+    m_loc_suffix: str = " The answer is:"
+    t_loc_suffix: str = "?"
+    port_suffix: str = ""
+
+    @classmethod
+    def from_cfg(cls, cfg) -> Prompts:
+        return cls(**{k: str(v) for k, v in dict(cfg or {}).items()})
+
+
+def _answer(value):
+    """Answers are strings; a list (several reference answers) uses its first."""
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value[0]
+    return value
+
+
+def validate(rec: object, file: str | Path, index: int) -> dict:
+    if not isinstance(rec, dict):
+        raise RecordError(file, index, None, f"expected an object, got {type(rec).__name__}")
+    out = {}
+    for f in REQUIRED:
+        if f not in rec:
+            raise RecordError(file, index, f, "missing")
+        v = _answer(rec[f]) if f in ("alt", "loc_ans", "m_loc_a") else rec[f]
+        if not isinstance(v, str):
+            raise RecordError(file, index, f, f"expected a string, got {type(v).__name__}")
+        if not v.strip():
+            raise RecordError(file, index, f, "empty")
+        out[f] = v
+    for f in OPTIONAL_STR:
+        v = rec.get(f, "")
+        out[f] = v if isinstance(v, str) else json.dumps(v)
+    port = rec.get("port_new")
+    ports = []
+    if port is not None:
+        if not isinstance(port, list):
+            raise RecordError(file, index, "port_new", f"expected a list, got {type(port).__name__}")
+        for j, p in enumerate(port):
+            if not isinstance(p, dict):
+                raise RecordError(file, index, f"port_new[{j}]", "expected an object")
+            for f in PORT_FIELDS:
+                v = _answer(p.get(f)) if f.endswith("_a") else p.get(f)
+                if not isinstance(v, str) or not v.strip():
+                    raise RecordError(file, index, f"port_new[{j}].{f}", "missing or not a non-empty string")
+            ports.append({f: _answer(p[f]) for f in PORT_FIELDS})
+    out["port_new"] = ports
+    return out
+
+
+class RecordSet:
+    """Validated records of one annotation file plus the image root they refer to."""
+
+    def __init__(self, file: str | Path, image_root: str | Path, prompts: Prompts, limit: int | None = None) -> None:
+        self.file = Path(file)
+        self.image_root = Path(image_root)
+        self.prompts = prompts
+        if not self.file.is_file():
+            raise RecordError(self.file, None, None, "annotation file not found")
+        try:
+            raw = json.loads(self.file.read_text())
+        except json.JSONDecodeError as e:
+            raise RecordError(self.file, None, None, f"not valid JSON ({e})") from e
+        if not isinstance(raw, list):
+            raise RecordError(self.file, None, None, f"expected a JSON list of records, got {type(raw).__name__}")
+        if limit is not None:
+            raw = raw[:limit]
+        recs = [validate(r, self.file, i) for i, r in enumerate(raw)]
+        self.ds = datasets.Dataset.from_list(recs) if recs else datasets.Dataset.from_dict({f: [] for f in REQUIRED})
+        self.indices = list(range(len(recs)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def record(self, i: int) -> dict:
+        return self.ds[self.indices[i]]
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(len(self)):
+            yield self.record(i)
+
+    def select(self, idx: list[int]) -> RecordSet:
+        """A view on some records (indices into this set); original indices are kept."""
+        new = object.__new__(RecordSet)
+        new.__dict__.update(self.__dict__)
+        new.indices = [self.indices[i] for i in idx]
+        return new
+
+    def source_index(self, i: int) -> int:
+        """Index of record ``i`` in the annotation file (for error messages and cases)."""
+        return self.indices[i]
+
+    def image_path(self, rel: str) -> str:
+        return str(self.image_root / rel)
+
+    def missing_images(self) -> list[tuple[int, str, str]]:
+        """(file record index, field, path) of every image that does not exist."""
+        out = []
+        for i in range(len(self)):
+            r = self.record(i)
+            for f in IMAGE_FIELDS:
+                p = self.image_root / r[f]
+                if not p.is_file():
+                    out.append((self.source_index(i), f, str(p)))
+        return out
+
+    def probes(self, i: int) -> list[Probe]:
+        """Probes of record ``i``, per protocol.md (rel, t_gen, m_gen, t_loc, m_loc, port...)."""
+        r, pr, k = self.record(i), self.prompts, self.source_index(i)
+        img, img2 = self.image_path(r["image"]), self.image_path(r["image_rephrase"])
+        out = [
+            Probe(r["src"] + pr.edit_suffix, r["alt"], img, "rel", k),
+            Probe(r["rephrase"] + pr.edit_suffix, r["alt"], img, "t_gen", k),
+            Probe(r["src"] + pr.edit_suffix, r["alt"], img2, "m_gen", k),
+            Probe(r["loc"] + pr.t_loc_suffix, r["loc_ans"], None, "t_loc", k),
+            Probe(r["m_loc_q"] + pr.m_loc_suffix, r["m_loc_a"], self.image_path(r["m_loc"]), "m_loc", k),
+        ]
+        for p in r["port_new"] or []:
+            out.append(Probe(p["port_q"] + pr.port_suffix, p["port_a"], img, "port", k))
+        return out
+
+    def request(self, i: int) -> Probe:
+        """The edit request of record ``i`` (the rel probe)."""
+        return self.probes(i)[0]

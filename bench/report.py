@@ -1,0 +1,82 @@
+"""Turn any set of runs into one table.
+
+    python -m bench.report results/sweeps/2026-11-21_10-00-00 [more dirs or summary.json files]
+        [--out DIR] [--format markdown|csv|latex]
+
+Reads only ``summary.json`` files (found recursively); rows are editors (with
+model and dataset when several are present), columns Rel, T-Gen, M-Gen, T-Loc,
+M-Loc (and Port where present) in percent, plus s/edit. Writes ``table.md``,
+``table.csv`` and ``table.tex`` to ``--out`` (default: the first directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port"}
+log = logging.getLogger(__name__)
+
+
+def find_summaries(paths: list[str | Path]) -> list[dict]:
+    out = []
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else sorted(p.rglob("summary.json"))
+        if not files:
+            raise FileNotFoundError(f"no summary.json under {p}")
+        for f in files:
+            s = json.loads(f.read_text())
+            if s.get("status") != "ok":
+                log.warning("skipping %s: run status %s", f, s.get("status"))
+                continue
+            s["_path"] = str(f.parent)
+            out.append(s)
+    return out
+
+
+def table(summaries: list[dict]) -> pd.DataFrame:
+    rows = []
+    for s in summaries:
+        row = {"editor": s["editor"], "model": s["model"], "data": s["data"], "edits": s["n_edits"]}
+        for k, name in COLUMNS.items():
+            if k in s["metrics"]:
+                row[name] = 100.0 * s["metrics"][k]
+        row["s/edit"] = s["timing"]["s_per_edit"]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1]
+    df = df.drop(columns=[k for k in ("model", "data", "edits") if k not in keys])
+    return df.groupby(keys, sort=False).mean(numeric_only=True)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    if fmt == "markdown":
+        return df.to_markdown(floatfmt=".2f")
+    if fmt == "csv":
+        return df.to_csv(float_format="%.4f")
+    if fmt == "latex":
+        return df.to_latex(float_format="%.2f")
+    raise ValueError(f"unknown format {fmt!r}; valid: markdown, csv, latex")
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    args = ap.parse_args(argv)
+    df = table(find_summaries(args.paths))
+    out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
+        (out / f"table.{ext}").write_text(render(df, fmt) + "\n")
+    print(render(df, args.format))
+    return df
+
+
+if __name__ == "__main__":
+    main()

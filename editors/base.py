@@ -1,0 +1,90 @@
+"""The editor interface shared by all seven editors.
+
+An editor receives the backbone (never a model name) and its YAML config. It
+may learn before editing (``fit``), then takes edit requests one at a time
+(``edit``) or in batches (``edit_batch``, when ``can_batch_edit``). ``reset``
+returns the backbone to the exact original model (bit-identical outputs) and
+empties the editor's memory. ``state_dict``/``load_state_dict`` save and restore
+everything an edit stream produced, so post-edit outputs can be reproduced.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from bench.backbones.base import Backbone, Probe
+
+if TYPE_CHECKING:
+    from bench.records import RecordSet
+
+
+class Editor(abc.ABC):
+    name: ClassVar[str] = "editor"
+    #: True when ``edit_batch`` applies several requests in one update
+    can_batch_edit: ClassVar[bool] = False
+    #: True when ``fit`` must run on the train split before the first edit
+    needs_training: ClassVar[bool] = False
+
+    def __init__(self, backbone: Backbone, cfg) -> None:
+        self.backbone = backbone
+        self.cfg = cfg
+        self.n_edits = 0
+
+    # ----- optional training stage --------------------------------------------------------
+    def fit(self, train: RecordSet) -> None:  # noqa: B027 - optional hook
+        """Learn from the train split before editing (LiveEdit); default: nothing."""
+
+    # ----- editing -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def edit(self, request: Probe) -> dict:
+        """Apply one edit (image, prompt -> target). Returns stats (e.g. final loss)."""
+
+    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+        """Apply several edits; editors that cannot batch apply them one by one."""
+        stats: dict = {}
+        for r in requests:
+            stats = self.edit(r)
+        return stats
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Restore the exact original model and forget all edits."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that reproduce the post-edit model (with ``load_state_dict``)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def memory_bytes(self) -> int:
+        """Bytes the editor's stored state occupies (for memory-per-edit reports)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+class WeightSnapshot:
+    """Clones of some parameters, restorable bit for bit (used by weight editors)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        self.params = params
+        self.original = {k: p.detach().clone() for k, p in params.items()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for k, p in self.params.items():
+            p.copy_(self.original[k])
+
+    def current(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone() for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.params) - set(state)
+        if missing:
+            raise KeyError(f"state_dict lacks {sorted(missing)}")
+        for k, p in self.params.items():
+            p.copy_(state[k])

@@ -1,0 +1,88 @@
+"""FT-L: fine-tune one FFN output matrix of the language model.
+
+Default (LiveEdit's multimodal ``ft_vl``, qizhou000/LiveEdit
+``editor/vllm_editors/ft_vl/ft_vl.py``): last LM layer, AdamW, lr 1e-3, at most
+25 steps, stop once the loss < 1e-2, loss = teacher-forced cross-entropy on the
+target tokens given [image; prompt].
+
+EasyEdit's FT-L (``conf/editor/ft_l_easyedit.yaml``): layer 21, lr 5e-4,
+25 steps, ``prompt_last`` objective: all target tokens' log-likelihood read at
+the last prompt position (EasyEdit ``ft_main.py``, objective_optimization).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbones.base import Probe
+
+from .base import Editor, WeightSnapshot
+from .registry import register
+
+OBJECTIVES = ("target", "prompt_last")
+
+
+@register("ft_l")
+class FTL(Editor):
+    can_batch_edit = True  # one joint fine-tuning run over the batch
+
+    def __init__(self, backbone, cfg) -> None:
+        super().__init__(backbone, cfg)
+        if cfg.objective not in OBJECTIVES:
+            raise ValueError(f"editor.objective: {cfg.objective!r} is not one of {OBJECTIVES}")
+        if cfg.optimizer not in ("adamw", "adam", "sgd"):
+            raise ValueError(f"editor.optimizer: {cfg.optimizer!r} is not one of adamw, adam, sgd")
+        self.module = backbone.ffn(int(cfg.layer), str(cfg.role))
+        self.key = backbone.ffn_name(int(cfg.layer), str(cfg.role)) + ".weight"
+        self.snapshot = WeightSnapshot({self.key: self.module.weight})
+
+    def _loss(self, batch) -> torch.Tensor:
+        logits = self.backbone.forward(batch).logits
+        if self.cfg.objective == "target":
+            return self.backbone.target_loss(batch, logits)
+        rows = torch.arange(batch.size, device=logits.device)
+        lp = torch.log_softmax(logits[rows, batch.prompt_last].float(), -1)
+        losses = [-lp[b, torch.tensor(t, device=lp.device)].mean() for b, t in enumerate(batch.target_ids)]
+        return torch.stack(losses).mean()
+
+    def edit(self, request: Probe) -> dict:
+        return self.edit_batch([request])
+
+    def edit_batch(self, requests) -> dict:
+        w = self.module.weight
+        w.requires_grad_(True)
+        params = [w]
+        opt = {
+            "adamw": lambda: torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay)),
+            "adam": lambda: torch.optim.Adam(params, lr=float(self.cfg.lr)),
+            "sgd": lambda: torch.optim.SGD(params, lr=float(self.cfg.lr)),
+        }[self.cfg.optimizer]()
+        batch = self.backbone.prepare(list(requests))
+        loss_v, steps = float("nan"), 0
+        try:
+            for steps in range(1, int(self.cfg.steps) + 1):
+                loss = self._loss(batch)
+                loss_v = loss.item()
+                if loss_v < float(self.cfg.early_stop_loss):
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            w.requires_grad_(False)
+            w.grad = None
+        self.n_edits += len(requests)
+        return {"loss": loss_v, "steps": steps}
+
+    def reset(self) -> None:
+        self.snapshot.restore()
+        self.n_edits = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.snapshot.current()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.snapshot.load(state)
+
+    def memory_bytes(self) -> int:
+        return 0  # edits live in the model's own weights; nothing is stored beside them

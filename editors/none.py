@@ -1,0 +1,32 @@
+"""``none``: the unedited model, the baseline row of every table."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.backbones.base import Probe
+
+from .base import Editor
+from .registry import register
+
+
+@register("none")
+class NoEdit(Editor):
+    can_batch_edit = True
+
+    def edit(self, request: Probe) -> dict:
+        self.n_edits += 1
+        return {}
+
+    def edit_batch(self, requests) -> dict:
+        self.n_edits += len(requests)
+        return {}
+
+    def reset(self) -> None:
+        self.n_edits = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None

@@ -1,0 +1,33 @@
+"""Editor registry: a name maps to one class; collisions fail loudly."""
+
+from __future__ import annotations
+
+from .base import Editor
+
+_REGISTRY: dict[str, type[Editor]] = {}
+
+
+def register(name: str):
+    def deco(cls: type[Editor]) -> type[Editor]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"editor name {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Editor]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown editor {name!r}; valid editors: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def build(cfg, backbone) -> Editor:
+    """Build the editor named by ``cfg.name`` with its hyperparameters ``cfg``."""
+    return get(str(cfg.name))(backbone, cfg)
