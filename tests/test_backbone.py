@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from bench.backbones.base import Probe
+
+
+def test_layer_and_ffn_access(tiny):
+    assert tiny.num_layers == 4 and tiny.hidden_size == 64
+    assert tiny.layer(-1) is tiny.layers[3]
+    assert tiny.ffn(1, "out") is tiny.layers[1].mlp.down_proj
+    assert tiny.ffn_name(-1, "in") == "model.layers.3.mlp.up_proj"
+    with pytest.raises(IndexError):
+        tiny.layer(4)
+    with pytest.raises(KeyError, match="roles"):
+        tiny.ffn(0, "bogus")
+
+
+def test_prepare_layout(tiny, toy_eval):
+    probes = toy_eval.probes(0)
+    batch = tiny.prepare(probes)
+    for b, p in enumerate(probes):
+        tgt = tiny.encode_target(p.target)
+        start = int(batch.prompt_last[b]) + 1
+        assert batch.input_ids[b, start : start + len(tgt)].tolist() == tgt
+        assert int(batch.lengths[b]) == start + len(tgt)
+        assert int(batch.attention_mask[b].sum()) == int(batch.lengths[b])
+        n_img = int(batch.image_mask[b].sum())
+        assert n_img == (4 if p.image else 0)
+    # target tokens carry a leading space and no special tokens
+    assert tiny.tokenizer.decode(tiny.encode_target("blue")) == " blue"
+
+
+def test_score_is_independent_of_batch_company(tiny, toy_eval):
+    probes = [p for i in range(6) for p in toy_eval.probes(i)]
+    together = tiny.score(probes, batch_size=len(probes))
+    for p, s in zip(probes, together):
+        alone = tiny.score([p])[0]
+        assert alone.pred_ids == s.pred_ids
+        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4)
+
+
+def test_images_are_loaded_lazily_and_missing_ones_named(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        tiny.score([Probe("q", "a", str(tmp_path / "nowhere.png"))])
+
+
+def test_target_loss_matches_manual_cross_entropy(tiny, toy_eval):
+    batch = tiny.prepare(toy_eval.probes(0)[:2])
+    logits = tiny.forward(batch).logits
+    manual = []
+    for b, tgt in enumerate(batch.target_ids):
+        s = int(batch.prompt_last[b])
+        for i, t in enumerate(tgt):
+            manual.append(-torch.log_softmax(logits[b, s + i], -1)[t])
+    assert float(tiny.target_loss(batch, logits)) == pytest.approx(float(torch.stack(manual).mean()), rel=1e-5)

@@ -1,0 +1,56 @@
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+import editors
+from bench.run import available, check_config
+from conftest import CONF, make_cfg
+
+EDITORS = available("editor")
+MODELS = available("model")
+
+
+def test_registered_editors_and_configs_agree():
+    names = {OmegaConf.load(CONF / "editor" / f"{e}.yaml").name for e in EDITORS}
+    assert names == set(editors.names())
+
+
+@pytest.mark.parametrize("editor", EDITORS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_config_composes(editor, model):
+    cfg = make_cfg(f"+editor={editor}", f"+model={model}")
+    check_config(cfg)
+    assert cfg.model.name == model and cfg.editor.name in editors.names()
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("data", available("data"))
+def test_data_configs_compose(data):
+    cfg = make_cfg("+editor=none", "+model=tiny", f"data={data}")
+    assert cfg.data.name == data and cfg.data.eval_file
+
+
+@pytest.mark.parametrize("group, bad", [("editor", "+editor=nope"), ("model", "+model=nope"), ("data", "data=nope")])
+def test_unknown_names_list_valid_ones(group, bad):
+    with pytest.raises(MissingConfigException) as e:
+        make_cfg(bad, *(x for x in ("+editor=none", "+model=tiny") if not x.startswith(f"+{group}")))
+    msg = str(e.value)
+    for valid in available(group):
+        assert valid in msg
+
+
+@pytest.mark.parametrize("missing", ["editor", "model"])
+def test_missing_editor_or_model_is_explained(missing):
+    chosen = [x for x in ("+editor=none", "+model=tiny") if missing not in x]
+    with pytest.raises(ValueError, match=f"no {missing} chosen.*valid"):
+        check_config(make_cfg(*chosen))
+
+
+def test_wrong_values_are_named():
+    with pytest.raises(ValueError, match="edits"):
+        check_config(make_cfg("+editor=none", "+model=tiny", "edits=0"))
+    cfg = make_cfg("+editor=none", "+model=tiny", "editor.name=bogus")
+    with pytest.raises(ValueError, match="unknown editor 'bogus'.*ft_l"):
+        check_config(cfg)
+    with pytest.raises(KeyError, match="valid editors"):
+        editors.get("bogus")

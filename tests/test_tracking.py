@@ -1,0 +1,64 @@
+import sys
+import types
+
+from omegaconf import OmegaConf
+
+from bench.tracking import NullTracker, WandbTracker, make_tracker
+
+
+class FakeRun:
+    def __init__(self):
+        self.logged, self.summary, self.finished = [], {}, False
+
+    def log(self, metrics, step=None):
+        if "explode" in metrics:
+            raise ConnectionError("network down")
+        self.logged.append((step, metrics))
+
+    def finish(self):
+        self.finished = True
+
+
+def fake_wandb(monkeypatch, init):
+    mod = types.SimpleNamespace(init=init, Table=lambda dataframe: ("table", len(dataframe)))
+    monkeypatch.setitem(sys.modules, "wandb", mod)
+
+
+def test_wandb_receives_config_group_and_metrics(monkeypatch):
+    seen = {}
+    run = FakeRun()
+
+    def init(**kw):
+        seen.update(kw)
+        return run
+
+    fake_wandb(monkeypatch, init)
+    t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "offline", "project": "p"}), {"edits": 3}, "n", "sweep1", "/tmp")
+    t.log({"curve/rel": 0.5}, step=10)
+    t.finish({"final/rel": 0.5})
+    assert seen["config"] == {"edits": 3} and seen["group"] == "sweep1" and seen["mode"] == "offline"
+    assert run.logged == [(10, {"curve/rel": 0.5})] and run.finished and run.summary == {"final/rel": 0.5}
+
+
+def test_wandb_failures_never_kill_a_run(monkeypatch):
+    def init(**kw):
+        raise RuntimeError("no API key")
+
+    fake_wandb(monkeypatch, init)
+    t = WandbTracker(OmegaConf.create({"mode": "online"}), {}, "n", None, "/tmp")
+    t.log({"a": 1})  # silently off
+    t.finish()
+    run = FakeRun()
+    fake_wandb(monkeypatch, lambda **kw: run)
+    t = WandbTracker(OmegaConf.create({}), {}, "n", None, "/tmp")
+    t.log({"explode": 1})  # raises inside: tracker turns itself off
+    t.log({"a": 2})
+    assert t.run is None and run.logged == []
+
+
+def test_none_tracker_and_unknown():
+    assert isinstance(make_tracker(OmegaConf.create({"name": "none"}), {}, "n", None, "/tmp"), NullTracker)
+    import pytest
+
+    with pytest.raises(ValueError, match="valid: none, wandb"):
+        make_tracker(OmegaConf.create({"name": "mlflow"}), {}, "n", None, "/tmp")
