@@ -9,7 +9,10 @@ the seed into an *edit pool* and a *locality pool*. Every ``m_loc`` image shows
 a locality-pool content, which no edit of any split touches. In ``toy_evqa`` an
 edit's scope is (content, question type) and every scope is used by at most one
 record across both splits; in ``toy_eic``/``toy_vlkeb`` the scope is the content
-itself, again used at most once. So no two edits conflict, for any stream length
+itself, again used at most once. (Backgrounds vary between contents but are
+never asked about: with four image tokens and a frozen 135M LM, "colour of the
+shape" and "colour of the background" could not both be read reliably.)
+So no two edits conflict, for any stream length
 up to the eval split size (>= 1,000).
 """
 
@@ -21,20 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLORS, COUNTS, SHAPES, Content, all_contents, save_render
+from .world import COLORS, COUNTS, SHAPES, Content, all_contents, save_render
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 QUESTIONS = {
     "color": ["What color is the shape?", "What is the color of the shapes in the picture?", "Which color do the shapes have?"],
     "shape": ["What shape is shown?", "What kind of shape is in the picture?", "Which shape does the image show?"],
-    "background": ["What color is the background?", "What is the color of the background in the image?", "Which color is the backdrop?"],
     "count": ["How many shapes are there?", "What is the number of shapes in the picture?", "How many objects does the image show?"],
 }
 ANSWERS = {
     "color": list(COLORS),
     "shape": SHAPES,
-    "background": list(BACKGROUNDS),
     "count": [str(n) for n in COUNTS],
 }
 CAPTION_PROMPTS = ["a photo of", "a photograph of", "an image of", "a picture of"]
