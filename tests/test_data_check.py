@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.data import MissingImagesError, check, format_check, main
+from bench.data import MissingImagesError, build_data, check, format_check, main
 from bench.records import RecordError
 from bench.run import check_config, run
 from conftest import make_cfg, tiny_cfg
@@ -15,8 +15,6 @@ from conftest import make_cfg, tiny_cfg
 
 def test_run_stops_before_first_edit_when_images_are_missing(tmp_path):
     cfg = tiny_cfg(tmp_path, "edits=3")
-    from bench.data import build_data
-
     rs = build_data(cfg.data, ("eval",))["eval"]
     gone = Path(rs.image_path(rs.record(1)["image_rephrase"]))
     gone.unlink()
@@ -31,8 +29,6 @@ def test_run_stops_before_first_edit_when_images_are_missing(tmp_path):
 
 def test_check_lists_malformed_records_by_file_index_field(tmp_path, capsys):
     cfg = tiny_cfg(tmp_path)
-    from bench.data import build_data
-
     rs = build_data(cfg.data, ("eval",))["eval"]
     raw = json.loads(rs.file.read_text())
     raw[2]["alt"] = 7

@@ -202,7 +202,6 @@ def test_minigpt4_converter_round_trip(tmp_path, tok):
     assert torch.equal(m.language_projection.bias, proj["llama_proj.bias"])
     bb = build_backbone(model_cfg("minigpt4", out))
     assert bb.num_layers == 3 and len(bb.score([Probe("Is it?", "yes", None)])) == 1
-    (tmp_path / "bad.pth").write_bytes(b"")
     torch.save({"model": {"llama_proj.weight": torch.randn(48, 32)}}, tmp_path / "bad.pth")
     with pytest.raises(ConversionError, match=r"bad.pth: key 'llama_proj.bias' missing"):
         convert(tmp_path / "blip2", tmp_path / "vicuna", tmp_path / "bad.pth", tmp_path / "out2")

@@ -100,6 +100,7 @@ def load_pretrained(cfg, dtype: torch.dtype):
     # a hub id ("org/name") stays an id unless such a folder exists under the project root
     source = str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
     device_map = cfg.get("device_map")
+    log.info("loading %s %s from %s (%s, device_map=%s)", cls_name, cfg.name, source, dtype, device_map)
     try:
         vlm = cls.from_pretrained(source, local_files_only=True, dtype=dtype, device_map=device_map)
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
