@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
-from .data import PROJECT_ROOT, build_data
+from .data import PROJECT_ROOT, build_data, with_images
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
 from .results import RunWriter
@@ -40,6 +40,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"no {group} chosen: add +{group}=<name>; valid: {', '.join(available(group))}")
     if not isinstance(cfg.edits, int) or cfg.edits < 1:
         raise ValueError(f"edits: expected a positive integer, got {cfg.edits!r}")
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ValueError(f"data.root: {cfg.data.name} needs its image root: add data.root=/path/to/images")
     if str(cfg.editor.name) not in editors.names():
         raise ValueError(f"editor.name: unknown editor {cfg.editor.name!r}; valid editors: {', '.join(editors.names())}")
 
@@ -110,13 +112,20 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("protocol.loc_topk: only top-1 agreement (protocol.md) is implemented")
 
     t_start = time.time()
-    log.info("loading backbone %s", cfg.model.name)
-    backbone = build_backbone(cfg.model)
     editor_cls = editors.get(str(cfg.editor.name))
     splits = ("train", "eval") if editor_cls.needs_training else ("eval",)
     data = build_data(cfg.data, splits)
-    stream = select_stream(data["eval"], int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
+    # images are checked before the (slow) model load and the first edit
+    skip = bool(cfg.data.get("skip_missing", False))
+    skipped = {}
+    pool, skipped["eval"] = with_images(data["eval"], True) if skip else (data["eval"], 0)
+    stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
+    stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
+    if "train" in data:
+        data["train"], skipped["train"] = with_images(data["train"], skip)
     log.info("dataset %s: %d edits from %s", cfg.data.name, len(stream), stream.file)
+    log.info("loading backbone %s", cfg.model.name)
+    backbone = build_backbone(cfg.model)
     editor = editors.build(cfg.editor, backbone)
     log.info("editor %s (%s) on backbone %s", label, type(editor).__name__, backbone.name)
     writer = RunWriter(out_dir)
@@ -128,6 +137,7 @@ def run(cfg: DictConfig) -> dict:
         "data": str(cfg.data.name),
         "n_edits": int(cfg.edits),
         "seed": int(cfg.seed),
+        "skipped_missing": skipped,
         "protocol": {"mode": pcfg.mode, "chunk_size": pcfg.chunk_size, "checkpoints": pcfg.checkpoints,
                      "edit_batch_size": pcfg.edit_batch_size, "loc_topk": 1, "scoring": "teacher-forced argmax"},
         "status": "running",

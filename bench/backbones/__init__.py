@@ -10,6 +10,7 @@ from .base import Backbone, Batch, Probe, ProbeScore
 # matters for the backbone that needs it)
 BACKBONES = {
     "embedded": "bench.backbones.embedded:EmbeddedVLLM",
+    "hf": "bench.backbones.hf:HFVLLM",
 }
 
 
@@ -19,8 +20,9 @@ def build_backbone(cfg) -> Backbone:
         raise ValueError(f"model.backbone: unknown backbone {kind!r}; valid: {', '.join(sorted(BACKBONES))}")
     mod, cls = BACKBONES[kind].split(":")
     model = getattr(importlib.import_module(mod), cls)(cfg)
-    dev = str(cfg.get("device", "cpu"))
-    return model.to(dev)
+    if cfg.get("device_map") is not None:  # placed by accelerate while loading; moving it would undo that
+        return model
+    return model.to(str(cfg.get("device", "cpu")))
 
 
 __all__ = ["Backbone", "Batch", "Probe", "ProbeScore", "build_backbone", "BACKBONES"]

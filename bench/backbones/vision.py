@@ -120,20 +120,49 @@ class RandomConvEncoder(nn.Module):
         return 0
 
 
-class ImageLoader:
-    """Loads an image file to a normalised tensor; errors name the missing path."""
+RESIZE_MODES = ("squash", "crop", "pad")
 
-    def __init__(self, size: int, mean: list[float], std: list[float]) -> None:
+
+class ImageLoader:
+    """Loads an image file to a normalised tensor; errors name the missing path.
+
+    ``resize`` says how a non-square image becomes ``size`` x ``size`` (bicubic):
+
+    * ``squash``: resize both sides (LAVIS ``blip_image_eval``: BLIP-2, MiniGPT-4);
+    * ``crop``: shortest side to ``size``, then centre crop (``CLIPImageProcessor``);
+    * ``pad``: pad to a square with the mean colour, then resize (LLaVA-1.5's
+      ``image_aspect_ratio: pad``, ``expand2square``).
+    """
+
+    def __init__(self, size: int, mean: list[float], std: list[float], resize: str = "squash") -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"image resize mode {resize!r} is not one of {RESIZE_MODES}")
         self.size = int(size)
+        self.resize = resize
+        self.fill = tuple(int(round(255 * m)) for m in mean)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
+
+    def _square(self, im: Image.Image) -> Image.Image:
+        s, (w, h) = self.size, im.size
+        if self.resize == "crop":
+            scale = s / min(w, h)
+            im = im.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BICUBIC)
+            left, top = (im.width - s) // 2, (im.height - s) // 2
+            return im.crop((left, top, left + s, top + s))
+        if self.resize == "pad" and w != h:
+            side = max(w, h)
+            canvas = Image.new("RGB", (side, side), self.fill)
+            canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+            im = canvas
+        return im.resize((s, s), Image.BICUBIC)
 
     def __call__(self, path: str | Path) -> torch.Tensor:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
         with Image.open(p) as im:
-            im = im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+            im = self._square(im.convert("RGB"))
             arr = np.asarray(im, dtype=np.float32) / 255.0
         t = torch.from_numpy(arr).permute(2, 0, 1)
         return (t - self.mean) / self.std

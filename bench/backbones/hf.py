@@ -1,0 +1,153 @@
+"""Paper backbones held in transformers classes: BLIP-2, LLaVA-1.5, MiniGPT-4.
+
+One adapter, :class:`HFVLLM`, serves every backbone from its model YAML
+(``conf/model/{blip2,llava,minigpt4}.yaml``): the transformers class, the id or
+folder of the weights, dtype and ``device_map``, image preprocessing, the prompt
+templates, where the language model sits inside the VLLM and its layer / FFN
+paths. No code branches on a model name.
+
+Image tokens come from the model's own vision path, ``get_image_features``:
+vision tower -> Q-Former -> projection for BLIP-2-style classes (32 query tokens;
+MiniGPT-4 is held in ``Blip2ForConditionalGeneration`` with a LLaMA text model,
+see :mod:`bench.backbones.convert_minigpt4`), CLIP tower -> feature layer ->
+multimodal projector for LLaVA (576 patch tokens at 336 px). The base class places
+them in its ``[template head][image tokens][prompt][target]`` layout.
+
+Weights are only ever read from the local disk (``local_files_only=True``); a
+missing id or folder raises :class:`WeightsNotFound`, naming what to download
+and how to point ``model.path`` at it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .base import Backbone, _get_path
+from .vision import FeatureCache, ImageLoader
+
+log = logging.getLogger(__name__)
+
+
+class WeightsNotFound(FileNotFoundError):
+    """The model's weights or tokenizer are not on this machine."""
+
+
+class CausalLMView(nn.Module):
+    """A causal-LM face over a base decoder and a separate head.
+
+    LLaVA keeps its decoder (``model.language_model``, a base ``LlamaModel``) apart
+    from ``lm_head``; editors and the base class want one module whose forward
+    takes ``inputs_embeds`` and returns ``.logits``. The view owns no weights of
+    its own: ``model`` and ``lm_head`` are the VLLM's modules.
+    """
+
+    def __init__(self, model: nn.Module, lm_head: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.lm_head = lm_head
+        self.config = model.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        use_cache: bool = False,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            use_cache=use_cache,
+        )
+        return CausalLMOutputWithPast(logits=self.lm_head(out.last_hidden_state), hidden_states=out.hidden_states)
+
+
+def _dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, str(name), None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"model.dtype: {name!r} is not a torch dtype (float32, float16, bfloat16)")
+    return dt
+
+
+def load_pretrained(cfg, dtype: torch.dtype):
+    """``(vlm, tokenizer)`` from ``cfg.path`` on the local disk only.
+
+    Raises :class:`WeightsNotFound` (one message: what is missing, what to
+    download, ``model.path=...``) instead of a chain of hub errors.
+    """
+    import transformers
+    from transformers import AutoTokenizer
+
+    from ..data import resolve
+
+    cls_name = str(cfg.hf_class)
+    cls = getattr(transformers, cls_name, None)
+    if cls is None:
+        raise ValueError(f"model.hf_class: transformers has no class {cls_name!r}")
+    raw = str(cfg.path)
+    local = resolve(raw)
+    # a hub id ("org/name") stays an id unless such a folder exists under the project root
+    source = str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
+    device_map = cfg.get("device_map")
+    log.info("loading %s %s from %s (%s, device_map=%s)", cls_name, cfg.name, source, dtype, device_map)
+    try:
+        vlm = cls.from_pretrained(source, local_files_only=True, dtype=dtype, device_map=device_map)
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsNotFound(
+            f"model {cfg.name}: no {cls_name} weights and tokenizer found at {source!r} on this machine "
+            f"(nothing is downloaded; {reason}). Get them with: {cfg.download_hint}; "
+            f"then pass model.path=/path/to/that/folder"
+        ) from None
+    return vlm.eval(), tok
+
+
+class HFVLLM(Backbone):
+    """A transformers VLLM (BLIP-2 / LLaVA / MiniGPT-4 family) behind the backbone interface."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.name = str(cfg.name)
+        self.layers_path = str(cfg.layers_path)
+        self.ffn_paths = dict(cfg.ffn)
+        self.image_template = str(cfg.template.image)
+        self.text_template = str(cfg.template.text)
+        self.add_bos = bool(cfg.get("add_bos", False))
+        self.batch_size = int(cfg.get("batch_size", 8))
+        self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.get("dtype", "float32")))
+        lm_body = _get_path(self.vlm, str(cfg.lm.module))
+        head = cfg.lm.get("head")
+        self.lm = CausalLMView(lm_body, _get_path(self.vlm, str(head))) if head else lm_body
+        self.vision_module = str(cfg.vision.module)
+        vis = cfg.vision
+        size = vis.get("image_size") or self.vlm.config.vision_config.image_size
+        self.loader = ImageLoader(int(size), list(vis.mean), list(vis.std), str(vis.get("resize", "squash")))
+        self.features = FeatureCache(int(cfg.get("feature_cache", 1024)))
+        self.freeze()
+        self.eval()
+
+    @torch.no_grad()
+    def image_embeds(self, images: Sequence[str]) -> torch.Tensor:
+        """[N, T_img, hidden] on the LM's device: the VLLM's own image features (cached per path)."""
+        todo = [p for p in dict.fromkeys(images) if self.features.get(p) is None]
+        tower = next(_get_path(self.vlm, self.vision_module).parameters())
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i : i + self.batch_size]
+            pixels = torch.stack([self.loader(p) for p in chunk]).to(tower.device, tower.dtype)
+            feats = self.vlm.get_image_features(pixel_values=pixels).pooler_output
+            feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+            for p, f in zip(chunk, feats, strict=True):
+                self.features.put(p, f.to(self.device, self.dtype))
+        return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]

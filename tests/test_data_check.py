@@ -1,0 +1,57 @@
+"""Dataset check and run-time image check on small generated sets (no shared data needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.data import MissingImagesError, build_data, check, format_check, main
+from bench.records import RecordError
+from bench.run import check_config, run
+from conftest import make_cfg, tiny_cfg
+
+
+def test_run_stops_before_first_edit_when_images_are_missing(tmp_path):
+    cfg = tiny_cfg(tmp_path, "edits=3")
+    rs = build_data(cfg.data, ("eval",))["eval"]
+    gone = Path(rs.image_path(rs.record(1)["image_rephrase"]))
+    gone.unlink()
+    with pytest.raises(MissingImagesError, match=r"(?s)record 1 field 'image_rephrase'.*data.skip_missing=true") as e:
+        run(cfg)
+    assert str(gone) in str(e.value)
+    assert not (tmp_path / "edits.jsonl").exists()  # nothing was edited
+    summary = run(tiny_cfg(tmp_path, "edits=3", "data.skip_missing=true"))
+    assert summary["status"] == "ok" and summary["skipped_missing"] == {"eval": 1}
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped_missing"] == {"eval": 1}
+
+
+def test_check_lists_malformed_records_by_file_index_field(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    rs = build_data(cfg.data, ("eval",))["eval"]
+    raw = json.loads(rs.file.read_text())
+    raw[2]["alt"] = 7
+    del raw[5]["loc"]
+    rs.file.write_text(json.dumps(raw))
+    res = {r.split: r for r in check(cfg.data)}
+    errs = res["eval"].errors
+    assert [(e.index, e.field) for e in errs] == [(2, "alt"), (5, "loc")]
+    assert all(isinstance(e, RecordError) and str(rs.file) in str(e) for e in errs)
+    assert res["train"].ok and res["train"].probes["rel"] == 20
+    text = format_check("toy_evqa", list(res.values()))
+    assert "malformed records: 2" in text and "record 5: field 'loc': missing" in text
+    args = ["check", f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20"]
+    assert main(args) == 1 and "NOT READY" in capsys.readouterr().out
+
+
+def test_check_ok_on_generated_set(tmp_path, capsys):
+    args = ["check", f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "status: OK" in out and "probes: rel 40, t_gen 40, m_gen 40, t_loc 40, m_loc 40 (total 200)" in out
+
+
+def test_real_dataset_configs_need_an_image_root():
+    with pytest.raises(ValueError, match=r"data.root: evqa needs its image root"):
+        check_config(make_cfg("+editor=none", "+model=tiny", "data=evqa"))
