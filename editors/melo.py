@@ -242,10 +242,17 @@ class MELO(Editor):
         lora_alpha = self.rank if cfg.get("lora_alpha") is None else float(cfg.lora_alpha)
         # reference: scaling lora_alpha / r, times sqrt(r / rank_per_block) on each of A and B
         self.scale = (lora_alpha / self.rank) * (self.rank / self.rank_per_block)
-        self.key_layer = backbone.layer_index(int(cfg.key_layer))
+        try:
+            self.key_layer = backbone.layer_index(int(cfg.key_layer))
+            lora_layers = [backbone.layer_index(int(i)) for i in cfg.lora_layers]
+        except IndexError as e:
+            raise IndexError(
+                f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "
+                "set them for this backbone (e.g. tiny: editor.key_layer=1 'editor.lora_layers=[2,3]')"
+            ) from e
         self.key_role = str(cfg.key_role)
         roles = [str(r) for r in cfg.lora_roles]
-        self.targets = [(backbone.layer_index(int(i)), r) for i in cfg.lora_layers for r in roles]
+        self.targets = [(i, r) for i in lora_layers for r in roles]
         if not self.targets:
             raise ValueError("editor.lora_layers / editor.lora_roles select no FFN matrix")
         if min(i for i, _ in self.targets) <= self.key_layer:
