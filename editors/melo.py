@@ -160,8 +160,11 @@ class VecDB:
     def _add_points(self, keys: torch.Tensor, cluster: int, block: int) -> None:
         n = keys.shape[0]
         self.point_keys = torch.cat([self.point_keys, keys])
-        self.point_cluster = torch.cat([self.point_cluster, torch.full((n,), cluster, dtype=torch.long, device=self.device)])
-        self.point_block = torch.cat([self.point_block, torch.full((n,), block, dtype=torch.long, device=self.device)])
+        def ids(v: int) -> torch.Tensor:
+            return torch.full((n,), v, dtype=torch.long, device=self.device)
+
+        self.point_cluster = torch.cat([self.point_cluster, ids(cluster)])
+        self.point_block = torch.cat([self.point_block, ids(block)])
         self._all = None
 
     def add_cluster(self, q: torch.Tensor, label: tuple[int, ...], block: int) -> int:
