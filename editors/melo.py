@@ -1,0 +1,443 @@
+"""MELO: dynamic LoRA blocks indexed by a vector database (Yu et al., AAAI 2024).
+
+Reference: ECNU-ICALK/MELO (``peft_egg/src/peft/tuners/melo.py``: ``VecDB``,
+``GraceLinear``, ``dynamic``, LoRA ``Linear``; ``melo/algs/lora.py``: the edit
+loop). Written from the paper and that code; nothing is copied.
+
+Mechanics
+---------
+* **Key.** The output of one FFN matrix (``key_layer``/``key_role``, the
+  reference's ``grace_layer``) at each sample's last prompt token
+  (``backbone.context.prompt_last``; the reference uses ``key_id: -1``, the last
+  input token). The key layer must come strictly before every LoRA layer, so a
+  key never depends on the LoRA it selects.
+* **Vector database.** Clusters (centre, radius, target label), each holding
+  points (key, LoRA block id). A query routes to the nearest cluster; if it lies
+  within that cluster's radius, it uses the block of the cluster's nearest point,
+  otherwise no block (exact original output). One ``torch.cdist`` of the batch's
+  queries against all stored centres and points per forward; the rest is
+  masking/gather, no loop over stored edits.
+* **Dynamic LoRA.** Each target FFN matrix gets LoRA factors of total rank
+  ``num_block * rank_per_block``; block ``k`` is ranks
+  ``[k*rank_per_block, (k+1)*rank_per_block)``. Every sample of a batch gathers
+  its own block (``torch.bmm``); samples with no block get the base output
+  unchanged (``torch.where``). Scaling as in the reference: ``lora_alpha`` = total
+  rank, and the ``dynamic`` module multiplies A and B by
+  ``sqrt(total_rank / rank_per_block)``, so the delta is
+  ``num_block * x A_k B_k``.
+* **Edit** (one request, or one batch = one block, as the reference trains one
+  block per batch of ``num_edit_per_block`` edits). For each request's key:
+  if the database is empty or the nearest centre is farther than
+  ``radius + init_radius``: new cluster (radius ``init_radius``); else if the
+  target matches the cluster's label: join (centre = mean of the cluster's keys,
+  radius = max(farthest key, ``init_radius``)); else conflict: new cluster, and
+  both radii set to half the distance (-/+ 1e-5); the old cluster's keys now
+  outside its radius are forgotten (if none remain its centre is kept pointing
+  to no block). Then the new block is trained ``num_iter`` Adam steps
+  (StepLR halving) on the target cross-entropy, with every request of the batch
+  forced onto it.
+* When all ``num_block`` blocks are used the reference indexes past the end of
+  its LoRA factors (a crash); here ``edit`` raises and names ``editor.num_block``.
+
+Departures: targets "match" when their token ids are equal (the reference
+compares the SUM of the label ids, which collides); the requests of one batch are
+inserted one after another (the reference adds every request of the very first
+batch as a new cluster without checks); LoRA factors are kept in float32 and
+applied outside the base matrix (a wrapper with ``base_layer``), which is removed
+by ``reset``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bench.backbones.base import Probe
+
+from .base import Editor
+from .registry import register
+
+NO_BLOCK = -1
+_SPLIT_EPS = 1e-5  # reference split_cluster_radii_in_half: d/2 -/+ 1e-5
+
+
+def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # exact (non-matmul) Euclidean distance, as the reference: no batch-dependent rounding
+    return torch.cdist(a, b, p=2, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+class MeloLinear(nn.Module):
+    """Wraps one ``nn.Linear`` (kept as ``base_layer``) with MELO's dynamic LoRA.
+
+    The LoRA factors live in the editor (``lora_A`` [in, R], ``lora_B`` [R, out])
+    and are not registered as parameters of the backbone; the wrapper reads the
+    per-sample block ids the editor's key hook set for the current forward.
+    """
+
+    def __init__(self, base_layer: nn.Linear, editor: MELO, index: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        object.__setattr__(self, "_editor", editor)  # not a submodule
+        self.index = index
+
+    @property
+    def weight(self) -> torch.Tensor:  # let code that reads .weight keep working
+        return self.base_layer.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        ed = self._editor
+        route = ed._route
+        if route is None:
+            return out
+        if route.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"MELO: routing holds {route.shape[0]} samples but a LoRA layer got a batch of {x.shape[0]}; "
+                "the key layer must run before every LoRA layer in the same forward"
+            )
+        active = route >= 0
+        if not bool(active.any()):
+            return out
+        A, B = ed.lora_A[self.index], ed.lora_B[self.index]
+        rpb, nb = ed.rank_per_block, ed.num_block
+        idx = route.clamp(min=0)
+        a = A.view(A.shape[0], nb, rpb).permute(1, 0, 2)[idx]  # [b, in, rpb]
+        b = B.view(nb, rpb, B.shape[1])[idx]  # [b, rpb, out]
+        shape = x.shape
+        xs = x.reshape(shape[0], -1, shape[-1]).to(A.dtype)
+        delta = torch.bmm(torch.bmm(xs, a), b) * ed.scale
+        delta = delta.reshape(*shape[:-1], B.shape[1]).to(out.dtype)
+        mask = active.view(-1, *([1] * (out.dim() - 1)))
+        return torch.where(mask, out + delta, out)
+
+
+class VecDB:
+    """MELO's vector database in tensors: clusters and the points (key -> block) inside them."""
+
+    def __init__(self, dim: int, init_radius: float, device: torch.device) -> None:
+        self.dim, self.init_radius, self.device = dim, float(init_radius), device
+        self.clear()
+
+    def clear(self) -> None:
+        z = dict(device=self.device)
+        self.centers = torch.zeros(0, self.dim, dtype=torch.float32, **z)
+        self.radii = torch.zeros(0, dtype=torch.float32, **z)
+        self.labels: list[tuple[int, ...]] = []
+        self.point_keys = torch.zeros(0, self.dim, dtype=torch.float32, **z)
+        self.point_cluster = torch.zeros(0, dtype=torch.long, **z)
+        self.point_block = torch.zeros(0, dtype=torch.long, **z)
+        self.conflicts = 0
+        self.forgotten = 0
+        self._all: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.centers.shape[0]
+
+    # ----- lookup (every forward) -----------------------------------------------------
+    def route(self, q: torch.Tensor) -> torch.Tensor:
+        """Block id per query ([B, d] -> [B] long, ``NO_BLOCK`` outside every cluster)."""
+        C = len(self)
+        if C == 0:
+            return torch.full((q.shape[0],), NO_BLOCK, dtype=torch.long, device=q.device)
+        if self._all is None:
+            self._all = torch.cat([self.centers, self.point_keys])
+        dist = _cdist(q, self._all)  # [B, C + P]: the one distance computation
+        dmin, near = dist[:, :C].min(1)
+        inside = dmin <= self.radii[near]
+        dp = dist[:, C:].masked_fill(self.point_cluster[None, :] != near[:, None], math.inf)
+        block = self.point_block[dp.argmin(1)]
+        return torch.where(inside, block, torch.full_like(block, NO_BLOCK))
+
+    # ----- updates (at edit time) -----------------------------------------------------
+    def nearest(self, q: torch.Tensor) -> tuple[float, int]:
+        d = _cdist(q[None], self.centers)[0]
+        i = int(d.argmin())
+        return float(d[i]), i
+
+    def _add_points(self, keys: torch.Tensor, cluster: int, block: int) -> None:
+        n = keys.shape[0]
+        self.point_keys = torch.cat([self.point_keys, keys])
+        def ids(v: int) -> torch.Tensor:
+            return torch.full((n,), v, dtype=torch.long, device=self.device)
+
+        self.point_cluster = torch.cat([self.point_cluster, ids(cluster)])
+        self.point_block = torch.cat([self.point_block, ids(block)])
+        self._all = None
+
+    def add_cluster(self, q: torch.Tensor, label: tuple[int, ...], block: int) -> int:
+        self.centers = torch.cat([self.centers, q[None]])
+        self.radii = torch.cat([self.radii, torch.tensor([self.init_radius], device=self.device)])
+        self.labels.append(tuple(label))
+        self._add_points(q[None], len(self) - 1, block)
+        return len(self) - 1
+
+    def join(self, c: int, q: torch.Tensor, block: int) -> None:
+        """Same target: add the key to cluster ``c``, move its centre, expand its radius."""
+        self._add_points(q[None], c, block)
+        keys = self.point_keys[self.point_cluster == c]
+        center = keys.mean(0)
+        self.centers[c] = center
+        far = float(_cdist(keys, center[None]).max())
+        self.radii[c] = max(far, self.init_radius)
+        self._all = None
+
+    def split(self, old: int, new: int, dist: float) -> None:
+        """Conflict: halve the distance between the two radii; forget old keys now outside."""
+        self.radii[old] = dist / 2 - _SPLIT_EPS
+        self.radii[new] = dist / 2 + _SPLIT_EPS
+        mine = self.point_cluster == old
+        d = _cdist(self.point_keys, self.centers[old][None])[:, 0]
+        drop = mine & (d > self.radii[old])
+        n_drop = int(drop.sum())
+        if n_drop:
+            keep = ~drop
+            self.point_keys = self.point_keys[keep]
+            self.point_cluster = self.point_cluster[keep]
+            self.point_block = self.point_block[keep]
+            if not bool((self.point_cluster == old).any()):
+                self._add_points(self.centers[old][None].clone(), old, NO_BLOCK)
+        self.forgotten += n_drop
+        self.conflicts += 1
+        self._all = None
+
+    # ----- serialisation ---------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        width = max((len(lb) for lb in self.labels), default=0)
+        labels = torch.full((len(self.labels), width), -1, dtype=torch.long)
+        for i, lb in enumerate(self.labels):
+            labels[i, : len(lb)] = torch.tensor(lb, dtype=torch.long)
+        return {
+            "db.centers": self.centers.clone(),
+            "db.radii": self.radii.clone(),
+            "db.labels": labels,
+            "db.point_keys": self.point_keys.clone(),
+            "db.point_cluster": self.point_cluster.clone(),
+            "db.point_block": self.point_block.clone(),
+            "db.counts": torch.tensor([self.conflicts, self.forgotten], dtype=torch.long),
+        }
+
+    def load(self, s: dict[str, torch.Tensor]) -> None:
+        dev = self.device
+        self.centers = s["db.centers"].to(dev, torch.float32).clone()
+        self.radii = s["db.radii"].to(dev, torch.float32).clone()
+        self.labels = [tuple(int(t) for t in row if int(t) >= 0) for row in s["db.labels"]]
+        self.point_keys = s["db.point_keys"].to(dev, torch.float32).clone()
+        self.point_cluster = s["db.point_cluster"].to(dev).clone()
+        self.point_block = s["db.point_block"].to(dev).clone()
+        self.conflicts, self.forgotten = (int(x) for x in s["db.counts"])
+        self._all = None
+
+
+@register("melo")
+class MELO(Editor):
+    can_batch_edit = True  # a batch of edits trains one block (reference: num_edit_per_block per block)
+
+    def __init__(self, backbone, cfg) -> None:
+        super().__init__(backbone, cfg)
+        self.num_block = int(cfg.num_block)
+        self.rank_per_block = int(cfg.rank_per_block)
+        if self.num_block < 1 or self.rank_per_block < 1:
+            raise ValueError("editor.num_block and editor.rank_per_block must be >= 1")
+        self.rank = self.num_block * self.rank_per_block
+        lora_alpha = self.rank if cfg.get("lora_alpha") is None else float(cfg.lora_alpha)
+        # reference: scaling lora_alpha / r, times sqrt(r / rank_per_block) on each of A and B
+        self.scale = (lora_alpha / self.rank) * (self.rank / self.rank_per_block)
+        try:
+            self.key_layer = backbone.layer_index(int(cfg.key_layer))
+            lora_layers = [backbone.layer_index(int(i)) for i in cfg.lora_layers]
+        except IndexError as e:
+            raise IndexError(
+                f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "
+                "set them for this backbone (e.g. tiny: editor.key_layer=1 'editor.lora_layers=[2,3]')"
+            ) from e
+        self.key_role = str(cfg.key_role)
+        roles = [str(r) for r in cfg.lora_roles]
+        self.targets = [(i, r) for i in lora_layers for r in roles]
+        if not self.targets:
+            raise ValueError("editor.lora_layers / editor.lora_roles select no FFN matrix")
+        if min(i for i, _ in self.targets) <= self.key_layer:
+            raise ValueError(
+                f"editor.key_layer ({self.key_layer}) must come before every editor.lora_layers entry "
+                f"({sorted({i for i, _ in self.targets})}), so keys do not depend on the LoRA they select"
+            )
+        self.key_module = backbone.ffn(self.key_layer, self.key_role)
+        self.originals: list[nn.Linear] = [backbone.ffn(i, r) for i, r in self.targets]
+        for m in self.originals:
+            if not isinstance(m, nn.Linear):
+                raise TypeError(f"MELO wraps nn.Linear FFN matrices; got {type(m).__name__}")
+        dev = self.key_module.weight.device
+        self.lora_A = [torch.zeros(m.in_features, self.rank, device=dev) for m in self.originals]
+        self.lora_B = [torch.zeros(self.rank, m.out_features, device=dev) for m in self.originals]
+        self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), dev)
+        self.next_block = 0
+        self._route: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None
+        self._force_block: int | None = None
+        self._hook = None
+        self._wrappers: list[MeloLinear] = []
+        self._init_lora()
+
+    # ----- LoRA factors and installation ------------------------------------------------------
+    @torch.no_grad()
+    def _init_lora(self) -> None:
+        """A: kaiming-uniform(a=sqrt 5) on the [in, R] tensor (bound 1/sqrt(R)), as PEFT/MELO; B: zero."""
+        g = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        bound = 1.0 / math.sqrt(self.rank)
+        for A, B in zip(self.lora_A, self.lora_B, strict=True):
+            A.copy_((torch.rand(A.shape, generator=g) * 2 - 1) * bound)
+            B.zero_()
+
+    def _parent(self, i: int, role: str) -> tuple[nn.Module, str]:
+        path = self.backbone.ffn_paths[role]
+        parent_path, _, attr = path.rpartition(".")
+        parent = self.backbone.layer(i)
+        for part in filter(None, parent_path.split(".")):
+            parent = getattr(parent, part)
+        return parent, attr
+
+    def _install(self) -> None:
+        if self._wrappers:
+            return
+        for k, ((i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
+            parent, attr = self._parent(i, role)
+            if getattr(parent, attr) is not orig:
+                raise RuntimeError(f"MELO: layer {i} role {role!r} is not the original module (wrapped twice?)")
+            w = MeloLinear(orig, self, k)
+            setattr(parent, attr, w)
+            self._wrappers.append(w)
+        self._hook = self.key_module.register_forward_hook(self._key_hook)
+
+    def _uninstall(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        for (i, role), orig, w in zip(self.targets, self.originals, self._wrappers, strict=False):
+            parent, attr = self._parent(i, role)
+            if getattr(parent, attr) is w:
+                setattr(parent, attr, orig)
+        self._wrappers = []
+        self._route = None
+
+    def _key_hook(self, module, inputs, out) -> None:
+        """Per-sample query at the last prompt token; routes every sample of the batch."""
+        ctx = self.backbone.context
+        Bsz = out.shape[0]
+        if ctx is not None and ctx.size == Bsz and out.dim() == 3:
+            pos = ctx.prompt_last.to(out.device)
+        else:  # called outside backbone.forward: the reference's key_id -1 (last position)
+            pos = torch.full((Bsz,), out.shape[1] - 1, dtype=torch.long, device=out.device)
+        q = out[torch.arange(Bsz, device=out.device), pos].detach().float()
+        self._keys = q
+        if self._force_block is not None:
+            self._route = torch.full((Bsz,), self._force_block, dtype=torch.long, device=out.device)
+        else:
+            self._route = self.db.route(q)
+
+    # ----- editing -----------------------------------------------------------------------------
+    def edit(self, request: Probe) -> dict:
+        return self.edit_batch([request])
+
+    def _insert(self, q: torch.Tensor, label: tuple[int, ...], block: int) -> tuple[str, float | None]:
+        db = self.db
+        if len(db) == 0:
+            db.add_cluster(q, label, block)
+            return "new", None
+        d, c = db.nearest(q)
+        if d > float(db.radii[c]) + db.init_radius:
+            db.add_cluster(q, label, block)
+            return "new", d
+        if db.labels[c] == tuple(label):
+            db.join(c, q, block)
+            return "join", d
+        new = db.add_cluster(q, label, block)
+        db.split(c, new, d)
+        return "conflict", d
+
+    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+        requests = list(requests)
+        if self.next_block >= self.num_block:
+            raise RuntimeError(
+                f"MELO: all editor.num_block={self.num_block} LoRA blocks are used (one per edit or edit batch); "
+                "raise editor.num_block or edit in batches (protocol.edit_batch_size)"
+            )
+        self._install()
+        block = self.next_block
+        batch = self.backbone.prepare(requests)
+        params = self.lora_A + self.lora_B
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(self.cfg.lr_step), gamma=float(self.cfg.lr_gamma))
+        actions: list[str] = []
+        dists: list[float] = []
+        loss_v = float("nan")
+        self._force_block = block
+        try:
+            for it in range(int(self.cfg.num_iter)):
+                logits = self.backbone.forward(batch).logits
+                if it == 0:  # keys do not depend on LoRA (key layer first): insert them once
+                    keys = self._keys.clone()
+                    for b, tgt in enumerate(batch.target_ids):
+                        act, d = self._insert(keys[b], tuple(tgt), block)
+                        actions.append(act)
+                        if d is not None:
+                            dists.append(d)
+                loss = self.backbone.target_loss(batch, logits)
+                loss_v = loss.item()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        finally:
+            self._force_block = None
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        self.next_block += 1
+        self.n_edits += len(requests)
+        return {
+            "loss": loss_v,
+            "block": block,
+            "clusters": len(self.db),
+            "new": actions.count("new"),
+            "join": actions.count("join"),
+            "conflict": actions.count("conflict"),
+            "nearest_dist": min(dists) if dists else None,
+        }
+
+    # ----- state ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._uninstall()
+        self.db.clear()
+        self._init_lora()
+        self.next_block = 0
+        self._keys = None
+        self.n_edits = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        s = self.db.state()
+        for k, (A, B) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
+            s[f"lora.{k}.A"] = A.detach().clone()
+            s[f"lora.{k}.B"] = B.detach().clone()
+        s["next_block"] = torch.tensor(self.next_block, dtype=torch.long)
+        s["n_edits"] = torch.tensor(self.n_edits, dtype=torch.long)
+        return s
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, (A, B) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
+            A.copy_(state[f"lora.{k}.A"])
+            B.copy_(state[f"lora.{k}.B"])
+        self.db.load(state)
+        self.next_block = int(state["next_block"])
+        self.n_edits = int(state["n_edits"])
+        self._install()
+
+    def memory_bytes(self) -> int:
+        """LoRA factors of all blocks (allocated up front) + the vector database."""
+        lora = sum(t.numel() * t.element_size() for t in self.lora_A + self.lora_B)
+        db = self.db.state()
+        return lora + sum(t.numel() * t.element_size() for t in db.values())

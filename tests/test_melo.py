@@ -1,0 +1,212 @@
+"""MELO mechanics: vector database (create / expand / conflict split), routing, dynamic LoRA blocks."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import editors
+from bench.backbones.base import Probe
+from conftest import CONF
+from editors.melo import NO_BLOCK, MeloLinear, VecDB
+
+TINY = {"key_layer": 1, "lora_layers": [2, 3]}  # tiny backbone has 4 layers
+
+
+def make(tiny, **over):
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "melo.yaml"), TINY, over)
+    return editors.build(cfg, tiny)
+
+
+@pytest.fixture
+def melo(tiny):
+    made = []
+
+    def build(**over):
+        ed = make(tiny, **over)
+        made.append(ed)
+        return ed
+
+    yield build
+    for ed in made:
+        ed.reset()
+
+
+def keys_of(ed, tiny, probes):
+    """Query keys the editor computes for probes (installs the wrappers if needed)."""
+    ed._install()
+    with torch.no_grad():
+        tiny.forward(tiny.prepare(probes))
+    return ed._keys.clone()
+
+
+def routes_of(ed, tiny, probes):
+    with torch.no_grad():
+        tiny.forward(tiny.prepare(probes))
+    return ed._route.tolist()
+
+
+def logits_of(tiny, probes):
+    with torch.no_grad():
+        return tiny.forward(tiny.prepare(probes)).logits.clone()
+
+
+# ----- vector database on synthetic keys ----------------------------------------------------------
+def test_vecdb_join_moves_centre_and_expands_radius():
+    db = VecDB(2, init_radius=1.0, device=torch.device("cpu"))
+    db.add_cluster(torch.tensor([0.0, 0.0]), (7,), block=0)
+    db.join(0, torch.tensor([1.9, 0.0]), block=1)
+    assert torch.allclose(db.centers[0], torch.tensor([0.95, 0.0]))
+    assert float(db.radii[0]) == pytest.approx(1.0)  # farthest key 0.95 < init radius
+    db.join(0, torch.tensor([0.95, 1.9]), block=2)
+    c = torch.tensor([0.95, 1.9 / 3])
+    assert torch.allclose(db.centers[0], c)
+    assert float(db.radii[0]) == pytest.approx(float((torch.tensor([0.95, 1.9]) - c).norm()))  # > 1: expanded
+    assert float(db.radii[0]) > 1.0
+    assert db.point_cluster.tolist() == [0, 0, 0] and db.point_block.tolist() == [0, 1, 2]
+    # a query routes to the block of the nearest key inside the nearest cluster, or to none
+    q = torch.tensor([[1.8, 0.1], [0.9, 1.8], [0.1, 0.0], [10.0, 10.0]])
+    assert db.route(q).tolist() == [1, 2, 0, NO_BLOCK]
+
+
+def test_vecdb_conflict_halves_radii_and_forgets_keys_outside():
+    db = VecDB(2, init_radius=1.0, device=torch.device("cpu"))
+    db.add_cluster(torch.tensor([0.0, 0.0]), (1,), block=0)
+    db.join(0, torch.tensor([1.0, 0.0]), block=1)  # centre (0.5, 0), keys at +-0.5
+    new = db.add_cluster(torch.tensor([1.3, 0.0]), (2,), block=2)
+    db.split(0, new, 0.8)
+    assert float(db.radii[0]) == pytest.approx(0.4 - 1e-5)
+    assert float(db.radii[1]) == pytest.approx(0.4 + 1e-5)
+    # both keys of cluster 0 lie 0.5 > 0.4 from its centre: forgotten; the centre is kept, pointing to no block
+    assert db.forgotten == 2 and db.conflicts == 1
+    assert db.point_cluster.tolist() == [1, 0] and db.point_block.tolist() == [2, NO_BLOCK]
+    q = torch.tensor([[0.5, 0.0], [1.3, 0.1], [0.0, 0.0]])
+    assert db.route(q).tolist() == [NO_BLOCK, 2, NO_BLOCK]
+
+
+# ----- the editor on the tiny backbone --------------------------------------------------------------
+def test_far_edits_create_clusters_and_own_blocks(melo, tiny, toy_eval):
+    ed = melo(init_radius=1e-3)
+    r0, r1 = toy_eval.request(0), toy_eval.request(1)
+    s0, s1 = ed.edit(r0), ed.edit(r1)
+    assert (s0["new"], s0["block"], s1["new"], s1["block"]) == (1, 0, 1, 1)
+    assert len(ed.db) == 2 and ed.db.point_block.tolist() == [0, 1]
+    assert torch.allclose(ed.db.radii, torch.full((2,), 1e-3))
+    assert routes_of(ed, tiny, [r0, r1, r0]) == [0, 1, 0]
+    # only block 0's ranks of the factors were trained by the first edit, block 1's by the second
+    rpb = ed.rank_per_block
+    for A, B in zip(ed.lora_A, ed.lora_B, strict=True):
+        assert B[: 2 * rpb].abs().sum() > 0 and B[2 * rpb :].abs().sum() == 0
+
+
+def test_same_target_joins_and_expands_cluster(melo, tiny, toy_eval):
+    r0 = toy_eval.request(0)
+    twin = Probe(prompt="What is the number of shapes in the picture? The answer is:", target=r0.target, image=r0.image)
+    ed = melo()
+    k = keys_of(ed, tiny, [r0, twin])
+    d = float((k[0] - k[1]).norm())
+    ed.db.init_radius = 0.6 * d  # twin lies outside r0's cluster but within radius + init_radius
+    ed.edit(r0)
+    assert routes_of(ed, tiny, [twin]) == [NO_BLOCK]
+    st = ed.edit(twin)
+    assert (st["join"], st["new"], st["conflict"]) == (1, 0, 0)
+    assert st["nearest_dist"] == pytest.approx(d, rel=1e-5)
+    assert len(ed.db) == 1 and ed.db.point_block.tolist() == [0, 1]
+    assert torch.allclose(ed.db.centers[0], k.mean(0), atol=1e-6)
+    assert float(ed.db.radii[0]) == pytest.approx(max(d / 2, 0.6 * d), rel=1e-5)
+    assert routes_of(ed, tiny, [r0, twin]) == [0, 1]  # each key its own block, inside one cluster
+
+
+def test_different_target_conflict_splits_radii(melo, tiny, toy_eval):
+    r0 = toy_eval.request(0)
+    rival = Probe(prompt="What is the number of shapes in the picture? The answer is:", target="7", image=r0.image)
+    ed = melo(init_radius=100.0)  # everything within reach: the rival conflicts with r0's cluster
+    k = keys_of(ed, tiny, [r0, rival])
+    d = float((k[0] - k[1]).norm())
+    before = tiny.score([r0, rival])
+    ed.edit(r0)
+    st = ed.edit(rival)
+    assert (st["conflict"], st["new"], st["join"]) == (1, 0, 0)
+    assert len(ed.db) == 2 and ed.db.conflicts == 1 and ed.db.forgotten == 0
+    assert ed.db.radii.tolist() == pytest.approx([d / 2 - 1e-5, d / 2 + 1e-5], rel=1e-5)
+    assert routes_of(ed, tiny, [r0, rival]) == [0, 1]
+    after = tiny.score([r0, rival])
+    assert after[0].logprob > before[0].logprob + 1.0 and after[1].logprob > before[1].logprob + 1.0
+
+
+def test_far_query_gives_bit_identical_original_outputs(melo, tiny, toy_eval):
+    edited = [toy_eval.request(i) for i in (0, 1)]
+    far = [p for i in (2, 3) for p in toy_eval.probes(i)]
+    ref_far = logits_of(tiny, far)
+    ref_mixed = logits_of(tiny, edited + far)
+    ed = melo(init_radius=1e-3)
+    for r in edited:
+        ed.edit(r)
+    assert routes_of(ed, tiny, far) == [NO_BLOCK] * len(far)
+    assert torch.equal(logits_of(tiny, far), ref_far)
+    # in company of edited probes (which route to blocks), far rows stay bit-identical, edited rows change
+    mixed = logits_of(tiny, edited + far)
+    assert torch.equal(mixed[len(edited) :], ref_mixed[len(edited) :])
+    assert not torch.equal(mixed[: len(edited)], ref_mixed[: len(edited)])
+
+
+def test_score_alone_equals_score_in_batch(melo, tiny, toy_eval):
+    ed = melo(init_radius=0.3)
+    for i in (0, 1, 2):
+        ed.edit(toy_eval.request(i))
+    probes = [p for i in (0, 1, 2, 3, 4) for p in toy_eval.probes(i)]
+    routes = routes_of(ed, tiny, probes)
+    assert len({r for r in routes if r != NO_BLOCK}) >= 2 and NO_BLOCK in routes  # several blocks and none
+    together = tiny.score(probes)
+    for p, s in zip(probes, together, strict=True):
+        alone = tiny.score([p])[0]
+        assert alone.pred_ids == s.pred_ids
+        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4)
+
+
+def test_batch_edit_trains_one_block_for_all_requests(melo, tiny, toy_eval):
+    reqs = [toy_eval.request(i) for i in (5, 6)]
+    ed = melo(init_radius=1e-3)
+    st = ed.edit_batch(reqs)
+    assert st["block"] == 0 and st["new"] == 2 and ed.next_block == 1 and ed.n_edits == 2
+    assert routes_of(ed, tiny, reqs) == [0, 0]
+
+
+def test_memory_bytes_counts_lora_and_database(melo, tiny, toy_eval):
+    ed = melo(init_radius=1e-3)
+    lora = sum(A.numel() + B.numel() for A, B in zip(ed.lora_A, ed.lora_B, strict=True)) * 4
+    expect_lora = sum((m.in_features + m.out_features) * ed.num_block * ed.rank_per_block for m in ed.originals) * 4
+    assert lora == expect_lora
+    base = ed.memory_bytes()
+    assert base >= lora
+    ed.edit(toy_eval.request(0))
+    one = ed.memory_bytes()
+    d = ed.key_module.out_features
+    assert one - base >= 2 * d * 4  # a centre and a point key, float32
+    ed.edit(toy_eval.request(1))
+    assert ed.memory_bytes() - one >= 2 * d * 4
+    ed.reset()
+    assert ed.memory_bytes() == base
+
+
+def test_out_of_blocks_names_the_config_key(melo, toy_eval):
+    ed = melo(num_block=2, init_radius=1e-3)
+    ed.edit(toy_eval.request(0))
+    ed.edit(toy_eval.request(1))
+    with pytest.raises(RuntimeError, match="editor.num_block"):
+        ed.edit(toy_eval.request(2))
+
+
+def test_reset_puts_the_original_modules_back(melo, tiny, toy_eval):
+    originals = [tiny.ffn(i, "in") for i in (2, 3)]
+    ed = melo()
+    ed.edit(toy_eval.request(0))
+    assert all(isinstance(tiny.ffn(i, "in"), MeloLinear) for i in (2, 3))
+    assert [tiny.ffn(i, "in").base_layer for i in (2, 3)] == originals
+    ed.reset()
+    assert [tiny.ffn(i, "in") for i in (2, 3)] == originals
+    assert len(ed.db) == 0 and ed.next_block == 0
+
+
+def test_key_layer_must_precede_lora_layers(tiny):
+    with pytest.raises(ValueError, match="key_layer"):
+        make(tiny, key_layer=2, lora_layers=[2, 3])
