@@ -218,14 +218,18 @@ class WISE(Editor):
 
     # ----- training data ----------------------------------------------------------------------------
     def fit(self, train) -> None:
-        """Optional: use the train split's text-locality questions as out-of-scope samples.
+        """Optional: use the train split's locality questions as out-of-scope samples.
+
+        ``loc_kinds`` picks them: ``t_loc`` (text, as EasyEdit's NQ prompts) and/or ``m_loc``
+        (unrelated image questions, which teach the router to stay off for those too).
 
         (``needs_training`` is False, so the harness does not call this; then the generic
         prompts of the YAML are used. Either way the pool is disjoint from the eval split.)
         """
+        kinds = set(self.cfg.get("loc_kinds") or ["t_loc"])
         pool = []
         for i in range(min(len(train), int(self.cfg.loc_pool_size))):
-            pool += [p for p in train.probes(i) if p.kind == "t_loc"]
+            pool += [p for p in train.probes(i) if p.kind in kinds]
         if pool:
             self.loc_pool = pool
 

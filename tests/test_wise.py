@@ -216,6 +216,9 @@ def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
     ed.fit(train)
     assert ed.loc_pool != generic and all(p.kind == "t_loc" and p.image is None for p in ed.loc_pool)
     assert {p.prompt for p in ed.loc_pool} <= {train.record(i)["loc"] + "?" for i in range(len(train))}
+    ed2 = make(loc_kinds=["t_loc", "m_loc"], loc_pool_size=5)
+    ed2.fit(train)
+    assert sorted(p.kind for p in ed2.loc_pool) == ["m_loc"] * 5 + ["t_loc"] * 5
 
 
 def test_relative_layer_and_bad_config(make, tiny):
