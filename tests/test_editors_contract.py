@@ -12,10 +12,12 @@ from conftest import CONF
 NO_OP = {"none"}
 # The tiny random backbone has near-uniform logits (std-0.02 init); paper learning
 # rates move it too little in 25 steps, so contract tests raise them here.
+# WISE: the tiny model's activations are ~100x smaller than a real LM's, so its margins are scaled down too.
 TINY_OVERRIDES = {
     "ft_l": {"lr": 1e-2},
     # melo's YAML layers (key 21, LoRA 22/23) are for the 30-layer smol_llava; tiny has 4 layers
     "melo": {"key_layer": 1, "lora_layers": [2, 3]},
+    "wise": {"n_iter": 30, "edit_lr": 50.0, "act_margin": [0.5, 2.0, 1.0]},
 }
 
 

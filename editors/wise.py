@@ -1,0 +1,437 @@
+"""WISE: a side memory beside one FFN matrix, with a router (Wang et al., NeurIPS 2024).
+
+Reference: zjunlp/EasyEdit ``easyeditor/models/wise/`` (``WISE.py``, ``merge/gta.py``,
+``utils.py``) and ``hparams/WISE/{blip2,minigpt4}.yaml``. Written from the paper and a
+reading of that code; nothing is copied.
+
+Mechanics
+---------
+* **Side memory.** A copy ``W'`` of one FFN matrix (``role``, default ``out``: LLaMA
+  ``down_proj`` / OPT ``fc2``) of decoder layer ``layer``. Edits train only ``W'``; the
+  backbone's own weights are never written, so ``reset`` (which removes the hook) gives
+  bit-identical outputs.
+* **Edit loss.** Target cross-entropy through ``W'`` plus the activation-margin loss on
+  ``d = ||act(W' x) - act(W x)||`` (per token, averaged over a sample's own tokens):
+  ``[d_out - alpha]_+ + [beta - d_in]_+ + [d_out - d_in + gamma]_+`` with ``(alpha, beta,
+  gamma) = act_margin``. In-scope is the edit request; out-of-scope is one *unrelated*
+  locality sample: from the train split when :meth:`fit` was called, else from the fixed
+  generic prompts in the YAML (never the evaluated record's own loc/m_loc probes, which
+  EasyEdit's multimodal tokeniser uses).
+* **Optimiser.** Plain SGD (``edit_lr`` 1.0, weight decay 1e-5, ``n_iter`` steps, EasyEdit's
+  early stop), the gradient multiplied by the shard's random mask, then ``W'`` clamped to
+  ``W +- norm_constraint``.
+* **Knowledge sharding.** Each shard (``save_freq`` edits) trains a fresh copy of ``W``
+  through its own random mask (``mask_ratio`` of the entries trainable). Every
+  ``save_freq`` edits the shard is saved; every ``merge_freq`` edits the saved shards are
+  merged with TIES (:func:`ties_merge`, own implementation: trim to ``density``, elect the
+  sign of the summed weighted deltas, mean of the agreeing entries).
+* **Routing.** A sample uses a side memory iff its ``d`` exceeds ``act_ratio`` x (the
+  smallest in-scope ``d`` recorded after an edit). Routing is per sample from its own
+  tokens (``backbone.context`` gives the attention mask), in one vectorised pass over all
+  candidate memories: every sample's output is either the original output (bit for bit)
+  or the output of the single memory it picked.
+* **WISE-Retrieve** (``retrieve: true``): saved shards stay separate memories (each with
+  its own threshold), merged in groups of ``merge_freq / save_freq``; each sample takes
+  the most activated memory that clears its threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.backbones.base import Probe
+
+from .base import Editor
+from .registry import register
+
+ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}
+
+
+# ----- TIES merging -------------------------------------------------------------------------------
+def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``density`` fraction of entries with the largest magnitude, zero the rest."""
+    if density >= 1.0:
+        return delta
+    k = int(density * delta.numel())
+    if k < 1:
+        raise ValueError(f"density {density} keeps no entry of a tensor with {delta.numel()} entries")
+    flat = delta.reshape(-1)
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.abs().float().topk(k).indices] = True
+    return (flat * keep).reshape(delta.shape)
+
+
+def ties_merge(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
+               density: float, normalize: bool = True) -> torch.Tensor:
+    """TIES merging (Yadav et al. 2023) of ``tensors`` relative to ``base``.
+
+    1. task vectors ``delta_i = t_i - base``, each trimmed to its top-``density`` magnitudes;
+    2. weighted ``w_i * delta_i``; elected sign per entry = sign of their sum (ties -> +);
+    3. disjoint merge: sum of the weighted deltas whose sign agrees with the elected one,
+       divided (``normalize``) by the sum of the weights of those agreeing deltas.
+    Zero entries (trimmed or untouched) agree with no sign and so never dilute the mean.
+    """
+    if len(tensors) != len(weights):
+        raise ValueError(f"ties_merge: {len(tensors)} tensors but {len(weights)} weights")
+    if not tensors:
+        return base.clone()
+    deltas = torch.stack([magnitude_trim(t - base, density) for t in tensors])
+    w = torch.tensor(list(weights), dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
+    wd = deltas * w
+    elected = torch.where(wd.sum(0) >= 0, 1.0, -1.0).to(wd.dtype)
+    agree = (wd.sign() == elected).to(wd.dtype)
+    merged = (wd * agree).sum(0)
+    if normalize:
+        div = (w * agree).sum(0)
+        merged = merged / torch.where(div == 0, torch.ones_like(div), div)
+    return (base + merged).to(base.dtype)
+
+
+class _StopMeter:
+    """EasyEdit's EarlyStopMeter: stop when the loss is <= 0.02 and moved by <= 1e-4."""
+
+    def __init__(self) -> None:
+        self.prev, self.val = 0.0, 1e9
+
+    def update(self, v: float) -> None:
+        self.prev, self.val = self.val, v
+
+    def stop(self) -> bool:
+        return abs(self.val - self.prev) <= 1e-4 and self.val <= 0.02
+
+
+def _pos_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of the positive entries (0 if none): EasyEdit's margin-loss reduction."""
+    pos = t[t > 0]
+    return pos.mean() if pos.numel() else t.new_zeros(())
+
+
+@register("wise")
+class WISE(Editor):
+    can_batch_edit = False  # one edit at a time, like the reference (shard counters count edits)
+
+    def __init__(self, backbone, cfg) -> None:
+        super().__init__(backbone, cfg)
+        c = cfg
+        if str(c.act) not in ACTS:
+            raise ValueError(f"editor.act: {c.act!r} is not one of {sorted(ACTS)}")
+        if str(c.route_tokens) not in ("all", "prompt"):
+            raise ValueError(f"editor.route_tokens: {c.route_tokens!r} is not 'all' or 'prompt'")
+        self.save_freq, self.merge_freq = int(c.save_freq), int(c.merge_freq)
+        if self.save_freq < 1 or self.merge_freq < self.save_freq or self.merge_freq % self.save_freq:
+            raise ValueError(f"editor.save_freq ({self.save_freq}) / merge_freq ({self.merge_freq}): "
+                             "need 1 <= save_freq <= merge_freq and merge_freq a multiple of save_freq")
+        if str(c.merge_alg) != "ties":
+            raise ValueError(f"editor.merge_alg: {c.merge_alg!r}: only 'ties' is implemented")
+        if not 0.0 < float(c.mask_ratio) <= 1.0:
+            raise ValueError(f"editor.mask_ratio: {c.mask_ratio} not in (0, 1]")
+        self.alpha, self.beta, self.gamma = (float(v) for v in c.act_margin)
+        self.act = ACTS[str(c.act)]
+        self.layer_idx = self._resolve_layer(c.layer)
+        self.module: nn.Linear = backbone.ffn(self.layer_idx, str(c.role))
+        self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc")
+                                      for p in c.loc_prompts]
+        if not self.loc_pool:
+            raise ValueError("editor.loc_prompts: need at least one generic locality prompt")
+        self._hook = None
+        self._editing = False
+        self._trace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._clear()
+
+    def _resolve_layer(self, spec) -> int:
+        """An int is a layer index (negative allowed); a float in [0, 1) a relative depth."""
+        n = self.backbone.num_layers
+        if isinstance(spec, float):
+            if not 0.0 <= spec < 1.0:
+                raise ValueError(f"editor.layer: relative depth {spec} not in [0, 1)")
+            return int(math.floor(spec * n))
+        return self.backbone.layer_index(int(spec))
+
+    # ----- state ------------------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    def _clear(self) -> None:
+        w = self.weight.detach()
+        self.cur = w.clone()  # side memory of the current shard (trained copy)
+        self.mask = torch.zeros_like(w, dtype=torch.bool)
+        self.shards = w.new_zeros((0, *w.shape))  # saved shards (pending merge, or Retrieve's memories)
+        self.shard_min_act = w.new_zeros((0,), dtype=torch.float32)
+        self.merged: torch.Tensor | None = None  # WISE-Merge: the merged side memory
+        self.min_act = math.inf  # WISE-Merge: smallest in-scope d over all edits
+        self.cur_min_act = math.inf  # Retrieve: smallest in-scope d of the current shard
+        self.cur_edits = 0  # edits in the current shard
+        self.n_merges = 0
+        self.n_edits = 0
+        self._cache = None
+
+    def _attach(self) -> None:
+        if self._hook is None:
+            self._hook = self.module.register_forward_hook(self._forward_hook)
+
+    def reset(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._editing, self._trace = False, None
+        self._clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        w = self.weight
+        return {
+            "cur": self.cur.detach().clone(),
+            "mask": self.mask.clone(),
+            "shards": self.shards.clone(),
+            "shard_min_act": self.shard_min_act.clone(),
+            "merged": (self.merged if self.merged is not None else w.new_zeros((0, *w.shape))).clone(),
+            "min_act": torch.tensor([self.min_act, self.cur_min_act], dtype=torch.float64),
+            "counters": torch.tensor([self.n_edits, self.cur_edits, self.n_merges], dtype=torch.long),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = {"cur", "mask", "shards", "shard_min_act", "merged", "min_act", "counters"} - set(state)
+        if missing:
+            raise KeyError(f"WISE state_dict lacks {sorted(missing)}")
+        dev, dt = self.weight.device, self.weight.dtype
+        self.cur = state["cur"].to(dev, dt).clone()
+        self.mask = state["mask"].to(dev).bool().clone()
+        self.shards = state["shards"].to(dev, dt).clone()
+        self.shard_min_act = state["shard_min_act"].to(dev, torch.float32).clone()
+        m = state["merged"]
+        self.merged = m.to(dev, dt).reshape(self.weight.shape).clone() if m.numel() else None
+        self.min_act, self.cur_min_act = (float(v) for v in state["min_act"].tolist())
+        self.n_edits, self.cur_edits, self.n_merges = (int(v) for v in state["counters"].tolist())
+        self._cache = None
+        if self.n_edits:
+            self._attach()
+
+    def memory_bytes(self) -> int:
+        if not self.n_edits:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    # ----- training data ----------------------------------------------------------------------------
+    def fit(self, train) -> None:
+        """Optional: use the train split's locality questions as out-of-scope samples.
+
+        ``loc_kinds`` picks them: ``t_loc`` (text, as EasyEdit's NQ prompts) and/or ``m_loc``
+        (unrelated image questions, which teach the router to stay off for those too).
+
+        (``needs_training`` is False, so the harness does not call this; then the generic
+        prompts of the YAML are used. Either way the pool is disjoint from the eval split.)
+        """
+        kinds = set(self.cfg.get("loc_kinds") or ["t_loc"])
+        pool = []
+        for i in range(min(len(train), int(self.cfg.loc_pool_size))):
+            pool += [p for p in train.probes(i) if p.kind in kinds]
+        if pool:
+            self.loc_pool = pool
+
+    def _loc_sample(self) -> Probe:
+        return self.loc_pool[self.n_edits % len(self.loc_pool)]
+
+    # ----- distances and routing --------------------------------------------------------------------
+    def _token_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: the tokens of each sample that its ``d`` is computed over."""
+        B, L = x.shape[:2]
+        ctx = self.backbone.context
+        if ctx is None or tuple(ctx.attention_mask.shape) != (B, L):
+            return torch.ones((B, L), dtype=torch.bool, device=x.device)
+        valid = ctx.attention_mask.bool()
+        if self.cfg.route_tokens == "prompt":
+            pos = torch.arange(L, device=x.device)
+            valid = valid & (pos[None, :] <= ctx.prompt_last[:, None])
+        return valid
+
+    def _dist(self, orig: torch.Tensor, side: torch.Tensor, valid: torch.Tensor, infer: bool) -> torch.Tensor:
+        """d per sample: ``orig`` [B, L, o], ``side`` [..., B, L, o], ``valid`` [B, L] -> [..., B].
+
+        Mean over the sample's own tokens of ``||act(side) - act(orig)||``; at inference,
+        samples longer than ``long_seq`` tokens use the max (EasyEdit's ``euc`` with infer).
+        """
+        n = torch.linalg.vector_norm((self.act(side) - self.act(orig)).float(), dim=-1)  # [..., B, L]
+        m = valid.to(n.dtype)
+        cnt = m.sum(-1)
+        mean = (n * m).sum(-1) / cnt.clamp_min(1.0)
+        long_seq = self.cfg.get("long_seq")
+        if infer and long_seq is not None:
+            mx = n.masked_fill(~valid, float("-inf")).amax(-1)
+            mean = torch.where(cnt > float(long_seq), mx, mean)
+        return mean
+
+    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(memories [K, out, in], thresholds [K]) that inference routes among, cached."""
+        if self._cache is not None:
+            return self._cache
+        ratio = float(self.cfg.act_ratio)
+        mems: list[torch.Tensor] = []
+        thr: list[float] = []
+        if self.cfg.retrieve:
+            mems += list(self.shards)
+            thr += [a * ratio for a in self.shard_min_act.tolist()]
+            if self.cur_edits:
+                mems.append(self.cur)
+                thr.append(self.cur_min_act * ratio)
+        else:
+            pending = list(self.shards) + ([self.cur] if self.cur_edits else [])
+            if self.n_edits >= self.save_freq and pending:
+                # EasyEdit merges what is left (saved shards + the current one) before evaluating
+                mems.append(self._merge_merged(pending))
+            else:
+                if self.merged is not None:
+                    mems.append(self.merged)
+                if self.cur_edits:
+                    mems.append(self.cur)
+            thr = [self.min_act * ratio] * len(mems)
+        if not mems:
+            return None
+        self._cache = (torch.stack([m.detach() for m in mems]),
+                       torch.tensor(thr, dtype=torch.float32, device=self.weight.device))
+        return self._cache
+
+    def route(self, x: torch.Tensor, orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample choice: index [B] (0 = original, k = candidate k-1) and candidate outputs."""
+        cand = self._candidates()
+        B = x.shape[0]
+        if cand is None:
+            return torch.zeros(B, dtype=torch.long, device=x.device), None
+        mems, thr = cand
+        side = torch.matmul(x.unsqueeze(0), mems.transpose(-1, -2).unsqueeze(1))  # [K, B, L, out]
+        if self.module.bias is not None:
+            side = side + self.module.bias
+        d = self._dist(orig, side, self._token_mask(x), infer=True)  # [K, B]
+        ok = d > thr[:, None]
+        best = torch.where(ok, d, torch.full_like(d, float("-inf"))).argmax(0)
+        idx = torch.where(ok.any(0), best + 1, torch.zeros_like(best))
+        return idx, side
+
+    def _forward_hook(self, module, inputs, output):
+        x = inputs[0]
+        if self._editing:
+            side = F.linear(x, self.cur, module.bias)
+            self._trace = (output, side)
+            return side
+        idx, side = self.route(x, output)
+        if side is None or not bool(idx.any()):
+            return None  # nobody routed: the original output object, untouched
+        stacked = torch.cat([output.unsqueeze(0), side.to(output.dtype)], 0)  # [K+1, B, L, out]
+        return stacked[idx, torch.arange(x.shape[0], device=x.device)]
+
+    @torch.no_grad()
+    def routes(self, probes: Sequence[Probe]) -> list[int]:
+        """Which memory each probe routes to (0 = none), as scored in one batch (for tests/analysis)."""
+        got: list[torch.Tensor] = []
+
+        def spy(module, inputs, output):
+            got.append(self.route(inputs[0], output)[0])
+
+        h = self.module.register_forward_hook(spy, prepend=True)
+        try:
+            self.backbone.forward(self.backbone.prepare(list(probes)))
+        finally:
+            h.remove()
+        return got[0].tolist()
+
+    # ----- editing ----------------------------------------------------------------------------------
+    def _new_mask(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.n_edits // self.save_freq)
+        m = torch.rand(self.weight.shape, generator=g) < float(self.cfg.mask_ratio)
+        return m.to(self.weight.device)
+
+    def _act_loss(self, d_in: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
+        pair = d_out.view(-1, 1) - d_in.view(1, -1) + self.gamma
+        return _pos_mean(pair) + _pos_mean(d_out - self.alpha) + _pos_mean(self.beta - d_in)
+
+    def _losses(self, batch, n_req: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.backbone.forward(batch).logits
+        rows, pos, ids = batch.label_positions()
+        keep = rows < n_req  # CE on the edit's target tokens only (EasyEdit 'only_label')
+        ce = F.cross_entropy(logits[rows[keep], pos[keep]].float(), ids[keep])
+        orig, side = self._trace
+        d = self._dist(orig, side, batch.attention_mask.bool(), infer=False)
+        return ce, d[:n_req], d[n_req:]
+
+    def edit(self, request: Probe) -> dict:
+        self._attach()
+        c = self.cfg
+        if self.n_edits % self.save_freq == 0:  # a new shard: fresh copy of W, fresh random mask
+            self.cur = self.weight.detach().clone()
+            self.mask = self._new_mask()
+            self.cur_edits, self.cur_min_act = 0, math.inf
+        batch = self.backbone.prepare([request, self._loc_sample()])
+        w0 = self.weight.detach()
+        lr, wd, bound = float(c.edit_lr), float(c.weight_decay), float(c.norm_constraint)
+        maskf = self.mask.to(self.cur.dtype)
+        meter = _StopMeter()
+        self._editing, self._cache = True, None
+        self.cur.requires_grad_(True)
+        loss_v = ce_v = act_v = float("nan")
+        steps = 0
+        try:
+            for steps in range(1, int(c.n_iter) + 1):
+                ce, d_in, d_out = self._losses(batch, 1)
+                act_loss = self._act_loss(d_in, d_out)
+                loss = ce + act_loss
+                loss_v, ce_v, act_v = loss.item(), ce.item(), act_loss.item()
+                if meter.stop():
+                    break
+                self.cur.grad = None
+                loss.backward()
+                with torch.no_grad():
+                    g = (self.cur.grad + wd * self.cur) * maskf  # masked SGD (weight decay masked too)
+                    self.cur -= lr * g
+                    torch.clamp_(self.cur, min=w0 - bound, max=w0 + bound)
+                meter.update(loss_v)
+            with torch.no_grad():  # in-scope activation of the trained memory -> routing threshold
+                _, d_in, d_out = self._losses(batch, 1)
+        finally:
+            self.cur.requires_grad_(False)
+            self.cur.grad = None
+            self._editing, self._trace = False, None
+        a = float(d_in.mean())
+        self.min_act = min(self.min_act, a)
+        self.cur_min_act = min(self.cur_min_act, a)
+        self.n_edits += 1
+        self.cur_edits += 1
+        if self.n_edits % self.save_freq == 0:
+            self._save_shard()
+        if self.n_edits % self.merge_freq == 0:
+            self._merge()
+        self._cache = None
+        return {"loss": loss_v, "ce": ce_v, "act_loss": act_v, "steps": steps,
+                "d_in": a, "d_out": float(d_out.mean()), "shards": int(self.shards.shape[0]),
+                "merges": self.n_merges}
+
+    def _save_shard(self) -> None:
+        self.shards = torch.cat([self.shards, self.cur.detach().clone().unsqueeze(0)])
+        self.shard_min_act = torch.cat([self.shard_min_act, self.shard_min_act.new_tensor([self.cur_min_act])])
+        self.cur = self.weight.detach().clone()
+        self.cur_edits, self.cur_min_act = 0, math.inf
+
+    def _merge_merged(self, shards: list[torch.Tensor]) -> torch.Tensor:
+        """WISE-Merge: TIES of the shards (and, weighted ``merge_prev_weight``, the previous merge)."""
+        n, dens = len(shards), float(self.cfg.densities)
+        if self.merged is None:
+            return ties_merge(self.weight.detach(), shards, [float(self.cfg.weights) / n] * n, dens)
+        keep = float(self.cfg.merge_prev_weight)
+        return ties_merge(self.weight.detach(), shards + [self.merged], [(1 - keep) / n] * n + [keep], dens)
+
+    def _merge(self) -> None:
+        if self.cfg.retrieve:  # merge the last merge_freq/save_freq shards into one memory
+            k = self.merge_freq // self.save_freq
+            group = list(self.shards[-k:])
+            merged = ties_merge(self.weight.detach(), group, [float(self.cfg.weights) / k] * k,
+                                float(self.cfg.densities))
+            self.shards = torch.cat([self.shards[:-k], merged.unsqueeze(0)])
+            self.shard_min_act = torch.cat([self.shard_min_act[:-k], self.shard_min_act[-k:].min().view(1)])
+        else:
+            self.merged = self._merge_merged(list(self.shards))
+            self.shards = self.shards[:0]
+            self.shard_min_act = self.shard_min_act[:0]
+        self.n_merges += 1

@@ -1,0 +1,229 @@
+"""WISE mechanics: TIES merging, sharding masks, merge schedule, routing, Retrieve, batching."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.nn import functional as F
+
+import editors
+from conftest import CONF
+from editors import wise as wise_mod
+from editors.wise import magnitude_trim, ties_merge
+
+# The tiny random LM has ~100x smaller activations and near-flat logits: last layer, larger
+# steps and bound, margins scaled down (paper values stay in conf/editor/wise.yaml).
+TINY = {"layer": -1, "n_iter": 30, "edit_lr": 50.0, "norm_constraint": 10.0, "act_margin": [0.5, 2.0, 1.0]}
+
+
+@pytest.fixture
+def make(tiny):
+    built = []
+
+    def _make(**over):
+        cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "wise.yaml"), TINY, over)
+        ed = editors.build(cfg, tiny)
+        built.append(ed)
+        return ed
+
+    yield _make
+    for ed in built:
+        ed.reset()
+
+
+def logits_of(backbone, probes):
+    with torch.no_grad():
+        return backbone.forward(backbone.prepare(probes)).logits.clone()
+
+
+# ----- TIES ------------------------------------------------------------------------------------------
+def test_ties_sign_election_and_disjoint_mean():
+    base = torch.ones(4)
+    deltas = [torch.tensor([2.0, -1.0, 0.5, 0.0]), torch.tensor([-1.0, -3.0, 0.5, 0.0]),
+              torch.tensor([-2.0, 1.0, 0.0, 0.0])]
+    out = ties_merge(base, [base + d for d in deltas], [1 / 3] * 3, density=1.0)
+    # e0: sum -1 -> '-', mean of (-1,-2); e1: '-', mean of (-1,-3); e2: '+', zeros never vote; e3: nothing
+    assert torch.allclose(out, base + torch.tensor([-1.5, -2.0, 0.5, 0.0]))
+    # weights take part in the election: w=(.5,.25,.25) -> e0: 1 - .25 - .5 > 0 -> only the first delta
+    out = ties_merge(base, [base + d for d in deltas], [0.5, 0.25, 0.25], density=1.0)
+    assert torch.allclose(out[0], torch.tensor(1.0 + 2.0))
+    assert torch.allclose(out[1], torch.tensor(1.0 + (-0.5 - 0.75) / 0.75))  # -.5-.75+.25 < 0
+    # without normalisation: the plain sum of the agreeing weighted deltas
+    out = ties_merge(torch.zeros(4), deltas, [1 / 3] * 3, density=1.0, normalize=False)
+    assert torch.allclose(out, torch.tensor([-1.0, -4 / 3, 1 / 3, 0.0]))
+
+
+def test_ties_trimming():
+    d = torch.tensor([4.0, -3.0, 0.1, -0.2])
+    assert torch.equal(magnitude_trim(d, 0.5), torch.tensor([4.0, -3.0, 0.0, 0.0]))
+    assert int((magnitude_trim(torch.randn(10, 10), 0.53) != 0).sum()) == 53
+    # trimming changes the election: t1's +0.5 is not in its top half, so t2's -0.4 wins entry 0
+    t1, t2 = torch.tensor([0.5, 5.0, 2.0, 0.0]), torch.tensor([-0.4, 0.0, 0.0, 0.1])
+    out = ties_merge(torch.zeros(4), [t1, t2], [0.5, 0.5], density=0.5)
+    assert torch.allclose(out, torch.tensor([-0.4, 5.0, 2.0, 0.1]))
+    out = ties_merge(torch.zeros(4), [t1, t2], [0.5, 0.5], density=1.0)
+    assert torch.allclose(out, torch.tensor([0.5, 5.0, 2.0, 0.1]))
+
+
+# ----- sharding ----------------------------------------------------------------------------------------
+def test_shard_mask_ratio_and_masked_updates(make, toy_eval):
+    ed = make()
+    ed.edit(toy_eval.request(0))
+    assert abs(ed.mask.float().mean().item() - 0.2) < 0.02
+    changed = ed.cur != ed.module.weight
+    assert changed.any()
+    assert not (changed & ~ed.mask).any(), "an entry outside the shard's mask was updated"
+    assert ((ed.cur - ed.module.weight).abs() <= 10.0 + 1e-5).all()  # norm constraint (TINY bound)
+
+
+def test_new_shard_new_mask(make, toy_eval):
+    ed = make(save_freq=1, merge_freq=1000, mask_ratio=0.2)
+    ed.edit(toy_eval.request(0))
+    m1 = ed.mask.clone()
+    ed.edit(toy_eval.request(1))
+    m2 = ed.mask.clone()
+    assert not torch.equal(m1, m2)
+    assert abs((m1 & m2).float().mean().item() - 0.04) < 0.02  # independent masks overlap ~ratio^2
+    assert ed.shards.shape[0] == 2 and ed.cur_edits == 0
+
+
+def test_norm_constraint_clamps(make, toy_eval):
+    ed = make(norm_constraint=1e-3)
+    ed.edit(toy_eval.request(0))
+    assert ((ed.cur - ed.module.weight).abs() <= 1e-3 + 1e-7).all()
+
+
+@pytest.mark.parametrize("retrieve", [False, True])
+def test_merge_every_merge_freq(make, toy_eval, monkeypatch, retrieve):
+    calls = []
+
+    def spy(base, tensors, weights, density, normalize=True):
+        calls.append((len(tensors), list(weights), density))
+        return ties_merge(base, tensors, weights, density, normalize)
+
+    monkeypatch.setattr(wise_mod, "ties_merge", spy)
+    ed = make(save_freq=1, merge_freq=2, n_iter=2, retrieve=retrieve)
+    for i in range(5):
+        ed.edit(toy_eval.request(i))
+        assert ed.n_merges == (i + 1) // 2
+        assert len(calls) == ed.n_merges  # editing never merges except on schedule
+    if retrieve:  # groups of merge_freq/save_freq shards became one memory each (+ the 5th shard)
+        assert ed.shards.shape[0] == 3 and ed.merged is None
+        assert calls[0] == (2, [0.5, 0.5], 0.53)
+    else:  # one merged memory; the second merge weighs the previous one 0.6 (EasyEdit)
+        assert ed.shards.shape[0] == 1 and ed.merged is not None
+        assert calls[0] == (2, [0.5, 0.5], 0.53)
+        assert calls[1][0] == 3 and calls[1][1] == pytest.approx([0.2, 0.2, 0.6])
+
+
+# ----- routing ------------------------------------------------------------------------------------------
+def test_out_of_scope_probe_is_bit_identical(make, tiny, toy_eval):
+    probes = [p for i in range(6) for p in toy_eval.probes(i)]
+    ref = [logits_of(tiny, [p]) for p in probes]
+    ed = make()
+    for i in range(3):
+        ed.edit(toy_eval.request(i))
+    routes = [ed.routes([p])[0] for p in probes]
+    assert 0 in routes and 1 in routes, routes
+    for p, r, lg in zip(probes, routes, ref, strict=True):
+        now = logits_of(tiny, [p])
+        if r == 0:
+            assert torch.equal(now, lg), f"unrouted {p.kind} probe changed"
+        else:
+            assert not torch.equal(now, lg)
+
+
+def test_threshold_is_act_ratio_times_min_in_scope(make, toy_eval):
+    ed = make()
+    ed.edit(toy_eval.request(0))
+    ed.edit(toy_eval.request(1))
+    mems, thr = ed._candidates()
+    assert mems.shape[0] == 1
+    assert thr.item() == pytest.approx(0.4 * ed.min_act)
+    ed.min_act = math.inf  # nothing clears an infinite threshold
+    ed._cache = None
+    assert set(ed.routes(toy_eval.probes(0))) == {0}
+
+
+def test_retrieve_picks_most_activated_memory_per_sample(make):
+    ed = make(retrieve=True)
+    w0 = ed.module.weight.detach()
+    out_dim, in_dim = w0.shape
+    da, db = torch.zeros_like(w0), torch.zeros_like(w0)
+    da[:, 0], db[:, 1] = 1.0, 1.0  # memory A reacts to input feature 0, memory B to feature 1
+    db[:, 2] = 0.5  # and B a little to feature 2
+    state = ed.state_dict()
+    state.update(shards=torch.stack([w0 + da, w0 + db]), shard_min_act=torch.tensor([1e-3, 1e-3]),
+                 counters=torch.tensor([2, 0, 0]))
+    ed.load_state_dict(state)
+    x = torch.zeros(3, 2, in_dim)
+    x[0, :, 0] = 3.0  # sample 0 -> A
+    x[1, :, 1] = 3.0  # sample 1 -> B
+    x[2, :, 0], x[2, :, 2] = 1.0, 4.0  # sample 2: A moves it by 1 per unit, B by 2 -> B
+    orig = F.linear(x, w0)
+    idx, side = ed.route(x, orig)
+    assert idx.tolist() == [1, 2, 2]
+    # a memory that does not clear its own threshold is skipped; none clears -> original
+    state["shard_min_act"] = torch.tensor([1e-3, 1e9])
+    ed.load_state_dict(state)
+    assert ed.route(x, orig)[0].tolist() == [1, 0, 1]
+    state["shard_min_act"] = torch.tensor([1e9, 1e9])
+    ed.load_state_dict(state)
+    assert ed.route(x, orig)[0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("retrieve", [False, True])
+def test_score_alone_equals_score_in_batch(make, tiny, toy_eval, retrieve):
+    ed = make(retrieve=retrieve, save_freq=1, merge_freq=1000)
+    for i in range(3):
+        ed.edit(toy_eval.request(i))
+    probes = [p for i in range(5) for p in toy_eval.probes(i)]
+    routes = [ed.routes([p])[0] for p in probes]
+    assert len(set(routes)) >= 2, routes
+    if retrieve:
+        assert len(set(routes) - {0}) >= 2, f"probes should use different memories: {routes}"
+    assert ed.routes(probes) == routes  # the same choice inside a batch
+    together = tiny.score(probes)
+    for p, s in zip(probes, together, strict=True):
+        alone = tiny.score([p])[0]
+        assert alone.pred_ids == s.pred_ids
+        assert abs(alone.logprob - s.logprob) < 1e-4
+
+
+def test_retrieve_state_round_trip_and_memory(make, tiny, toy_eval):
+    ed = make(retrieve=True, save_freq=1, merge_freq=2)
+    assert ed.memory_bytes() == 0
+    for i in range(3):
+        ed.edit(toy_eval.request(i))
+    probes = toy_eval.probes(0) + toy_eval.probes(2)
+    post = logits_of(tiny, probes)
+    state = {k: v.clone() for k, v in ed.state_dict().items()}
+    w = ed.module.weight
+    assert ed.memory_bytes() >= 2 * w.numel() * w.element_size()  # two memories stored
+    ed.reset()
+    assert ed.memory_bytes() == 0
+    ed.load_state_dict(state)
+    assert torch.equal(logits_of(tiny, probes), post)
+
+
+def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
+    from bench.records import Prompts, RecordSet
+
+    train = RecordSet(toy_root / "train.json", toy_root, Prompts())
+    ed = make()
+    generic = list(ed.loc_pool)
+    ed.fit(train)
+    assert ed.loc_pool != generic and all(p.kind == "t_loc" and p.image is None for p in ed.loc_pool)
+    assert {p.prompt for p in ed.loc_pool} <= {train.record(i)["loc"] + "?" for i in range(len(train))}
+    ed2 = make(loc_kinds=["t_loc", "m_loc"], loc_pool_size=5)
+    ed2.fit(train)
+    assert sorted(p.kind for p in ed2.loc_pool) == ["m_loc"] * 5 + ["t_loc"] * 5
+
+
+def test_relative_layer_and_bad_config(make, tiny):
+    assert make(layer=0.72).layer_idx == int(0.72 * tiny.num_layers)
+    with pytest.raises(ValueError, match="merge_freq"):
+        make(save_freq=3, merge_freq=4)
+    with pytest.raises(ValueError, match="merge_alg"):
+        make(merge_alg="dare")
