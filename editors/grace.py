@@ -197,8 +197,8 @@ class GRACE(Editor):
         new = torch.where(mask, vals[:, None, :].to(out.dtype), out)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    def _read_query(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query [d_in], module output at the key token [d_out]) of a one-sample batch."""
+    def _read_queries(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries [B, d_in], module outputs at the key tokens [B, d_out]) of a batch."""
         self._capture = {}
         try:
             with torch.no_grad():
@@ -209,7 +209,18 @@ class GRACE(Editor):
             cap, self._capture = self._capture, None
         if "query" not in cap:
             raise RuntimeError("grace: the hooked module did not run during forward")
-        return cap["query"][0], cap["out"][0]
+        return cap["query"], cap["out"]
+
+    @torch.no_grad()
+    def route(self, probes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Diagnostics: per probe (nearest key index, distance, in range?); index -1 when no keys."""
+        queries, _ = self._read_queries(self.backbone.prepare(list(probes)))
+        n = queries.shape[0]
+        if self.n_keys == 0:
+            inf = torch.full((n,), float("inf"), device=queries.device)
+            return torch.full((n,), -1, dtype=torch.long), inf, torch.zeros(n, dtype=torch.bool)
+        dmin, idx = self._distances(queries).min(1)
+        return idx, dmin, dmin <= self.eps[idx]
 
     # ----- editing ---------------------------------------------------------------------------
     def _update_codebook(self, query: torch.Tensor, out: torch.Tensor, target: list[int]) -> tuple[int, str]:
@@ -243,7 +254,8 @@ class GRACE(Editor):
     def edit(self, request: Probe) -> dict:
         batch = self.backbone.prepare([request])
         target = list(batch.target_ids[0])
-        query, out = self._read_query(batch)
+        queries, outs = self._read_queries(batch)
+        query, out = queries[0], outs[0]
         row, action = self._update_codebook(query, out, target)
         live = self.values[row].detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([live], lr=float(self.cfg.edit_lr))
@@ -289,6 +301,10 @@ class GRACE(Editor):
         self.values = state["values"].to(dev, torch.float32).clone()
         self.eps = state["eps"].to(dev, torch.float32).clone()
         self.labels = state["labels"].to(dev, torch.long).clone()
+
+    def remove(self) -> None:
+        """Take the hook off the backbone (the editor stops acting; used when discarding it)."""
+        self._handle.remove()
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.eps, self.labels))
