@@ -1,0 +1,193 @@
+"""GRACE's mechanics on the tiny random backbone: codebook rules, routing, batching, memory."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import editors
+from bench.backbones.base import Probe
+from conftest import CONF
+
+N_ITER = 30  # fewer than the paper's 100: enough on the tiny model, keeps the tests fast
+
+
+def build(tiny, **over):
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "grace.yaml"), {"n_iter": N_ITER, **over})
+    return editors.build(cfg, tiny)
+
+
+@pytest.fixture
+def make(tiny):
+    made = []
+
+    def _make(**over):
+        ed = build(tiny, **over)
+        made.append(ed)
+        return ed
+
+    yield _make
+    for ed in made:  # the tiny backbone is shared by the session: leave it clean
+        ed.reset()
+        ed.remove()
+
+
+def query_dist(ed, a: Probe, b: Probe) -> float:
+    q, _ = ed._read_queries(ed.backbone.prepare([a, b]))
+    return float(torch.linalg.vector_norm(q[0] - q[1]))
+
+
+def logits_of(bb, probes):
+    with torch.no_grad():
+        return bb.forward(bb.prepare(probes)).logits.clone()
+
+
+def test_layer_depth_and_index(tiny, make):
+    assert make(layer=0.65).layer_index == 2  # round(0.65 * 3)
+    assert make(layer=-1).layer_index == 3
+    assert make(layer=1).layer_index == 1
+    with pytest.raises(ValueError, match="relative depth"):
+        make(layer=1.5)
+    with pytest.raises(ValueError, match="replacement"):
+        make(replacement="replace_everything")
+
+
+def test_new_key_then_expand_for_same_target(make, toy_eval):
+    a = toy_eval.request(0)
+    b = toy_eval.probes(0)[1]  # the rephrase: same image, same target, another prompt
+    assert b.target == a.target
+    ed = make()
+    d = query_dist(ed, a, b)
+    ed.eps_init = 0.75 * d  # b outside a's radius, inside the deferral radius (1.5 d)
+    assert ed.edit(a)["action"] == "add"
+    assert not bool(ed.route([b])[2][0])
+    stats = ed.edit(b)
+    assert stats["action"] == "expand" and stats["keys"] == 1
+    assert float(ed.eps[0]) == pytest.approx(d, rel=1e-5)
+    idx, dist, hit = ed.route([a, b])
+    assert idx.tolist() == [0, 0] and hit.all()
+
+
+def test_far_query_with_same_target_gets_its_own_key(make, toy_eval):
+    a, b = toy_eval.request(0), toy_eval.probes(0)[1]
+    ed = make()
+    d = query_dist(ed, a, b)
+    ed.eps_init = 0.4 * d  # deferral radius 0.8 d < d
+    ed.edit(a)
+    assert ed.edit(b)["action"] == "add" and ed.n_keys == 2
+    assert torch.allclose(ed.eps, torch.full((2,), 0.4 * d))
+
+
+def test_conflict_splits_radii(make, toy_eval, tiny):
+    a, b = toy_eval.request(3), toy_eval.request(4)  # same prompt, other image, other target
+    assert a.target != b.target
+    ed = make()
+    d = query_dist(ed, a, b)
+    assert ed.eps_init > d / 2  # default eps 1.0: b falls inside a's radius
+    ed.edit(a)
+    assert bool(ed.route([b])[2][0])  # b would be answered by a's value
+    stats = ed.edit(b)
+    assert stats["action"] == "split" and ed.n_keys == 2
+    assert float(ed.eps[0]) == pytest.approx(d / 2 - 1e-5, abs=1e-6)
+    assert float(ed.eps[1]) == pytest.approx(d / 2, abs=1e-6)
+    idx, _, hit = ed.route([a, b])
+    assert idx.tolist() == [0, 1] and hit.all()
+    sa, sb = tiny.score([a, b])
+    assert sa.token_acc == 1.0 and sb.token_acc == 1.0  # each keeps its own answer
+
+
+def test_same_input_new_target_takes_over_its_key(make, toy_eval, tiny):
+    a = toy_eval.request(0)
+    a2 = Probe(a.prompt, "pink", a.image)
+    ed = make()
+    ed.edit(a)
+    before = tiny.score([a2])[0].logprob
+    assert ed.edit(a2)["action"] == "overwrite" and ed.n_keys == 1
+    assert tiny.score([a2])[0].logprob > before + 1.0
+
+
+def test_out_of_range_probe_is_bit_identical(make, toy_eval, tiny):
+    a = toy_eval.request(0)
+    far = toy_eval.probes(0)[3]  # text-only locality probe
+    ed = make()
+    d = query_dist(ed, a, far)
+    ed.eps_init = d / 4
+    pre_alone, pre_pair = logits_of(tiny, [far]), logits_of(tiny, [a, far])
+    ed.edit(a)
+    assert not bool(ed.route([far])[2][0])
+    post_pair = logits_of(tiny, [a, far])
+    assert torch.equal(logits_of(tiny, [far]), pre_alone)
+    assert torch.equal(post_pair[1], pre_pair[1])  # untouched although its batch mate is edited
+    assert not torch.equal(post_pair[0], pre_pair[0])
+
+
+def test_score_alone_equals_score_in_batch(make, toy_eval, tiny):
+    reqs = [toy_eval.request(i) for i in (0, 1, 2)]
+    locs = [toy_eval.probes(i)[3] for i in (0, 1)]
+    probes = reqs + [toy_eval.probes(i)[1] for i in (0, 1, 2)] + locs
+    ed = make()
+    q, _ = ed._read_queries(tiny.prepare(reqs + locs))
+    dist = torch.cdist(q, q) + torch.eye(len(q)) * 1e9
+    ed.eps_init = float(dist.min()) / 4  # every request gets its own key, the loc probes none
+    pre = [s.logprob for s in tiny.score(reqs)]
+    for r in reqs:
+        assert ed.edit(r)["action"] == "add"
+    idx, _, hit = ed.route(reqs + locs)
+    assert idx[:3].tolist() == [0, 1, 2] and hit[:3].all() and not hit[3:].any()
+    together = tiny.score(probes)
+    for p, s in zip(probes, together, strict=True):
+        alone = tiny.score([p])[0]
+        assert alone.pred_ids == s.pred_ids, p
+        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4), p
+    # (the tiny random model's logits are near uniform: it cannot reach full accuracy)
+    assert all(s.logprob > p + 1.0 for s, p in zip(together[:3], pre, strict=True))
+
+
+def test_memory_grows_with_keys_and_reset_empties(make, toy_eval, tiny):
+    ed = make(eps_init=1e-6)
+    assert ed.memory_bytes() == 0
+    d_in, d_out = ed.module.in_features, ed.module.out_features
+    sizes = []
+    for i in range(3):
+        ed.edit(toy_eval.request(i))
+        sizes.append(ed.memory_bytes())
+    assert ed.n_keys == 3
+    width = ed.labels.shape[1]
+    assert sizes[-1] == 3 * (4 * (d_in + d_out + 1) + 8 * width)
+    assert sizes[0] < sizes[1] < sizes[2]
+    ed.reset()
+    assert ed.memory_bytes() == 0 and ed.n_keys == 0 and ed.n_edits == 0
+
+
+@pytest.mark.parametrize("mode", ["replace_last", "replace_all", "replace_prompt", "replace_from_key"])
+def test_replacement_positions(make, toy_eval, tiny, mode):
+    a = toy_eval.request(0)
+    batch = tiny.prepare([a])
+    k = int(batch.prompt_last[0])
+    pre = logits_of(tiny, [a])
+    pre_lp = tiny.score([a])[0].logprob
+    ed = make(replacement=mode)
+    ed.edit(a)
+    post = logits_of(tiny, [a])
+    early_same = torch.equal(post[0, :k], pre[0, :k])  # causal: positions before the key token
+    assert early_same == (mode in ("replace_last", "replace_from_key"))
+    if mode != "replace_prompt":  # replace_prompt reaches the target only through attention
+        assert tiny.score([a])[0].logprob > pre_lp + 1.0
+
+
+def test_decoder_layer_module(make, toy_eval, tiny):
+    a = toy_eval.request(1)
+    before = tiny.score([a])[0].logprob
+    ed = make(module="layer", layer=-2)
+    assert ed.keys.numel() == 0
+    ed.edit(a)
+    assert ed.keys.shape == (1, tiny.hidden_size) and ed.values.shape == (1, tiny.hidden_size)
+    assert tiny.score([a])[0].logprob > before + 1.0
+
+
+def test_state_dict_shapes_checked(make, toy_eval):
+    ed = make()
+    ed.edit(toy_eval.request(0))
+    state = ed.state_dict()
+    state["eps"] = torch.cat([state["eps"], state["eps"]])
+    with pytest.raises(ValueError, match="disagree"):
+        ed.load_state_dict(state)
