@@ -5,7 +5,8 @@
 
 Reads only ``summary.json`` files (found recursively); rows are editors (with
 model and dataset when several are present), columns Rel, T-Gen, M-Gen, T-Loc,
-M-Loc (and Port where present) in percent, plus s/edit. Writes ``table.md``,
+M-Loc (and Port where present) in percent, plus s/edit and KB/edit (memory the
+editor stores beside the model, per edit). Writes ``table.md``,
 ``table.csv`` and ``table.tex`` to ``--out`` (default: the first directory).
 """
 
@@ -46,6 +47,7 @@ def table(summaries: list[dict]) -> pd.DataFrame:
             if k in s["metrics"]:
                 row[name] = 100.0 * s["metrics"][k]
         row["s/edit"] = s["timing"]["s_per_edit"]
+        row["KB/edit"] = s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024
         rows.append(row)
     df = pd.DataFrame(rows)
     keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1]

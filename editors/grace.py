@@ -93,7 +93,7 @@ class GRACE(Editor):
         if self.eps_init < 0:
             raise ValueError(f"editor.eps_init must be >= 0, got {self.eps_init}")
         self.replacement = str(cfg.replacement)
-        layer = self._layer_index(cfg.layer)
+        layer = backbone.layer_index(cfg.layer)  # int index or relative depth
         self.layer_index = backbone.layer_index(layer)
         self.module = backbone.ffn(layer, str(cfg.role)) if cfg.module == "ffn" else backbone.layer(layer)
         self._empty()
@@ -101,16 +101,6 @@ class GRACE(Editor):
         self._capture: dict | None = None  # set while reading an edit's query
         self._warned = False
         self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
-
-    def _layer_index(self, layer) -> int:
-        """An int is a layer index; a float in [0, 1] is a relative depth (same depth on every backbone)."""
-        if isinstance(layer, bool) or not isinstance(layer, int | float):
-            raise ValueError(f"editor.layer: expected an int index or a float depth in [0, 1], got {layer!r}")
-        if isinstance(layer, int):
-            return layer
-        if not 0.0 <= layer <= 1.0:
-            raise ValueError(f"editor.layer: a float is a relative depth and must lie in [0, 1], got {layer}")
-        return round(layer * (self.backbone.num_layers - 1))
 
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:

@@ -114,6 +114,9 @@ def _pos_mean(t: torch.Tensor) -> torch.Tensor:
 @register("wise")
 class WISE(Editor):
     can_batch_edit = False  # one edit at a time, like the reference (shard counters count edits)
+    # fit() only reads out-of-scope samples from the train split (no learning); the paper's
+    # margin loss needs irrelevant inputs, and the eval records' own probes must never be used.
+    needs_training = True
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -132,7 +135,7 @@ class WISE(Editor):
             raise ValueError(f"editor.mask_ratio: {c.mask_ratio} not in (0, 1]")
         self.alpha, self.beta, self.gamma = (float(v) for v in c.act_margin)
         self.act = ACTS[str(c.act)]
-        self.layer_idx = self._resolve_layer(c.layer)
+        self.layer_idx = self.backbone.layer_index(c.layer)  # int index or relative depth
         self.module: nn.Linear = backbone.ffn(self.layer_idx, str(c.role))
         self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc")
                                       for p in c.loc_prompts]
@@ -142,15 +145,6 @@ class WISE(Editor):
         self._editing = False
         self._trace: tuple[torch.Tensor, torch.Tensor] | None = None
         self._clear()
-
-    def _resolve_layer(self, spec) -> int:
-        """An int is a layer index (negative allowed); a float in [0, 1) a relative depth."""
-        n = self.backbone.num_layers
-        if isinstance(spec, float):
-            if not 0.0 <= spec < 1.0:
-                raise ValueError(f"editor.layer: relative depth {spec} not in [0, 1)")
-            return int(math.floor(spec * n))
-        return self.backbone.layer_index(int(spec))
 
     # ----- state ------------------------------------------------------------------------------------
     @property
@@ -223,8 +217,9 @@ class WISE(Editor):
         ``loc_kinds`` picks them: ``t_loc`` (text, as EasyEdit's NQ prompts) and/or ``m_loc``
         (unrelated image questions, which teach the router to stay off for those too).
 
-        (``needs_training`` is False, so the harness does not call this; then the generic
-        prompts of the YAML are used. Either way the pool is disjoint from the eval split.)
+        The harness calls it before the first edit (``needs_training``: it only reads the
+        train split, no learning); without it (e.g. in unit tests) the generic prompts of
+        the YAML are used. Either way the pool is disjoint from the eval split.
         """
         kinds = set(self.cfg.get("loc_kinds") or ["t_loc"])
         pool = []

@@ -11,6 +11,10 @@ def test_layer_and_ffn_access(tiny):
     assert tiny.ffn_name(-1, "in") == "model.layers.3.mlp.up_proj"
     with pytest.raises(IndexError):
         tiny.layer(4)
+    # a float is a relative depth: floor(f * num_layers), the same depth on every backbone
+    assert tiny.layer_index(0.72) == 2 and tiny.layer_index(0.0) == 0 and tiny.layer_index(0.99) == 3
+    with pytest.raises(ValueError, match="relative depth"):
+        tiny.layer_index(1.0)
     with pytest.raises(KeyError, match="roles"):
         tiny.ffn(0, "bogus")
 

@@ -42,7 +42,7 @@ def logits_of(bb, probes):
 
 
 def test_layer_depth_and_index(tiny, make):
-    assert make(layer=0.65).layer_index == 2  # round(0.65 * 3)
+    assert make(layer=0.65).layer_index == 2  # floor(0.65 * 4)
     assert make(layer=-1).layer_index == 3
     assert make(layer=1).layer_index == 1
     with pytest.raises(ValueError, match="relative depth"):
