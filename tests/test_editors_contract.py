@@ -18,6 +18,8 @@ TINY_OVERRIDES = {
     # melo's YAML layers (key 21, LoRA 22/23) are for the 30-layer smol_llava; tiny has 4 layers
     "melo": {"key_layer": 1, "lora_layers": [2, 3]},
     "wise": {"n_iter": 30, "edit_lr": 50.0, "act_margin": [0.5, 2.0, 1.0]},
+    # UltraEdit: the paper's lr 1e-6 moves tiny's near-flat logits by ~1e-5 nats
+    "ultraedit": {"lr": 0.1},
 }
 
 
