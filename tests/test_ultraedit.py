@@ -82,7 +82,7 @@ def test_running_stats_follow_the_reference_rule():
     assert torch.allclose(norm.var.double(), m2 + extra, rtol=1e-5)
     eps = torch.finfo(torch.float32).eps
     assert torch.allclose(norm.std.double(), ((m2 + extra) / (n - 1 + eps)).sqrt(), rtol=1e-5)
-    # one block alone: std is the plain std scaled by sqrt(m / (m - 1))... i.e. acc = m * var
+    # one block alone: acc = m * var(x) (unbiased), so std = sqrt(m / (m - 1)) * x.std(0)
     one = RunningMeanStd(5)
     one.update(blocks[2])
     assert torch.allclose(one.var, 7 * blocks[2].var(0), rtol=1e-5)
