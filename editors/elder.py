@@ -72,18 +72,6 @@ from .base import Editor
 from .registry import register
 
 
-def resolve_layer(backbone, spec) -> int:
-    """An int is a layer index (negative allowed); a float in [0, 1) a relative depth
-    ``floor(f * num_layers)`` (the WISE editor's convention)."""
-    if isinstance(spec, bool) or not isinstance(spec, int | float):
-        raise ValueError(f"editor.first_layer: expected an int index or a float depth in [0, 1), got {spec!r}")
-    if isinstance(spec, float):
-        if not 0.0 <= spec < 1.0:
-            raise ValueError(f"editor.first_layer: relative depth {spec} not in [0, 1)")
-        return int(math.floor(spec * backbone.num_layers))
-    return backbone.layer_index(int(spec))
-
-
 def _request_key(p: Probe) -> int:
     """Stable 63-bit id of an edit request (identical requests share a preset allocation)."""
     h = hashlib.sha1(f"{p.image}\x00{p.prompt}\x00{p.target}".encode()).digest()
@@ -147,7 +135,7 @@ class ELDER(Editor):
             raise ValueError("editor: need 1 <= top_k <= num_loras and rank >= 1")
         self.scale = float(cfg.lora_alpha) / self.rank
         self.threshold = float(cfg.threshold)
-        first = resolve_layer(backbone, cfg.first_layer)
+        first = backbone.layer_index(cfg.first_layer)  # int index or relative depth
         n = int(cfg.num_layers)
         if n < 1 or first + n > backbone.num_layers:
             raise IndexError(

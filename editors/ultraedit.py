@@ -31,7 +31,6 @@ post-edit outputs and the next edits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -141,7 +140,7 @@ class UltraEdit(Editor):
         self.modules: list[nn.Linear] = []
         for group in cfg.modules:
             role = str(group.role)
-            first, last = self._resolve_layer(group.first), self._resolve_layer(group.last)
+            first, last = self.backbone.layer_index(group.first), self.backbone.layer_index(group.last)
             if first > last:
                 raise ValueError(f"editor.modules: role {role}: first layer {first} > last layer {last}")
             for i in range(first, last + 1):
@@ -163,18 +162,6 @@ class UltraEdit(Editor):
         self.shapes = [(m.in_features, m.out_features) for m in self.modules]
         dev = self.modules[0].weight.device
         self.norms = {s: RunningMeanStd(s[0] + s[1], device=dev) for s in dict.fromkeys(self.shapes)}
-
-    def _resolve_layer(self, spec) -> int:
-        """WISE's convention (``editors/wise.py``): int = index (negative allowed), float in [0, 1) =
-        relative depth ``floor(f * num_layers)``."""
-        if isinstance(spec, bool) or not isinstance(spec, int | float):
-            raise ValueError(f"editor.modules: layer {spec!r} is neither an int index nor a float depth")
-        n = self.backbone.num_layers
-        if isinstance(spec, float):
-            if not 0.0 <= spec < 1.0:
-                raise ValueError(f"editor.modules: relative depth {spec} not in [0, 1)")
-            return int(math.floor(spec * n))
-        return self.backbone.layer_index(int(spec))
 
     # ----- editing ------------------------------------------------------------------------------
     def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
