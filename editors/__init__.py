@@ -4,7 +4,7 @@ Importing this package registers every editor; a new editor is one module here
 plus one YAML in ``conf/editor/``.
 """
 
-from . import ft_l, grace, melo, none, wise  # noqa: F401  (registration side effects)
+from . import ft_l, grace, liveedit, melo, none, wise  # noqa: F401  (registration side effects)
 from .base import Editor
 from .registry import build, get, names
 
