@@ -4,7 +4,7 @@ Importing this package registers every editor; a new editor is one module here
 plus one YAML in ``conf/editor/``.
 """
 
-from . import elder, ft_l, grace, melo, none, ultraedit, wise  # noqa: F401  (registration side effects)
+from . import elder, ft_l, grace, liveedit, melo, none, ultraedit, wise  # noqa: F401  (registration side effects)
 from .base import Editor
 from .registry import build, get, names
 

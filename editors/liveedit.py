@@ -1,0 +1,445 @@
+"""LiveEdit: a generated low-rank mixture of experts with hard and soft routing.
+
+Chen et al., "Lifelong Knowledge Editing for Vision Language Models with Low-Rank
+Mixture-of-Experts", CVPR 2025. Reference code read (not copied): qizhou000/LiveEdit
+``editor/vllm_editors/liveedit/{liveedit.py,modules.py}`` and ``configs/liveedit/*.yaml``.
+
+Mechanics
+---------
+* **Edit signal.** Hidden states of decoder layer ``l_e`` (the layer's *output*, as the
+  reference hooks ``layers.{l_e}``) on ``[image; prompt; target]``, split per sample into
+  vision reps (``batch.image_mask``), query reps (prompt tokens after the image, up to
+  ``batch.prompt_last``) and answer reps (``batch.target_mask()``).
+* **Networks** (:class:`LiveEditNet`, trained once by ``python -m bench.train``):
+  two feature extractors of the same shape, one for edits (``edit_ext``) and one for
+  inputs (``inpt_ext``, which also owns the learned *vision sentinel*: pseudo vision reps);
+  each has ``n_query`` learned query tokens that cross-attend (``heads`` heads, width
+  ``module_dim``) to the query reps, giving the textual feature psi, and whose result
+  cross-attends to the vision reps, giving the visual feature phi. Two expert generators
+  (``rank`` learned tokens cross-attending to LN([vision; query; answer]) reps) give the
+  expert ``U`` and ``V`` (``rank x d_llm``, scaled by ``1 / (lora_scale * sqrt(rank))``).
+* **Edit.** One forward pass (stopped at layer ``l_e``) per batch of requests; each
+  request adds ``(psi, phi, U, V)`` to four tensors. No gradient steps at edit time.
+* **Inference** (forward hook on ``backbone.layer(l_e)``), per sample from its own tokens
+  (``backbone.context``): features (psi_in, phi_in) from the input extractor; visual scores
+  ``s_v[m] = mean_e <phi_in_e, phi_m_e> / sqrt(d_m)`` against all stored experts in one
+  einsum; hard routing keeps experts with ``s_v[m] >`` the sentinel score (phi_in against
+  the phi the input extractor gives for the sentinel); textual scores ``s`` likewise from
+  psi; coefficients ``c = softmax_kept(s) * sigmoid(s)``; residual
+  ``dh = sum_m c_m ReLU(LN(h) U_m^T) V_m`` added to the layer output at every position of
+  the sample. A sample that keeps no expert, or has no image (the reference skips inputs
+  without vision tokens), gets its layer output back bit for bit.
+* **Ablations** (config): ``hard_routing: false`` keeps every stored expert (no sentinel
+  filter); ``soft_routing: false`` replaces the soft weights by a plain mean over the kept
+  experts (paper's "w/o soft routing" fuses without textual relevance; our reading).
+
+Departures from the reference
+-----------------------------
+* The training losses are computed from one batched forward of [rel; t_gen; m_gen; m_loc]
+  samples with per-sample expert masks (the reference loops one sample at a time and
+  runs "forward from the middle layer"); same losses, same masks (own expert plus a random
+  prefix of the batch's experts; locality samples get only the random prefix).
+* Locality KL and the routing contrasts use the train split's m_loc samples (image
+  locality), as the reference keeps only locality samples with an image.
+* The checkpoint stores the backbone name, hidden size and layer index; a mismatch stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bench.backbones.base import Batch, Probe
+
+from .base import Editor
+from .registry import register
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "liveedit.safetensors"
+CONFIG_FILE = "config.json"
+TRAINER_FILE = "trainer.pt"
+#: architecture keys: taken from the checkpoint at edit time
+ARCH_KEYS = ("module_dim", "heads", "n_query", "rank", "lora_scale", "sentinel_tokens")
+
+
+# ----- networks -----------------------------------------------------------------------------------
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries [N, Lq, d_q] attend to keys/values [N, Lk, d_kv]."""
+
+    def __init__(self, d_q: int, d_kv: int, d_qk: int, d_v: int, heads: int) -> None:
+        super().__init__()
+        if d_qk % heads or d_v % heads:
+            raise ValueError(f"editor.heads={heads} must divide module_dim={d_qk} and the output width {d_v}")
+        self.heads = heads
+        self.q = nn.Linear(d_q, d_qk)
+        self.k = nn.Linear(d_kv, d_qk)
+        self.v = nn.Linear(d_kv, d_v)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        N, Lq, Lk, H = kv.shape[0], q.shape[1], kv.shape[1], self.heads
+        qh = self.q(q).expand(N, -1, -1).reshape(N, Lq, H, -1)
+        kh = self.k(kv).reshape(N, Lk, H, -1)
+        vh = self.v(kv).reshape(N, Lk, H, -1)
+        s = torch.einsum("nqhd,nkhd->nhqk", qh, kh) / math.sqrt(qh.shape[-1])
+        if mask is not None:
+            s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        a = torch.softmax(s, -1)
+        return torch.einsum("nhqk,nkhd->nqhd", a, vh).reshape(N, Lq, -1)
+
+
+class FeatureExtractor(nn.Module):
+    """Textual feature psi (query tokens -> query reps) and visual feature phi (-> vision reps)."""
+
+    def __init__(self, d_llm: int, d_m: int, heads: int, n_query: int, sentinel_tokens: int = 0) -> None:
+        super().__init__()
+        self.norm_v = nn.LayerNorm(d_llm)
+        self.tok_v = nn.Parameter(torch.randn(1, n_query, d_m))
+        self.att_vq = CrossAttention(d_m, d_llm, d_m, d_m, heads)
+        self.att_vv = CrossAttention(d_m, d_llm, d_m, d_m, heads)
+        self.norm_t = nn.LayerNorm(d_llm)
+        self.tok_t = nn.Parameter(torch.randn(1, n_query, d_m))
+        self.att_t = CrossAttention(d_m, d_llm, d_m, d_m, heads)
+        if sentinel_tokens:
+            self.sentinel = nn.Parameter(torch.randn(1, sentinel_tokens, d_llm))
+
+    def textual(self, query: torch.Tensor, qmask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.att_t(self.tok_t, self.norm_t(query), qmask)
+
+    def visual(self, query, qmask, vision, vmask) -> torch.Tensor:
+        q = self.att_vq(self.tok_v, self.norm_v(query), qmask)
+        return self.att_vv(q, self.norm_v(vision), vmask)
+
+    def sentinel_visual(self, query, qmask) -> torch.Tensor:
+        """phi of the vision sentinel seen with this input's query."""
+        s = self.sentinel.expand(query.shape[0], -1, -1)
+        return self.visual(query, qmask, s, None)
+
+
+class ExpertGenerator(nn.Module):
+    """``rank`` learned tokens attend to LN(edit reps): one rank x d_llm factor of an expert."""
+
+    def __init__(self, d_llm: int, d_m: int, heads: int, rank: int, lora_scale: float) -> None:
+        super().__init__()
+        self.tok = nn.Parameter(torch.randn(1, rank, d_m))
+        self.norm = nn.LayerNorm(d_llm)
+        self.att = CrossAttention(d_m, d_llm, d_m, d_llm, heads)
+        self.scale = 1.0 / (lora_scale * math.sqrt(rank))
+
+    def forward(self, reps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.att(self.tok, self.norm(reps), mask) * self.scale
+
+
+class LiveEditNet(nn.Module):
+    def __init__(self, d_llm: int, module_dim: int, heads: int, n_query: int, rank: int, lora_scale: float,
+                 sentinel_tokens: int) -> None:
+        super().__init__()
+        if sentinel_tokens < 1:
+            raise ValueError(f"sentinel_tokens must be >= 1, got {sentinel_tokens}")
+        self.scale = 1.0 / math.sqrt(module_dim)
+        self.edit_ext = FeatureExtractor(d_llm, module_dim, heads, n_query)
+        self.inpt_ext = FeatureExtractor(d_llm, module_dim, heads, n_query, sentinel_tokens)
+        self.gen_u = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale)
+        self.gen_v = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale)
+        self.res_norm = nn.LayerNorm(d_llm)
+
+    def sim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[N, e, d] x [M, e, d] -> [N, M]: mean over the e feature tokens of <a, b> / sqrt(d_m)."""
+        return torch.einsum("ned,med->nm", a, b) * (self.scale / a.shape[1])
+
+    def new_experts(self, vision, vmask, query, qmask, edit, emask):
+        """Edit features and expert: (psi [N,e,dm], phi [N,e,dm], U [N,r,d], V [N,r,d])."""
+        e = self.edit_ext
+        return (e.textual(query, qmask), e.visual(query, qmask, vision, vmask),
+                self.gen_u(edit, emask), self.gen_v(edit, emask))
+
+    def input_features(self, vision, vmask, query, qmask):
+        """Input features: psi_in, phi_in and the sentinel's visual score [N]."""
+        e = self.inpt_ext
+        psi, phi = e.textual(query, qmask), e.visual(query, qmask, vision, vmask)
+        phi0 = e.sentinel_visual(query, qmask)
+        s0 = (phi * phi0).sum(-1).mean(-1) * self.scale
+        return psi, phi, s0
+
+    @staticmethod
+    def coefficients(s: torch.Tensor, keep: torch.Tensor, soft: bool = True) -> torch.Tensor:
+        """[N, M] expert weights: softmax over kept experts x sigmoid (or a plain mean)."""
+        keep_f = keep.to(s.dtype)
+        if not soft:
+            return keep_f / keep_f.sum(1, keepdim=True).clamp(min=1.0)
+        any_kept = keep.any(1, keepdim=True)
+        masked = s.masked_fill(~keep, float("-inf")).masked_fill(~any_kept, 0.0)
+        return torch.softmax(masked, 1) * torch.sigmoid(s) * keep_f
+
+    def residual(self, h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """dh[n, l] = sum_m c[n, m] ReLU(LN(h[n, l]) U_m^T) V_m (all experts in one einsum)."""
+        a = torch.relu(torch.einsum("nld,mrd->nlmr", self.res_norm(h), U))
+        return torch.einsum("nlmr,mrd,nm->nld", a, V, c)
+
+
+# ----- token groups -------------------------------------------------------------------------------
+def token_masks(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, L] bool masks: vision tokens, query tokens (prompt after the image), answer tokens."""
+    vis = batch.image_mask.bool()
+    B, L = vis.shape
+    pos = torch.arange(L, device=vis.device)[None, :].expand(B, L)
+    last_img = torch.where(vis, pos, torch.full_like(pos, -1)).max(1).values
+    query = (pos > last_img[:, None]) & (pos <= batch.prompt_last[:, None]) & batch.attention_mask.bool()
+    return vis, query, batch.target_mask()
+
+
+def resolve_layer(spec, num_layers: int) -> int:
+    """Same convention as WISE: an int is a layer index (negative allowed); a float in [0, 1)
+    a relative depth floor(f * num_layers)."""
+    if isinstance(spec, bool) or not isinstance(spec, int | float):
+        raise ValueError(f"editor.layer: expected an int index or a float depth in [0, 1), got {spec!r}")
+    if isinstance(spec, float):
+        if not 0.0 <= spec < 1.0:
+            raise ValueError(f"editor.layer: relative depth {spec} not in [0, 1)")
+        return int(math.floor(spec * num_layers))
+    j = spec + num_layers if spec < 0 else spec
+    if not 0 <= j < num_layers:
+        raise ValueError(f"editor.layer: {spec} out of range for {num_layers} decoder layers")
+    return j
+
+
+class _Captured(Exception):
+    """Stops a forward once layer l_e's output has been read."""
+
+
+# ----- checkpoint -----------------------------------------------------------------------------------
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    from bench.data import resolve
+
+    p = resolve(path)
+    if p.is_dir():
+        p = p / WEIGHTS_FILE
+    return p, p.with_name(CONFIG_FILE)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    weights, _ = checkpoint_files(path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"editor.checkpoint: no LiveEdit checkpoint at {weights}")
+    with safe_open(str(weights), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("liveedit", "{}"))
+    if not meta:
+        raise ValueError(f"editor.checkpoint: {weights} has no LiveEdit metadata (not written by bench.train?)")
+    return load_file(str(weights)), meta
+
+
+def save_checkpoint(net: LiveEditNet, meta: dict, out_dir: Path, config: dict) -> Path:
+    import os
+
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / WEIGHTS_FILE
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp),
+              metadata={"liveedit": json.dumps(meta)})
+    os.replace(tmp, path)
+    (out_dir / CONFIG_FILE).write_text(json.dumps({"meta": meta, "config": config}, indent=1, default=str) + "\n")
+    return path
+
+
+# ----- editor -----------------------------------------------------------------------------------------
+@register("liveedit")
+class LiveEdit(Editor):
+    can_batch_edit = True  # a batch of requests is one forward; each request still adds its own expert
+    needs_training = False  # trained beforehand by `python -m bench.train`; edits need a checkpoint
+
+    def __init__(self, backbone, cfg) -> None:
+        super().__init__(backbone, cfg)
+        ckpt = cfg.get("checkpoint")
+        if not ckpt:
+            raise ValueError(
+                "editor.checkpoint: LiveEdit needs a trained expert generator. Train one with "
+                f"`python -m bench.train +editor=liveedit +model={backbone.name} data=<dataset>` and pass "
+                "editor.checkpoint=<its folder or .safetensors file>")
+        state, meta = load_checkpoint(ckpt)
+        if meta.get("backbone") != backbone.name or int(meta.get("hidden_size", -1)) != backbone.hidden_size:
+            raise ValueError(
+                f"editor.checkpoint: {ckpt} was trained for backbone {meta.get('backbone')!r} "
+                f"(hidden size {meta.get('hidden_size')}), but this run uses {backbone.name!r} "
+                f"(hidden size {backbone.hidden_size}); train one for this backbone with "
+                f"`python -m bench.train +editor=liveedit +model={backbone.name}`")
+        if int(meta["layer"]) >= backbone.num_layers:
+            raise ValueError(f"editor.checkpoint: layer {meta['layer']} does not exist in {backbone.name}")
+        net = build_net(backbone, meta)
+        net.load_state_dict(state)
+        net.requires_grad_(False).eval()
+        self._setup(net, meta)
+
+    @classmethod
+    def with_net(cls, backbone, cfg, net: LiveEditNet, meta: dict) -> LiveEdit:
+        """An editor around a given (e.g. training) network, without a checkpoint file."""
+        obj = cls.__new__(cls)
+        Editor.__init__(obj, backbone, cfg)
+        obj._setup(net, meta)
+        return obj
+
+    def _setup(self, net: LiveEditNet, meta: dict) -> None:
+        backbone, cfg = self.backbone, self.cfg
+        self.meta = meta
+        self.layer_idx = int(meta["layer"])
+        self.net = net
+        self.hard = bool(cfg.get("hard_routing", True))
+        self.soft = bool(cfg.get("soft_routing", True))
+        self._capture: dict | None = None
+        self._train_fn = None  # set by the trainer: h -> residual-added h
+        self._warned = False
+        self._clear()
+        self._handle = backbone.layer(self.layer_idx).register_forward_hook(self._hook)
+
+    @staticmethod
+    def train_offline(backbone, cfg, train_set, out_dir, tracker, resume: bool = False, progress: bool = True) -> dict:
+        """The separate training stage (``python -m bench.train``): see :mod:`editors.liveedit_train`."""
+        from .liveedit_train import train
+
+        return train(backbone, cfg, train_set, out_dir, tracker, resume, progress)
+
+    # ----- memory ----------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        m = self.meta
+        dev, d, dm, e, r = self.backbone.device, self.backbone.hidden_size, m["module_dim"], m["n_query"], m["rank"]
+        self.psi = torch.zeros(0, e, dm, device=dev)
+        self.phi = torch.zeros(0, e, dm, device=dev)
+        self.U = torch.zeros(0, r, d, device=dev)
+        self.V = torch.zeros(0, r, d, device=dev)
+        self.n_edits = 0
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.U.shape[0])
+
+    def reset(self) -> None:
+        self._capture, self._train_fn = None, None
+        self._clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"psi": self.psi.clone(), "phi": self.phi.clone(), "U": self.U.clone(), "V": self.V.clone(),
+                "n_edits": torch.tensor([self.n_edits], dtype=torch.long)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = {"psi", "phi", "U", "V"} - set(state)
+        if missing:
+            raise KeyError(f"LiveEdit state_dict lacks {sorted(missing)}")
+        dev = self.backbone.device
+        self.psi, self.phi = state["psi"].to(dev).clone(), state["phi"].to(dev).clone()
+        self.U, self.V = state["U"].to(dev).clone(), state["V"].to(dev).clone()
+        self.n_edits = int(state["n_edits"][0]) if "n_edits" in state else self.n_experts
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.psi, self.phi, self.U, self.V))
+
+    def remove(self) -> None:
+        """Detach the hook (the editor is unusable afterwards)."""
+        self._handle.remove()
+
+    # ----- reps at layer l_e ------------------------------------------------------------------------
+    @torch.no_grad()
+    def layer_reps(self, batch: Batch, full: bool = False):
+        """Layer l_e's output [B, L, d] without edits (and the logits when ``full``)."""
+        self._capture = {"full": full}
+        try:
+            out = self.backbone.forward(batch)
+        except _Captured:
+            out = None
+        finally:
+            cap, self._capture = self._capture, None
+        return (cap["h"], out.logits) if full else cap["h"]
+
+    # ----- editing ------------------------------------------------------------------------------------
+    def edit(self, request: Probe) -> dict:
+        return self.edit_batch([request])
+
+    @torch.no_grad()
+    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+        requests = list(requests)
+        for r in requests:
+            if r.image is None:
+                raise ValueError("LiveEdit edits need an image (its hard routing compares vision features); "
+                                 f"request {r.prompt!r} has none")
+        batch = self.backbone.prepare(requests)
+        h = self.layer_reps(batch).float()
+        vis, query, ans = token_masks(batch)
+        new = []
+        for b in range(batch.size):  # each request alone: its expert does not depend on its company
+            hb = h[b : b + 1]
+            new.append(self.net.new_experts(hb[:, vis[b]], None, hb[:, query[b]], None,
+                                            hb[:, vis[b] | query[b] | ans[b]], None))
+        psi, phi, U, V = (torch.cat(t, 0) for t in zip(*new, strict=True))
+        self.psi, self.phi = torch.cat([self.psi, psi]), torch.cat([self.phi, phi])
+        self.U, self.V = torch.cat([self.U, U]), torch.cat([self.V, V])
+        self.n_edits += len(requests)
+        return {"experts": self.n_experts}
+
+    # ----- routing ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def route(self, batch: Batch, h: torch.Tensor):
+        """Per-sample routing of a batch: (rows with an image [n], c [n, M], keep [n, M],
+        visual scores [n, M], sentinel scores [n])."""
+        vis, query, _ = token_masks(batch)
+        rows = [b for b in range(batch.size) if bool(vis[b].any()) and bool(query[b].any())]
+        M = self.n_experts
+        if not rows or not M:
+            z = h.new_zeros(0, M)
+            return rows, z, z.bool(), z, h.new_zeros(0)
+        feats = [self.net.input_features(h[b : b + 1, vis[b]], None, h[b : b + 1, query[b]], None) for b in rows]
+        psi_in, phi_in, s0 = (torch.cat(t, 0) for t in zip(*feats, strict=True))
+        s_vis = self.net.sim(phi_in, self.phi)  # [n, M]: one op against every stored expert
+        keep = s_vis > s0[:, None] if self.hard else torch.ones_like(s_vis, dtype=torch.bool)
+        c = self.net.coefficients(self.net.sim(psi_in, self.psi), keep, self.soft)
+        return rows, c, keep, s_vis, s0
+
+    def _hook(self, module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        if self._capture is not None:
+            self._capture["h"] = h.detach()
+            if not self._capture["full"]:
+                raise _Captured
+            return output
+        if self._train_fn is not None:
+            new = self._train_fn(h)
+        elif self.n_experts:
+            new = self._apply(h)
+        else:
+            return output
+        if new is h:
+            return output
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _apply(self, h: torch.Tensor) -> torch.Tensor:
+        ctx = self.backbone.context
+        if ctx is None or tuple(ctx.attention_mask.shape) != tuple(h.shape[:2]):
+            if not self._warned:
+                log.warning("LiveEdit: layer %d ran outside backbone.forward; no experts applied", self.layer_idx)
+                self._warned = True
+            return h
+        hf = h.float()
+        rows, c, keep, _, _ = self.route(ctx, hf)
+        live = [i for i, b in enumerate(rows) if bool(keep[i].any())]
+        if not live:
+            return h
+        idx = torch.tensor([rows[i] for i in live], device=h.device)
+        dh = self.net.residual(hf[idx], self.U, self.V, c[live])
+        out = h.clone()
+        out[idx] = (hf[idx] + dh).to(h.dtype)
+        return out
+
+
+def build_net(backbone, arch: dict) -> LiveEditNet:
+    return LiveEditNet(backbone.hidden_size, int(arch["module_dim"]), int(arch["heads"]), int(arch["n_query"]),
+                       int(arch["rank"]), float(arch["lora_scale"]), int(arch["sentinel_tokens"])
+                       ).to(backbone.device)

@@ -1,0 +1,211 @@
+"""Training of LiveEdit's expert generator and routing feature extractors (``python -m bench.train``).
+
+One step on a batch of ``B`` train records (paper: B = 8, Adam lr 1e-4):
+
+1. one forward of the frozen backbone, no gradient, on [rel; t_gen; m_gen; m_loc] probes of the
+   records (4B samples), keeping layer l_e's output ``h`` and the unedited logits;
+2. experts (psi, phi, U, V) from the rel samples' ``[vision; query; answer]`` reps (the edit
+   requests); every sample routes softly over a mask of the batch's experts: its own record's
+   expert (rel, t_gen, m_gen) plus the first ``n ~ U{0..B}`` experts (m_loc: only those),
+   as the reference does, so an edit must work beside others and locality must survive them;
+3. a second forward with the residual added at layer l_e; losses:
+   reliability / text-generality / image-generality cross-entropy on the targets, locality
+   KL(unedited || edited) on the m_loc targets;
+4. routing losses on ``h`` (pairs of samples of one record: (rel/gen, rel/gen) or (m_loc, m_loc)):
+   soft routing = -log softmax of the matching textual score + binary terms
+   -log sigmoid(s+) - log(1 - sigmoid(s-)); hard routing "neighbour" = the matching edit must win a
+   softmax over the batch's visual scores and the sentinel's score, "prototype" = for pairs
+   (rel/gen, m_loc) of one record the sentinel must win.
+
+The checkpoint folder holds ``liveedit.safetensors`` (network, with backbone name, hidden size,
+layer and architecture as metadata), ``config.json`` (that metadata and the full training config),
+``trainer.pt`` (optimizer + scheduler state and step, read back with ``weights_only=True``) and
+``log.jsonl`` (losses). ``resume`` continues from the last save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.nn import functional as F
+
+from .liveedit import (TRAINER_FILE, WEIGHTS_FILE, LiveEdit, build_net, load_checkpoint, resolve_layer,
+                       save_checkpoint, token_masks)
+
+log = logging.getLogger("bench.train")
+KINDS = ("rel", "t_gen", "m_gen", "m_loc")
+
+
+def _pick(train, i: int, kind: str):
+    for p in train.probes(i):
+        if p.kind == kind:
+            return p
+    raise ValueError(f"train record {train.source_index(i)} has no {kind} probe")
+
+
+def step_losses(ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, lam: dict) -> tuple[torch.Tensor, dict]:
+    net, bb = ed.net, ed.backbone
+    B = len(idx)
+    probes = [_pick(train, int(i), k) for k in KINDS for i in idx]
+    batch = bb.prepare(probes)
+    h, pre_logits = ed.layer_reps(batch, full=True)
+    h = h.float()
+    vis, query, ans = token_masks(batch)
+    dev = h.device
+    # 2. experts of the batch's edit requests (the rel samples)
+    r = slice(0, B)
+    psi_e, _, U, V = net.new_experts(h[r], vis[r], h[r], query[r], h[r], (vis | query | ans)[r])
+    ns = torch.as_tensor(rng.integers(0, B + 1, size=4 * B), device=dev)
+    emask = torch.arange(B, device=dev)[None, :] < ns[:, None]
+    own = torch.arange(3 * B, device=dev)
+    emask[own, own % B] = True
+    psi_in = net.inpt_ext.textual(h, query)
+    c = net.coefficients(net.sim(psi_in, psi_e), emask, soft=True)
+    # 3. edited forward
+    ed._train_fn = lambda hh: hh + net.residual(hh.float(), U, V, c).to(hh.dtype)
+    try:
+        logits = bb.forward(batch).logits
+    finally:
+        ed._train_fn = None
+    rows, pos, ids = batch.label_positions()
+    group = rows // B
+    lp = torch.log_softmax(logits[rows, pos].float(), -1)
+    nll = -lp.gather(-1, ids[:, None])[:, 0]
+    out = {k: nll[group == g].mean() for g, k in enumerate(("rel", "t_gen", "m_gen"))}
+    loc = group == 3
+    lp0 = torch.log_softmax(pre_logits[rows[loc], pos[loc]].float(), -1)
+    out["loc_kl"] = (lp0.exp() * (lp0 - lp[loc])).sum(-1).mean()
+
+    # 4. routing losses; sample rows: rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j
+    j = np.arange(B)
+
+    def rows_of(kind: np.ndarray) -> torch.Tensor:  # 0 rel, 1 gen (random t_gen/m_gen), 2 m_loc
+        g = np.where(kind == 1, rng.integers(1, 3, size=B), np.where(kind == 2, 3, 0))
+        return torch.as_tensor(g * B + j, device=dev)
+
+    n = rng.integers(0, 3, size=B)
+    a = rows_of(n)
+    b = rows_of(np.where(n == 2, 2, rng.integers(0, 2, size=B)))
+    S = net.sim(net.inpt_ext.textual(h[a], query[a]), net.edit_ext.textual(h[b], query[b]))
+    out["soft_rel"] = -torch.log_softmax(S, 1).diagonal().mean()
+    out["soft_abs"] = -(F.logsigmoid(S.diagonal()) + F.logsigmoid(-S.roll(1, 1).diagonal())).mean()
+
+    def hard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, phi_x, s0 = net.input_features(h[x], vis[x], h[x], query[x])
+        phi_y = net.edit_ext.visual(h[y], query[y], h[y], vis[y])
+        return torch.log_softmax(torch.cat([net.sim(phi_x, phi_y), s0[:, None]], 1), 1)
+
+    out["hard_neighbour"] = -hard(a, b).diagonal().mean()
+    m = rng.integers(0, 2, size=B)
+    relgen = rows_of(rng.integers(0, 2, size=B))
+    locr = rows_of(np.full(B, 2))
+    m_t = torch.as_tensor(m, device=dev).bool()
+    x, y = torch.where(m_t, locr, relgen), torch.where(m_t, relgen, locr)
+    out["hard_sentinel"] = -hard(x, y)[:, -1].mean()
+
+    total = (lam["rel"] * out["rel"] + lam["gen"] * (out["t_gen"] + out["m_gen"]) + lam["loc"] * out["loc_kl"]
+             + lam["soft"] * (out["soft_rel"] + out["soft_abs"])
+             + lam["hard"] * (out["hard_neighbour"] + out["hard_sentinel"]))
+    return total, {k: float(v.detach()) for k, v in out.items()}
+
+
+def image_tokens(backbone, train) -> int:
+    for i in range(len(train)):
+        p = _pick(train, i, "rel")
+        if p.image is not None:
+            return int(backbone.prepare([p]).image_mask[0].sum())
+    raise ValueError("the train split has no record with an image; LiveEdit trains on image edits")
+
+
+def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) a LiveEdit generator on ``train_set``; returns the final log entry."""
+    from tqdm.auto import tqdm
+
+    ecfg, tc = cfg.editor, cfg.editor.train
+    steps, B, seed = int(tc.steps), int(tc.batch_size), int(tc.seed)
+    if B < 2:
+        raise ValueError("editor.train.batch_size: the routing contrasts need at least 2 records per batch")
+    if B > len(train_set):
+        raise ValueError(f"editor.train.batch_size={B} but the train split has only {len(train_set)} records")
+    out_dir = Path(out_dir)
+    arch = {k: ecfg.get(k) for k in ("module_dim", "heads", "n_query", "rank", "lora_scale", "sentinel_tokens")}
+    arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or image_tokens(backbone, train_set))
+    meta = {**arch, "layer": resolve_layer(ecfg.layer, backbone.num_layers), "backbone": backbone.name,
+            "hidden_size": backbone.hidden_size, "num_layers": backbone.num_layers, "data": str(cfg.data.name)}
+    torch.manual_seed(seed)
+    net = build_net(backbone, arch).float()
+    opt = torch.optim.Adam(net.parameters(), lr=float(tc.lr))
+    cuts, rate = [int(v) for v in tc.lr_cut_it], float(tc.lr_cut_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: rate ** sum(s > c for c in cuts))
+    step = 0
+    if (out_dir / WEIGHTS_FILE).exists():
+        if not resume:
+            raise FileExistsError(f"{out_dir / WEIGHTS_FILE} exists: pass resume=true to continue it, "
+                                  "or out_dir=<another folder>")
+        state, old = load_checkpoint(out_dir)
+        for k in ("backbone", "hidden_size", "layer", *arch):
+            if old.get(k) != meta.get(k):
+                raise ValueError(f"resume: checkpoint {out_dir} has {k}={old.get(k)!r}, this config {meta.get(k)!r}")
+        net.load_state_dict(state)
+        tr = torch.load(out_dir / TRAINER_FILE, weights_only=True)
+        opt.load_state_dict(tr["optimizer"])
+        sched.load_state_dict(tr["scheduler"])
+        step = int(tr["step"])
+        log.info("resumed %s at step %d", out_dir, step)
+    elif resume:
+        log.info("resume: nothing in %s yet, starting from scratch", out_dir)
+    net.train()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ed = LiveEdit.with_net(backbone, ecfg, net, meta)
+    lam = {"rel": float(tc.rel_lambda), "gen": float(tc.gen_lambda), "loc": float(tc.loc_lambda),
+           "soft": float(tc.soft_routing_lambda), "hard": float(tc.hard_routing_lambda)}
+    config = OmegaConf.to_container(cfg, resolve=True)
+    log_every, save_every = max(1, int(tc.log_every)), max(1, int(tc.save_every))
+    max_s = float(tc.max_minutes) * 60 if tc.get("max_minutes") else None
+    t0, last, ema = time.time(), {}, None
+
+    def save(entry: dict) -> None:
+        save_checkpoint(net, {**meta, "step": step, "last": entry}, out_dir, config)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+                   out_dir / TRAINER_FILE)
+
+    bar = tqdm(total=steps, initial=step, desc="train liveedit", disable=not progress)
+    try:
+        while step < steps:
+            rng = np.random.default_rng([seed, step])  # data order depends only on (seed, step): resumable
+            idx = rng.choice(len(train_set), size=B, replace=False)
+            loss, parts = step_losses(ed, train_set, idx, rng, lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            ema = float(loss) if ema is None else 0.9 * ema + 0.1 * float(loss)
+            last = {"step": step, "loss": float(loss), "loss_ema": ema, **parts,
+                    "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.3f}", rel=f"{parts['rel']:.2f}", loc=f"{parts['loc_kl']:.3f}")
+            if step % log_every == 0 or step == steps:
+                tracker.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
+                with open(out_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))
+            out_of_time = max_s is not None and time.time() - t0 > max_s
+            if step % save_every == 0 or step == steps or out_of_time:
+                save(last)
+            if out_of_time:
+                log.info("editor.train.max_minutes reached at step %d: saved; resume=true continues", step)
+                break
+    finally:
+        bar.close()
+        ed.remove()
+    if not last:  # nothing to do (already at `steps`)
+        last = {"step": step}
+    return {**last, "checkpoint": str(out_dir / WEIGHTS_FILE), "train_seconds": round(time.time() - t0, 1)}
+
