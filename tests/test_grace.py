@@ -171,7 +171,7 @@ def test_replacement_positions(make, toy_eval, tiny, mode):
     early_same = torch.equal(post[0, :k], pre[0, :k])  # causal: positions before the key token
     assert early_same == (mode in ("replace_last", "replace_from_key"))
     if mode != "replace_prompt":  # replace_prompt reaches the target only through attention
-        assert tiny.score([a])[0].logprob > pre_lp + 1.0
+        assert tiny.score([a])[0].logprob > pre_lp + MIN_EDIT_GAIN
 
 
 def test_decoder_layer_module(make, toy_eval, tiny):

@@ -211,7 +211,7 @@ def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
     from bench.records import Prompts, RecordSet
 
     train = RecordSet(toy_root / "train.json", toy_root, Prompts())
-    ed = make()
+    ed = make(loc_kinds=["t_loc"])
     generic = list(ed.loc_pool)
     ed.fit(train)
     assert ed.loc_pool != generic and all(p.kind == "t_loc" and p.image is None for p in ed.loc_pool)
@@ -219,6 +219,8 @@ def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
     ed2 = make(loc_kinds=["t_loc", "m_loc"], loc_pool_size=5)
     ed2.fit(train)
     assert sorted(p.kind for p in ed2.loc_pool) == ["m_loc"] * 5 + ["t_loc"] * 5
+    # the harness default: unrelated text AND image questions from the train split
+    assert list(make().cfg.loc_kinds) == ["t_loc", "m_loc"] and type(make()).needs_training
 
 
 def test_relative_layer_and_bad_config(make, tiny):
