@@ -119,6 +119,11 @@ def run(cfg: DictConfig) -> dict:
     skip = bool(cfg.data.get("skip_missing", False))
     skipped = {}
     pool, skipped["eval"] = with_images(data["eval"], True) if skip else (data["eval"], 0)
+    if skipped["eval"] and len(pool) < int(cfg.edits):
+        raise ValueError(
+            f"edits={cfg.edits} but only {len(pool)} records of {data['eval'].file} have all their images "
+            f"({skipped['eval']} skipped by data.skip_missing under data.root={cfg.data.root})"
+        )
     stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
     stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
     if "train" in data:

@@ -25,6 +25,8 @@ def test_run_stops_before_first_edit_when_images_are_missing(tmp_path):
     summary = run(tiny_cfg(tmp_path, "edits=3", "data.skip_missing=true"))
     assert summary["status"] == "ok" and summary["skipped_missing"] == {"eval": 1}
     assert json.loads((tmp_path / "summary.json").read_text())["skipped_missing"] == {"eval": 1}
+    with pytest.raises(ValueError, match=r"edits=40 but only 39 records .* \(1 skipped by data.skip_missing"):
+        run(tiny_cfg(tmp_path, "edits=40", "data.skip_missing=true"))
 
 
 def test_check_lists_malformed_records_by_file_index_field(tmp_path, capsys):
