@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+#: row order of tables: the baseline first, then the editors as editors.md lists them
+EDITOR_ORDER = ["none", "ft_l", "ft_l_easyedit", "grace", "melo", "wise", "elder", "ultraedit", "liveedit"]
 COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port"}
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def table(summaries: list[dict]) -> pd.DataFrame:
         row["s/edit"] = s["timing"]["s_per_edit"]
         row["KB/edit"] = s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024
         rows.append(row)
+    rank = {e: i for i, e in enumerate(EDITOR_ORDER)}
+    rows.sort(key=lambda r: (rank.get(r["editor"], len(rank)), r["editor"]))
     df = pd.DataFrame(rows)
     keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1]
     df = df.drop(columns=[k for k in ("model", "data", "edits") if k not in keys])

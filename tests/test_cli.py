@@ -43,7 +43,7 @@ def test_multirun_then_report(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(sweep.rglob("summary.json"))) == 2
     df = report_main([str(sweep)])
-    assert list(df.index) == ["none", "ft_l"]
+    assert list(df.index) == ["none", "ft_l"]  # baseline first
     assert {"Rel", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "s/edit"} <= set(df.columns)
     assert df.loc["none", "T-Loc"] == 100.0 and df.loc["none", "M-Loc"] == 100.0
     for ext in ("md", "csv", "tex"):
