@@ -193,23 +193,12 @@ class ELDER(Editor):
         return [self.router_w, self.router_b, *self.lora_A, *self.lora_B]
 
     # ----- installation -----------------------------------------------------------------------
-    def _parent(self, i: int, role: str) -> tuple[nn.Module, str]:
-        path = self.backbone.ffn_paths[role]
-        parent_path, _, attr = path.rpartition(".")
-        parent = self.backbone.layer(i)
-        for part in filter(None, parent_path.split(".")):
-            parent = getattr(parent, part)
-        return parent, attr
-
     def _install(self) -> None:
         if self._wrappers:
             return
         for k, ((slot, i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
-            parent, attr = self._parent(i, role)
-            if getattr(parent, attr) is not orig:
-                raise RuntimeError(f"ELDER: layer {i} role {role!r} is not the original module (wrapped twice?)")
             w = MixLoRALinear(orig, self, k, slot)
-            setattr(parent, attr, w)
+            self.backbone.swap_ffn(i, role, w, expect=orig)
             self._wrappers.append(w)
         self._hook = self.backbone.layer(self.layers[0]).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
@@ -218,9 +207,8 @@ class ELDER(Editor):
             self._hook.remove()
             self._hook = None
         for (_, i, role), orig, w in zip(self.targets, self.originals, self._wrappers, strict=False):
-            parent, attr = self._parent(i, role)
-            if getattr(parent, attr) is w:
-                setattr(parent, attr, orig)
+            if self.backbone.ffn(i, role) is w:
+                self.backbone.swap_ffn(i, role, orig)
         self._wrappers = []
         self._route = None
 

@@ -54,7 +54,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bench.backbones.base import Batch, Probe
 

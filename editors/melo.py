@@ -290,23 +290,12 @@ class MELO(Editor):
             A.copy_((torch.rand(A.shape, generator=g) * 2 - 1) * bound)
             B.zero_()
 
-    def _parent(self, i: int, role: str) -> tuple[nn.Module, str]:
-        path = self.backbone.ffn_paths[role]
-        parent_path, _, attr = path.rpartition(".")
-        parent = self.backbone.layer(i)
-        for part in filter(None, parent_path.split(".")):
-            parent = getattr(parent, part)
-        return parent, attr
-
     def _install(self) -> None:
         if self._wrappers:
             return
         for k, ((i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
-            parent, attr = self._parent(i, role)
-            if getattr(parent, attr) is not orig:
-                raise RuntimeError(f"MELO: layer {i} role {role!r} is not the original module (wrapped twice?)")
             w = MeloLinear(orig, self, k)
-            setattr(parent, attr, w)
+            self.backbone.swap_ffn(i, role, w, expect=orig)
             self._wrappers.append(w)
         self._hook = self.key_module.register_forward_hook(self._key_hook)
 
@@ -315,9 +304,8 @@ class MELO(Editor):
             self._hook.remove()
             self._hook = None
         for (i, role), orig, w in zip(self.targets, self.originals, self._wrappers, strict=False):
-            parent, attr = self._parent(i, role)
-            if getattr(parent, attr) is w:
-                setattr(parent, attr, orig)
+            if self.backbone.ffn(i, role) is w:
+                self.backbone.swap_ffn(i, role, orig)
         self._wrappers = []
         self._route = None
 

@@ -27,6 +27,27 @@ def tiny():
     return build_backbone(OmegaConf.load(CONF / "model" / "tiny.yaml"))
 
 
+@pytest.fixture
+def editor_factory(tiny):
+    """``make(name, *overrides, **over)``: an editor on the tiny backbone from its YAML merged
+    with overrides; every editor made is reset (and its hooks removed) after the test."""
+    import editors
+
+    built = []
+
+    def make(name: str, *overrides, **over):
+        cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / f"{name}.yaml"), *overrides, over)
+        ed = editors.build(cfg, tiny)
+        built.append(ed)
+        return ed
+
+    yield make
+    for ed in built:
+        ed.reset()
+        if hasattr(ed, "remove"):
+            ed.remove()
+
+
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
     """A small generated toy_evqa set (same generator as the real default, fewer records)."""

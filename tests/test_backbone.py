@@ -57,3 +57,13 @@ def test_target_loss_matches_manual_cross_entropy(tiny, toy_eval):
         for i, t in enumerate(tgt):
             manual.append(-torch.log_softmax(logits[b, s + i], -1)[t])
     assert float(tiny.target_loss(batch, logits)) == pytest.approx(float(torch.stack(manual).mean()), rel=1e-5)
+
+
+def test_swap_ffn_wraps_and_restores(tiny):
+    orig = tiny.ffn(1, "out")
+    wrapper = torch.nn.Identity()
+    assert tiny.swap_ffn(1, "out", wrapper, expect=orig) is orig
+    assert tiny.ffn(1, "out") is wrapper and tiny.layers[1].mlp.down_proj is wrapper
+    with pytest.raises(RuntimeError, match="wrapped twice"):
+        tiny.swap_ffn(1, "out", torch.nn.Identity(), expect=orig)
+    assert tiny.swap_ffn(1, "out", orig) is wrapper and tiny.ffn(1, "out") is orig

@@ -1,5 +1,6 @@
 """LiveEdit mechanics: training command + resume, checkpoint checks, hard/soft routing, ablations, batching."""
 
+import functools
 import json
 
 import pytest
@@ -12,19 +13,8 @@ from editors.liveedit import load_checkpoint, token_masks
 
 
 @pytest.fixture
-def make(tiny, liveedit_tiny_checkpoint):
-    built = []
-
-    def _make(**over):
-        cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "liveedit.yaml"),
-                              {"checkpoint": liveedit_tiny_checkpoint}, over)
-        ed = editors.build(cfg, tiny)
-        built.append(ed)
-        return ed
-
-    yield _make
-    for ed in built:
-        ed.remove()
+def make(editor_factory, liveedit_tiny_checkpoint):
+    return functools.partial(editor_factory, "liveedit", {"checkpoint": liveedit_tiny_checkpoint})
 
 
 def logits_of(backbone, probes):
@@ -55,7 +45,7 @@ def test_missing_and_wrong_backbone_checkpoint(tiny, liveedit_tiny_checkpoint, t
     cfg = OmegaConf.load(CONF / "editor" / "liveedit.yaml")
     with pytest.raises(ValueError, match="editor.checkpoint.*bench.train"):
         editors.build(cfg, tiny)
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     state, meta = load_checkpoint(liveedit_tiny_checkpoint)
     save_file(state, str(tmp_path / "liveedit.safetensors"),
@@ -84,7 +74,6 @@ def test_hand_built_expert_raises_score(make, tiny, toy_eval):
 def test_hard_routing_sentinel_and_bit_identity(make, tiny, toy_eval):
     ed = make()
     probes = toy_eval.probes(1) + toy_eval.probes(2)
-    ref = logits_of(tiny, probes)
     ed.edit_batch([toy_eval.request(1), toy_eval.request(2)])
     batch = tiny.prepare(probes)
     h = ed.layer_reps(batch)

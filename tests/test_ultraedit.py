@@ -1,13 +1,11 @@
 """UltraEdit mechanics: closed form, lifelong statistics, cache, locality of the weight change, state."""
 
+import functools
 import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import editors
-from conftest import CONF
 from editors.ultraedit import RunningMeanStd, closed_form_shift, sub_batch, value_shift
 
 # The tiny random LM: the paper's lr 1e-6 moves its near-flat logits by ~1e-5 nats (see the contract's
@@ -16,18 +14,8 @@ TINY = {"lr": 0.1}
 
 
 @pytest.fixture
-def make(tiny):
-    built = []
-
-    def _make(**over):
-        cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "ultraedit.yaml"), TINY, over)
-        ed = editors.build(cfg, tiny)
-        built.append(ed)
-        return ed
-
-    yield _make
-    for ed in built:
-        ed.reset()
+def make(editor_factory):
+    return functools.partial(editor_factory, "ultraedit", TINY)
 
 
 def logits_of(backbone, probes):

@@ -1,14 +1,12 @@
 """WISE mechanics: TIES merging, sharding masks, merge schedule, routing, Retrieve, batching."""
 
+import functools
 import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-import editors
-from conftest import CONF
 from editors import wise as wise_mod
 from editors.wise import magnitude_trim, ties_merge
 
@@ -18,18 +16,8 @@ TINY = {"layer": -1, "n_iter": 30, "edit_lr": 50.0, "norm_constraint": 10.0, "ac
 
 
 @pytest.fixture
-def make(tiny):
-    built = []
-
-    def _make(**over):
-        cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "wise.yaml"), TINY, over)
-        ed = editors.build(cfg, tiny)
-        built.append(ed)
-        return ed
-
-    yield _make
-    for ed in built:
-        ed.reset()
+def make(editor_factory):
+    return functools.partial(editor_factory, "wise", TINY)
 
 
 def logits_of(backbone, probes):

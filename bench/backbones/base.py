@@ -130,10 +130,19 @@ class Backbone(nn.Module):
     add_bos: bool = False
     batch_size: int = 16
 
-    def __init__(self) -> None:
+    def __init__(self, cfg=None, default_batch_size: int = 16) -> None:
+        """Reads the fields every model YAML has (name, layer/FFN paths, templates, batching)."""
         super().__init__()
         self.ffn_paths = {}
         self._ctx: Batch | None = None
+        if cfg is not None:
+            self.name = str(cfg.name)
+            self.layers_path = str(cfg.layers_path)
+            self.ffn_paths = dict(cfg.ffn)
+            self.image_template = str(cfg.template.image)
+            self.text_template = str(cfg.template.text)
+            self.add_bos = bool(cfg.get("add_bos", False))
+            self.batch_size = int(cfg.get("batch_size", default_batch_size))
 
     # ----- things subclasses provide -------------------------------------------------
     lm: nn.Module
@@ -192,6 +201,22 @@ class Backbone(nn.Module):
         if role not in self.ffn_paths:
             raise KeyError(f"{self.name} has no FFN role '{role}'; roles: {sorted(self.ffn_paths)}")
         return _get_path(self.layer(i), self.ffn_paths[role])  # type: ignore[return-value]
+
+    def swap_ffn(self, i: int | float, role: str, new: nn.Module, expect: nn.Module | None = None) -> nn.Module:
+        """Put ``new`` where ``ffn(i, role)`` sits (PEFT-style wrapping) and return what was there.
+
+        With ``expect``, refuse unless the module in place is ``expect`` (catches double wrapping).
+        """
+        parent_path, _, attr = self.ffn_paths[role].rpartition(".")
+        parent = _get_path(self.layer(i), parent_path)
+        old = getattr(parent, attr)
+        if expect is not None and old is not expect:
+            raise RuntimeError(
+                f"{self.name}: layer {i} FFN role {role!r} holds a {type(old).__name__}, not the expected module "
+                "(wrapped twice?)"
+            )
+        setattr(parent, attr, new)
+        return old
 
     def ffn_name(self, i: int | float, role: str = "out") -> str:
         """Fully qualified parameter-module name of ``ffn(i, role)`` inside ``self.lm``."""

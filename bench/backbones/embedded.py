@@ -126,14 +126,7 @@ class EmbeddedVLLM(Backbone):
     """LLaVA-style VLLM: frozen vision encoder -> pooled tokens -> MLP -> frozen LM."""
 
     def __init__(self, cfg) -> None:
-        super().__init__()
-        self.name = str(cfg.name)
-        self.layers_path = str(cfg.layers_path)
-        self.ffn_paths = dict(cfg.ffn)
-        self.image_template = str(cfg.template.image)
-        self.text_template = str(cfg.template.text)
-        self.add_bos = bool(cfg.get("add_bos", False))
-        self.batch_size = int(cfg.get("batch_size", 16))
+        super().__init__(cfg, default_batch_size=16)
         dtype = getattr(torch, str(cfg.get("dtype", "float32")))
         lm_cfg, vis_cfg = cfg.lm, cfg.vision
         if lm_cfg.source == "smollm2":

@@ -118,14 +118,7 @@ class HFVLLM(Backbone):
     """A transformers VLLM (BLIP-2 / LLaVA / MiniGPT-4 family) behind the backbone interface."""
 
     def __init__(self, cfg) -> None:
-        super().__init__()
-        self.name = str(cfg.name)
-        self.layers_path = str(cfg.layers_path)
-        self.ffn_paths = dict(cfg.ffn)
-        self.image_template = str(cfg.template.image)
-        self.text_template = str(cfg.template.text)
-        self.add_bos = bool(cfg.get("add_bos", False))
-        self.batch_size = int(cfg.get("batch_size", 8))
+        super().__init__(cfg, default_batch_size=8)
         self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.get("dtype", "float32")))
         lm_body = _get_path(self.vlm, str(cfg.lm.module))
         head = cfg.lm.get("head")
