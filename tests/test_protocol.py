@@ -138,3 +138,10 @@ def test_crash_keeps_results_already_computed(tmp_path, monkeypatch):
     kept = (tmp_path / "cases.jsonl.partial").read_text().splitlines()
     assert len(kept) == 10  # both records of the checkpoint, five probes each
     assert len((tmp_path / "edits.jsonl").read_text().splitlines()) == 2
+
+
+def test_portability_metric_on_vlkeb_style_data(tmp_path):
+    summary = run(tiny_cfg(tmp_path, "data=toy_vlkeb", "edits=3"))
+    assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "port"}
+    kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    assert kinds.count("port") == 3
