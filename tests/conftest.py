@@ -64,6 +64,15 @@ def toy_eval(toy_root):
     return RecordSet(toy_root / "eval.json", toy_root, Prompts(edit_suffix=" The answer is:"))
 
 
+def assert_batch_consistent(backbone, probes, atol: float = 1e-4) -> None:
+    """Every probe scores the same alone as inside one batch with all the others."""
+    together = backbone.score(probes, batch_size=len(probes))
+    for p, s in zip(probes, together, strict=True):
+        alone = backbone.score([p])[0]
+        assert alone.pred_ids == s.pred_ids, p
+        assert alone.logprob == pytest.approx(s.logprob, abs=atol), p
+
+
 def tiny_cfg(tmp_path: Path, *extra: str):
     """Config of a small run on the tiny backbone writing into tmp_path."""
     return make_cfg(

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from bench.backbones.base import Probe
+from conftest import assert_batch_consistent
 
 
 def test_layer_and_ffn_access(tiny):
@@ -36,11 +37,7 @@ def test_prepare_layout(tiny, toy_eval):
 
 def test_score_is_independent_of_batch_company(tiny, toy_eval):
     probes = [p for i in range(6) for p in toy_eval.probes(i)]
-    together = tiny.score(probes, batch_size=len(probes))
-    for p, s in zip(probes, together):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids
-        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4)
+    assert_batch_consistent(tiny, probes)
 
 
 def test_images_are_loaded_lazily_and_missing_ones_named(tiny, tmp_path):

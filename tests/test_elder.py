@@ -1,35 +1,20 @@
 """ELDER mechanics: whole-sequence top-k routing, guided loss, Hamming deferral, stored codes,
 batch consistency, memory accounting."""
 
+import functools
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import editors
-from conftest import CONF
+from conftest import assert_batch_consistent
 from editors.elder import MixLoRALinear
 
 # tiny backbone: 4 layers, first mixture layer floor(0.625 * 4) = 2, so 2 mixture layers (8-bit codes)
 TINY = {"num_layers": 2, "threshold": 4, "lr": 1e-2}
 
 
-def make(tiny, **over):
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "elder.yaml"), TINY, over)
-    return editors.build(cfg, tiny)
-
-
 @pytest.fixture
-def elder(tiny):
-    made = []
-
-    def build(**over):
-        ed = make(tiny, **over)
-        made.append(ed)
-        return ed
-
-    yield build
-    for ed in made:
-        ed.reset()
+def elder(editor_factory):
+    return functools.partial(editor_factory, "elder", TINY)
 
 
 def logits_of(tiny, probes):
@@ -42,7 +27,7 @@ def test_layers_from_relative_depth_and_overflow(elder, tiny):
     assert ed.layers == [2, 3]
     assert ed.code_bits == 2 * 4
     with pytest.raises(IndexError, match="num_layers"):
-        make(tiny, num_layers=6)
+        elder(num_layers=6)
 
 
 def test_whole_sequence_goes_to_its_topk_loras(elder, tiny, toy_eval):
@@ -180,11 +165,7 @@ def test_batch_consistency_alone_vs_batch(elder, tiny, toy_eval):
     ed.threshold = float(d.min())
     active = ed.route(probes)["active"]
     assert bool(active.any()) and not bool(active.all())
-    together = tiny.score(probes)
-    for p, s in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids
-        assert abs(alone.logprob - s.logprob) < 1e-4
+    assert_batch_consistent(tiny, probes)
     # routing itself is batch-invariant (codes and distances)
     for b, p in enumerate(probes):
         one = ed.route([p])

@@ -1,34 +1,18 @@
 """GRACE's mechanics on the tiny random backbone: codebook rules, routing, batching, memory."""
 
+import functools
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import editors
 from bench.backbones.base import Probe
-from conftest import CONF, MIN_EDIT_GAIN
+from conftest import MIN_EDIT_GAIN, assert_batch_consistent
 
 N_ITER = 30  # fewer than the paper's 100: enough on the tiny model, keeps the tests fast
 
 
-def build(tiny, **over):
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "grace.yaml"), {"n_iter": N_ITER, **over})
-    return editors.build(cfg, tiny)
-
-
 @pytest.fixture
-def make(tiny):
-    made = []
-
-    def _make(**over):
-        ed = build(tiny, **over)
-        made.append(ed)
-        return ed
-
-    yield _make
-    for ed in made:  # the tiny backbone is shared by the session: leave it clean
-        ed.reset()
-        ed.remove()
+def make(editor_factory):
+    return functools.partial(editor_factory, "grace", {"n_iter": N_ITER})
 
 
 def query_dist(ed, a: Probe, b: Probe) -> float:
@@ -133,11 +117,8 @@ def test_score_alone_equals_score_in_batch(make, toy_eval, tiny):
         assert ed.edit(r)["action"] == "add"
     idx, _, hit = ed.route(reqs + locs)
     assert idx[:3].tolist() == [0, 1, 2] and hit[:3].all() and not hit[3:].any()
+    assert_batch_consistent(tiny, probes)
     together = tiny.score(probes)
-    for p, s in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids, p
-        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4), p
     # (the tiny random model's logits are near uniform: it cannot reach full accuracy)
     assert all(s.logprob > p + 1.0 for s, p in zip(together[:3], pre, strict=True))
 

@@ -16,7 +16,7 @@ from bench.backbones import build_backbone
 from bench.backbones.base import Probe
 from bench.backbones.convert_minigpt4 import ConversionError, convert
 from bench.backbones.hf import HFVLLM, WeightsNotFound
-from conftest import CONF
+from conftest import CONF, assert_batch_consistent
 
 HF_MODELS = ("blip2", "llava", "minigpt4")
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
@@ -121,10 +121,8 @@ def test_build_score_edit_reset_reload(kind, saved, images, tmp_path):
     assert bb.image_embeds(images[:2]).shape == (2, n_img, 48)
     batch = bb.prepare(ps)
     assert batch.image_mask.sum(1).tolist() == [n_img, n_img, 0, n_img]
-    scores = bb.score(ps, batch_size=4)
-    alone = [bb.score([p])[0] for p in ps]
-    for s, a in zip(scores, alone, strict=True):
-        assert s.pred_ids == a.pred_ids and s.logprob == pytest.approx(a.logprob, abs=1e-4)
+    assert_batch_consistent(bb, ps)
+    scores = bb.score(ps)
     # FT-L on the backbone's layer/FFN map, then reset, then editor state round trip
     cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "ft_l.yaml"), {"lr": 1e-2})
     ed = editors.build(cfg, bb)

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 import editors
-from conftest import CONF, liveedit_train_cfg
+from conftest import CONF, assert_batch_consistent, liveedit_train_cfg
 from editors.liveedit import load_checkpoint, token_masks
 
 
@@ -130,11 +130,7 @@ def test_batch_consistency(make, tiny, toy_eval):
     ed = make(hard_routing=False)
     ed.edit_batch([toy_eval.request(i) for i in range(3)])
     probes = [p for i in (0, 1, 5) for p in toy_eval.probes(i)]  # edited, edited, never edited; text-only too
-    together = tiny.score(probes)
-    for p, t in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == t.pred_ids
-        assert abs(alone.logprob - t.logprob) < 1e-4
+    assert_batch_consistent(tiny, probes)
 
 
 def test_text_only_inputs_untouched_and_memory(make, tiny, toy_eval):

@@ -1,34 +1,19 @@
 """MELO mechanics: vector database (create / expand / conflict split), routing, dynamic LoRA blocks."""
 
+import functools
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import editors
 from bench.backbones.base import Probe
-from conftest import CONF
+from conftest import assert_batch_consistent
 from editors.melo import NO_BLOCK, MeloLinear, VecDB
 
 TINY = {"key_layer": 1, "lora_layers": [2, 3]}  # tiny backbone has 4 layers
 
 
-def make(tiny, **over):
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "melo.yaml"), TINY, over)
-    return editors.build(cfg, tiny)
-
-
 @pytest.fixture
-def melo(tiny):
-    made = []
-
-    def build(**over):
-        ed = make(tiny, **over)
-        made.append(ed)
-        return ed
-
-    yield build
-    for ed in made:
-        ed.reset()
+def melo(editor_factory):
+    return functools.partial(editor_factory, "melo", TINY)
 
 
 def keys_of(ed, tiny, probes):
@@ -156,11 +141,7 @@ def test_score_alone_equals_score_in_batch(melo, tiny, toy_eval):
     probes = [p for i in (0, 1, 2, 3, 4) for p in toy_eval.probes(i)]
     routes = routes_of(ed, tiny, probes)
     assert len({r for r in routes if r != NO_BLOCK}) >= 2 and NO_BLOCK in routes  # several blocks and none
-    together = tiny.score(probes)
-    for p, s in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids
-        assert alone.logprob == pytest.approx(s.logprob, abs=1e-4)
+    assert_batch_consistent(tiny, probes)
 
 
 def test_batch_edit_trains_one_block_for_all_requests(melo, tiny, toy_eval):
@@ -207,6 +188,6 @@ def test_reset_puts_the_original_modules_back(melo, tiny, toy_eval):
     assert len(ed.db) == 0 and ed.next_block == 0
 
 
-def test_key_layer_must_precede_lora_layers(tiny):
+def test_key_layer_must_precede_lora_layers(melo):
     with pytest.raises(ValueError, match="key_layer"):
-        make(tiny, key_layer=2, lora_layers=[2, 3])
+        melo(key_layer=2, lora_layers=[2, 3])

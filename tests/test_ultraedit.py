@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from conftest import assert_batch_consistent
 from editors.ultraedit import RunningMeanStd, closed_form_shift, sub_batch, value_shift
 
 # The tiny random LM: the paper's lr 1e-6 moves its near-flat logits by ~1e-5 nats (see the contract's
@@ -173,11 +174,7 @@ def test_score_alone_equals_score_in_batch(make, tiny, toy_eval):
     ed = make()
     ed.edit_batch([toy_eval.request(i) for i in range(4)])
     probes = toy_eval.probes(0) + toy_eval.probes(2) + toy_eval.probes(9)  # edited and unedited records
-    together = tiny.score(probes)
-    for p, s in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids
-        assert abs(alone.logprob - s.logprob) < 1e-4
+    assert_batch_consistent(tiny, probes)
 
 
 # ----- reset and state ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import assert_batch_consistent
 from editors import wise as wise_mod
 from editors.wise import magnitude_trim, ties_merge
 
@@ -172,11 +173,7 @@ def test_score_alone_equals_score_in_batch(make, tiny, toy_eval, retrieve):
     if retrieve:
         assert len(set(routes) - {0}) >= 2, f"probes should use different memories: {routes}"
     assert ed.routes(probes) == routes  # the same choice inside a batch
-    together = tiny.score(probes)
-    for p, s in zip(probes, together, strict=True):
-        alone = tiny.score([p])[0]
-        assert alone.pred_ids == s.pred_ids
-        assert abs(alone.logprob - s.logprob) < 1e-4
+    assert_batch_consistent(tiny, probes)
 
 
 def test_retrieve_state_round_trip_and_memory(make, tiny, toy_eval):
