@@ -66,6 +66,21 @@ class Editor(abc.ABC):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
 
+class LinearWrapper(torch.nn.Module):
+    """PEFT-style stand-in for an FFN ``nn.Linear``: keeps it as ``base_layer`` and a reference
+    to the editor that owns the extra (routed) weights; ``Backbone.swap_ffn`` puts it in place."""
+
+    def __init__(self, base_layer: torch.nn.Linear, editor: Editor, index: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        object.__setattr__(self, "_editor", editor)  # not a submodule
+        self.index = index  # which wrapped (layer, role) target of the editor
+
+    @property
+    def weight(self) -> torch.Tensor:  # code reading .weight keeps working
+        return self.base_layer.weight
+
+
 class WeightSnapshot:
     """Clones of some parameters, restorable bit for bit (used by weight editors)."""
 

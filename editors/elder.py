@@ -68,7 +68,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor
+from .base import Editor, LinearWrapper
 from .registry import register
 
 
@@ -78,7 +78,7 @@ def _request_key(p: Probe) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
-class MixLoRALinear(nn.Module):
+class MixLoRALinear(LinearWrapper):
     """One FFN ``nn.Linear`` (kept as ``base_layer``) plus its mixture of LoRAs.
 
     The LoRA factors and the per-sample routing live in the editor; the wrapper
@@ -86,15 +86,8 @@ class MixLoRALinear(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Linear, editor: ELDER, index: int, layer_slot: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        object.__setattr__(self, "_editor", editor)  # not a submodule
-        self.index = index  # which (layer, role) target
+        super().__init__(base_layer, editor, index)
         self.layer_slot = layer_slot  # which mixture layer (router)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

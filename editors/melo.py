@@ -57,7 +57,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor
+from .base import Editor, LinearWrapper
 from .registry import register
 
 NO_BLOCK = -1
@@ -69,23 +69,13 @@ def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a, b, p=2, compute_mode="donot_use_mm_for_euclid_dist")
 
 
-class MeloLinear(nn.Module):
+class MeloLinear(LinearWrapper):
     """Wraps one ``nn.Linear`` (kept as ``base_layer``) with MELO's dynamic LoRA.
 
     The LoRA factors live in the editor (``lora_A`` [in, R], ``lora_B`` [R, out])
     and are not registered as parameters of the backbone; the wrapper reads the
     per-sample block ids the editor's key hook set for the current forward.
     """
-
-    def __init__(self, base_layer: nn.Linear, editor: MELO, index: int) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        object.__setattr__(self, "_editor", editor)  # not a submodule
-        self.index = index
-
-    @property
-    def weight(self) -> torch.Tensor:  # let code that reads .weight keep working
-        return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
