@@ -8,12 +8,13 @@ import hydra
 from omegaconf import DictConfig
 
 from .run import run
+from .specialize import hydra_overrides, specialize
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    run(cfg)
+    run(specialize(cfg, hydra_overrides()))
 
 
 if __name__ == "__main__":

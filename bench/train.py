@@ -24,6 +24,7 @@ import editors
 from .backbones import build_backbone
 from .data import build_data, resolve, with_images
 from .run import check_config, seed_everything
+from .specialize import hydra_overrides, specialize
 from .tracking import make_tracker
 
 log = logging.getLogger("bench.train")
@@ -66,7 +67,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    train(cfg, progress=bool(cfg.protocol.get("progress", True)))
+    train(specialize(cfg, hydra_overrides()), progress=bool(cfg.protocol.get("progress", True)))
 
 
 def _argv(argv: list[str]) -> list[str]:

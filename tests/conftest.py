@@ -6,6 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from bench.specialize import specialize
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -17,7 +19,8 @@ MIN_EDIT_GAIN = 0.5
 
 def make_cfg(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return specialize(cfg, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -43,3 +43,21 @@ def test_ft_l_run_on_smol_llava(tmp_path):
     assert s["status"] == "ok" and s["model"] == "smol_llava"
     assert s["metrics"]["rel"] >= 0.6  # FT-L reliability right after a short stream is high
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == s["metrics"]
+
+
+def test_liveedit_shipped_checkpoint_on_smol_llava(tmp_path):
+    """The shipped LiveEdit checkpoint, applied by default to +editor=liveedit +model=smol_llava, raises the
+    edited answers well above the unedited model's and leaves text-only inputs untouched."""
+    from bench.run import run
+    from conftest import make_cfg
+
+    common = ("+model=smol_llava", "edits=20", "protocol.progress=false")
+    base = run(make_cfg("+editor=none", *common, f"out_dir={tmp_path / 'none'}"))
+    cfg = make_cfg("+editor=liveedit", *common, f"out_dir={tmp_path / 'liveedit'}")
+    assert cfg.editor.checkpoint and cfg.editor.specialized.file.endswith("liveedit/smol_llava.yaml")
+    s = run(cfg)
+    assert s["status"] == "ok"
+    m, m0 = s["metrics"], base["metrics"]
+    assert m["rel"] >= m0["rel"] + 0.15, (m, m0)
+    assert m["m_gen"] > m0["m_gen"], (m, m0)
+    assert m["t_loc"] == 1.0  # text-only questions have no vision tokens: LiveEdit skips them

@@ -29,10 +29,14 @@ TINY_OVERRIDES = {
 # Config values that come from a fixture (editor -> {key: fixture name}); liveedit needs a trained
 # checkpoint, made once per session by the conftest fixture (trained on tiny for a few steps).
 FIXTURE_VALUES = {"liveedit": {"checkpoint": "liveedit_tiny_checkpoint"}}
-# Editors whose tiny-model edit cannot reliably reach MIN_EDIT_GAIN: LiveEdit's generator is trained, not
-# optimised per edit, and a few training steps on the random tiny LM move its near-flat logits
-# by ~0.2-1.2 nats only (see tests/test_liveedit.py for its mechanics with a hand-built expert).
-TINY_WEAK = {"liveedit"}
+# Editors whose edit is produced by a trained network rather than optimised on the request: on the tiny
+# random LM a generator trained for seconds has nothing to generalise from, so the sign of its gain on an
+# unseen request is chance (measured over eval requests 0-4: +0.11, +1.30, -0.30, +0.09, +0.02 nats).
+# Here the contract is that the edit is applied (the edited probe's score moves); that it RAISES the
+# score is tested on the real backbone with the shipped checkpoint
+# (tests/test_e2e_embedded.py::test_liveedit_shipped_checkpoint_on_smol_llava) and with a hand-built
+# expert (tests/test_liveedit.py::test_hand_built_expert_raises_score).
+GENERATED = {"liveedit"}
 
 
 def editor_cfg(name: str):
@@ -69,8 +73,8 @@ def test_edit_raises_edited_probe_score(editor, tiny, toy_eval):
     after = tiny.score([req])[0].logprob
     if editor.name in NO_OP:
         assert after == before
-    elif editor.name in TINY_WEAK:
-        pytest.xfail(f"{editor.name}: tiny-model gain {after - before:+.3f} (needs a real backbone)")
+    elif editor.name in GENERATED:
+        assert abs(after - before) > 1e-3, f"{editor.name}: the edit left the edited probe unchanged ({before:.4f})"
     else:
         assert after > before + MIN_EDIT_GAIN, f"{editor.name}: log-prob {before:.3f} -> {after:.3f}"
 
