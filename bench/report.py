@@ -1,12 +1,15 @@
 """Turn any set of runs into one table.
 
     python -m bench.report results/sweeps/2026-11-21_10-00-00 [more dirs or summary.json files]
-        [--out DIR] [--format markdown|csv|latex]
+        [--out DIR] [--format markdown|csv|latex] [--by editor.lr seed ...]
 
 Reads only ``summary.json`` files (found recursively); rows are editors (with
 model and dataset when several are present), columns Rel, T-Gen, M-Gen, T-Loc,
 M-Loc (and Port where present) in percent, plus s/edit and KB/edit (memory the
-editor stores beside the model, per edit). Writes ``table.md``,
+editor stores beside the model, per edit). Runs that share a row key are averaged
+(e.g. several seeds) and a ``runs`` column counts them; ``--by`` adds config keys (dotted
+paths into the run's config, e.g. ``editor.lr`` for a Hydra sweep over it) to the row key,
+so that a hyperparameter sweep is not averaged into one row. Writes ``table.md``,
 ``table.csv`` and ``table.tex`` to ``--out`` (default: the first directory).
 """
 
@@ -41,10 +44,22 @@ def find_summaries(paths: list[str | Path]) -> list[dict]:
     return out
 
 
-def table(summaries: list[dict]) -> pd.DataFrame:
+def config_value(summary: dict, key: str):
+    node = summary.get("config", {})
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if not isinstance(node, dict | list) else json.dumps(node)
+
+
+def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
+    if not summaries:
+        raise ValueError("no finished run (status ok) to tabulate")
     rows = []
     for s in summaries:
         row = {"editor": s["editor"], "model": s["model"], "data": s["data"], "edits": s["n_edits"]}
+        row.update({k: config_value(s, k) for k in by})
         for k, name in COLUMNS.items():
             if k in s["metrics"]:
                 row[name] = 100.0 * s["metrics"][k]
@@ -54,14 +69,20 @@ def table(summaries: list[dict]) -> pd.DataFrame:
     rank = {e: i for i, e in enumerate(EDITOR_ORDER)}
     rows.sort(key=lambda r: (rank.get(r["editor"], len(rank)), r["editor"]))
     df = pd.DataFrame(rows)
-    keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1]
+    keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1] + list(by)
     df = df.drop(columns=[k for k in ("model", "data", "edits") if k not in keys])
-    return df.groupby(keys, sort=False).mean(numeric_only=True)
+    for k in by:  # a key a run lacks (e.g. editor.lr of `none`) shows as "-"
+        df[k] = ["-" if pd.isna(v) else str(v) for v in df[k]]
+    groups = df.groupby(keys, sort=False, dropna=False)
+    out = groups.mean(numeric_only=True)
+    if (groups.size() > 1).any():
+        out["runs"] = groups.size()
+    return out
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
-        return df.to_markdown(floatfmt=".2f")
+        return df.reset_index().to_markdown(index=False, floatfmt=".2f")
     if fmt == "csv":
         return df.to_csv(float_format="%.4f")
     if fmt == "latex":
@@ -74,8 +95,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
+    ap.add_argument("--by", nargs="*", default=[], metavar="KEY",
+                    help="config keys (dotted, e.g. editor.lr) that split rows instead of being averaged")
     args = ap.parse_args(argv)
-    df = table(find_summaries(args.paths))
+    df = table(find_summaries(args.paths), args.by)
     out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
     out.mkdir(parents=True, exist_ok=True)
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):

@@ -54,3 +54,20 @@ def test_multirun_then_report(tmp_path):
 def test_unknown_editor_message(tmp_path):
     r = bench("+editor=nope", "+model=tiny")
     assert r.returncode != 0 and "ft_l" in r.stderr and "none" in r.stderr
+
+
+def test_report_by_splits_a_sweep_and_counts_averaged_runs():
+    from bench.report import table
+
+    def summ(editor, lr, seed, rel):
+        m = {"rel": rel, "t_gen": rel, "m_gen": rel, "t_loc": 1.0, "m_loc": 1.0}
+        return {"editor": editor, "model": "tiny", "data": "toy_evqa", "n_edits": 10, "metrics": m,
+                "timing": {"s_per_edit": 0.1}, "config": {"seed": seed, "editor": {"lr": lr}}}
+
+    runs = [summ("none", None, 0, 0.2), summ("none", None, 1, 0.4), summ("ultraedit", 1e-5, 0, 0.3),
+            summ("ultraedit", 3e-5, 0, 0.5)]
+    merged = table(runs)
+    assert merged.loc["ultraedit", "Rel"] == 40.0 and merged.loc["ultraedit", "runs"] == 2
+    split = table(runs, ["editor.lr"])
+    assert split.loc[("ultraedit", "1e-05"), "Rel"] == 30.0 and split.loc[("ultraedit", "3e-05"), "Rel"] == 50.0
+    assert split.loc[("none", "-"), "Rel"] == 30.0 and split.loc[("none", "-"), "runs"] == 2
