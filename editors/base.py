@@ -66,6 +66,21 @@ class Editor(abc.ABC):
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
 
+def as_sequence(t: torch.Tensor, backbone=None, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """An FFN matrix's input or output as ``[B, L, d]``.
+
+    LLaMA-style LMs call their FFN on ``[B, L, d]``; OPT (hence BLIP-2) flattens the batch to
+    ``[B*L, d]`` first. Editors that route per sample or read per-token keys view such a
+    tensor back with the current batch's ``(B, L)`` (``backbone.context``, or ``shape``);
+    any other tensor is returned unchanged.
+    """
+    if shape is None and backbone is not None and backbone.context is not None:
+        shape = tuple(backbone.context.attention_mask.shape)
+    if t.dim() == 2 and shape is not None and t.shape[0] == shape[0] * shape[1]:
+        return t.view(shape[0], shape[1], t.shape[-1])
+    return t
+
+
 class LinearWrapper(torch.nn.Module):
     """PEFT-style stand-in for an FFN ``nn.Linear``: keeps it as ``base_layer`` and a reference
     to the editor that owns the extra (routed) weights; ``Backbone.swap_ffn`` puts it in place."""

@@ -68,7 +68,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor, LinearWrapper
+from .base import Editor, LinearWrapper, as_sequence
 from .registry import register
 
 
@@ -90,11 +90,12 @@ class MixLoRALinear(LinearWrapper):
         self.layer_slot = layer_slot  # which mixture layer (router)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+        out0 = self.base_layer(x)
         ed = self._editor
         route = ed._route
         if route is None:
-            return out
+            return out0
+        x, out = as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
         idx, gates, active = route
         if idx.shape[0] != x.shape[0]:
             raise RuntimeError(
@@ -102,7 +103,7 @@ class MixLoRALinear(LinearWrapper):
                 "the query layer must run before every mixture layer in the same forward"
             )
         if not bool(active.any()):
-            return out
+            return out0
         A, B = ed.lora_A[self.index], ed.lora_B[self.index]  # [E, in, r], [E, r, out]
         sel = idx[:, self.layer_slot]  # [b, k]
         g = gates[:, self.layer_slot] * ed.scale  # [b, k]
@@ -112,7 +113,7 @@ class MixLoRALinear(LinearWrapper):
         delta = torch.einsum("bktr,bkro->bto", h, B[sel])
         delta = delta.reshape(*shape[:-1], B.shape[-1]).to(out.dtype)
         mask = active.view(-1, *([1] * (out.dim() - 1)))
-        return torch.where(mask, out + delta, out)
+        return torch.where(mask, out + delta, out).reshape(out0.shape)
 
 
 @register("elder")

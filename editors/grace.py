@@ -62,7 +62,7 @@ import torch
 
 from bench.backbones.base import Probe
 
-from .base import Editor
+from .base import Editor, as_sequence
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,9 @@ class GRACE(Editor):
         if self.n_keys == 0 and self._capture is None:
             return None
         ctx = self.backbone.context
-        x = args[0] if args else kwargs["hidden_states"]
-        out = output[0] if isinstance(output, tuple) else output
+        x = as_sequence(args[0] if args else kwargs["hidden_states"], self.backbone)
+        out0 = output[0] if isinstance(output, tuple) else output
+        out = as_sequence(out0, self.backbone)
         if ctx is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(ctx.attention_mask.shape):
             if not self._warned:
                 log.warning("grace: forward outside backbone.forward (no batch context); codebook not applied")
@@ -184,7 +185,7 @@ class GRACE(Editor):
             "replace_from_key": lambda: (ar >= k) & (ar < length),
         }[self.replacement]()
         mask = (where & hit[:, None])[..., None]
-        new = torch.where(mask, vals[:, None, :].to(out.dtype), out)
+        new = torch.where(mask, vals[:, None, :].to(out.dtype), out).reshape(out0.shape)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def _read_queries(self, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor, LinearWrapper
+from .base import Editor, LinearWrapper, as_sequence
 from .registry import register
 
 NO_BLOCK = -1
@@ -78,11 +78,12 @@ class MeloLinear(LinearWrapper):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+        out0 = self.base_layer(x)
         ed = self._editor
         route = ed._route
         if route is None:
-            return out
+            return out0
+        x, out = as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
         if route.shape[0] != x.shape[0]:
             raise RuntimeError(
                 f"MELO: routing holds {route.shape[0]} samples but a LoRA layer got a batch of {x.shape[0]}; "
@@ -90,7 +91,7 @@ class MeloLinear(LinearWrapper):
             )
         active = route >= 0
         if not bool(active.any()):
-            return out
+            return out0
         A, B = ed.lora_A[self.index], ed.lora_B[self.index]
         rpb, nb = ed.rank_per_block, ed.num_block
         idx = route.clamp(min=0)
@@ -101,7 +102,7 @@ class MeloLinear(LinearWrapper):
         delta = torch.bmm(torch.bmm(xs, a), b) * ed.scale
         delta = delta.reshape(*shape[:-1], B.shape[1]).to(out.dtype)
         mask = active.view(-1, *([1] * (out.dim() - 1)))
-        return torch.where(mask, out + delta, out)
+        return torch.where(mask, out + delta, out).reshape(out0.shape)
 
 
 class VecDB:
@@ -302,6 +303,7 @@ class MELO(Editor):
     def _key_hook(self, module, inputs, out) -> None:
         """Per-sample query at the last prompt token; routes every sample of the batch."""
         ctx = self.backbone.context
+        out = as_sequence(out, self.backbone)
         Bsz = out.shape[0]
         if ctx is not None and ctx.size == Bsz and out.dim() == 3:
             pos = ctx.prompt_last.to(out.device)

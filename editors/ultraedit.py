@@ -39,7 +39,7 @@ from torch import nn
 
 from bench.backbones.base import Batch, Probe
 
-from .base import Editor, WeightSnapshot
+from .base import Editor, WeightSnapshot, as_sequence
 from .registry import register
 
 TOKENS = ("ans", "all")
@@ -197,8 +197,9 @@ class UltraEdit(Editor):
             for h in handles:
                 h.remove()
         rows, pos = self._positions(batch)
-        keys = [seen[j][0][rows, pos].detach().float() for j in range(len(self.modules))]
-        gs = [g[rows, pos].detach().float() for g in grads]
+        shape = tuple(batch.attention_mask.shape)
+        keys = [as_sequence(seen[j][0], shape=shape)[rows, pos].detach().float() for j in range(len(self.modules))]
+        gs = [as_sequence(g, shape=shape)[rows, pos].detach().float() for g in grads]
         return keys, gs, float(loss.detach())
 
     def edit(self, request: Probe) -> dict:

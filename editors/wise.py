@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from bench.backbones.base import Probe
 
-from .base import Editor
+from .base import Editor, as_sequence
 from .registry import register
 
 ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}
@@ -307,16 +307,16 @@ class WISE(Editor):
         return idx, side
 
     def _forward_hook(self, module, inputs, output):
-        x = inputs[0]
+        x, out = as_sequence(inputs[0], self.backbone), as_sequence(output, self.backbone)
         if self._editing:
             side = F.linear(x, self.cur, module.bias)
-            self._trace = (output, side)
-            return side
-        idx, side = self.route(x, output)
+            self._trace = (out, side)
+            return side.reshape(output.shape)
+        idx, side = self.route(x, out)
         if side is None or not bool(idx.any()):
             return None  # nobody routed: the original output object, untouched
-        stacked = torch.cat([output.unsqueeze(0), side.to(output.dtype)], 0)  # [K+1, B, L, out]
-        return stacked[idx, torch.arange(x.shape[0], device=x.device)]
+        stacked = torch.cat([out.unsqueeze(0), side.to(out.dtype)], 0)  # [K+1, B, L, out]
+        return stacked[idx, torch.arange(x.shape[0], device=x.device)].reshape(output.shape)
 
     @torch.no_grad()
     def routes(self, probes: Sequence[Probe]) -> list[int]:
@@ -324,7 +324,7 @@ class WISE(Editor):
         got: list[torch.Tensor] = []
 
         def spy(module, inputs, output):
-            got.append(self.route(inputs[0], output)[0])
+            got.append(self.route(as_sequence(inputs[0], self.backbone), as_sequence(output, self.backbone))[0])
 
         h = self.module.register_forward_hook(spy, prepend=True)
         try:
