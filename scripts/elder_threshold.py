@@ -23,17 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
 
-import editors  # noqa: E402
-from bench.backbones import build_backbone  # noqa: E402
-from bench.data import build_data, with_images  # noqa: E402
-from bench.metrics import aggregate  # noqa: E402
-from bench.protocol import Lifelong, ProtocolConfig  # noqa: E402
-from bench.run import check_config, seed_everything, select_stream  # noqa: E402
-from bench.specialize import specialize  # noqa: E402
+import editors
+from bench.backbones import build_backbone
+from bench.data import build_data, with_images
+from bench.metrics import aggregate
+from bench.protocol import Lifelong, ProtocolConfig
+from bench.run import check_config, seed_everything, select_stream
+from bench.specialize import specialize
 
 
 def main(overrides: list[str]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, assert_batch_consistent
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -16,7 +17,6 @@ from bench.backbones import build_backbone
 from bench.backbones.base import Probe
 from bench.backbones.convert_minigpt4 import ConversionError, convert
 from bench.backbones.hf import HFVLLM, WeightsNotFound
-from conftest import CONF, assert_batch_consistent
 
 HF_MODELS = ("blip2", "llava", "minigpt4")
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
@@ -245,8 +245,9 @@ TINY3 = {
 
 def editor_on(name: str, kind: str, bb):
     """``name``'s config as ``+editor=name +model=kind`` composes it (per-backbone defaults included)."""
-    from bench.specialize import specialize
     from conftest import make_cfg
+
+    from bench.specialize import specialize
 
     cfg = specialize(make_cfg(f"+editor={name}", f"+model={kind}"))
     ecfg = OmegaConf.merge(cfg.editor, TINY3.get(name, {}))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF, make_cfg
 from omegaconf import OmegaConf
 
 from bench.specialize import SPECIAL_DIR, specialize, user_editor_keys
-
-from conftest import CONF, make_cfg
 
 
 def test_user_editor_keys():
