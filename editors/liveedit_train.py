@@ -49,6 +49,40 @@ def _pick(train, i: int, kind: str):
     raise ValueError(f"train record {train.source_index(i)} has no {kind} probe")
 
 
+def routing_losses(net, h: torch.Tensor, vis: torch.Tensor, query: torch.Tensor, rng: np.random.Generator,
+                   B: int) -> dict[str, torch.Tensor]:
+    """Soft- and hard-routing losses of a batch of ``B`` records whose reps ``h`` [4B, L, d] hold the rows
+    rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j (pairs of samples of one record; see the module doc)."""
+    dev = h.device
+    out = {}
+    j = np.arange(B)
+
+    def rows_of(kind: np.ndarray) -> torch.Tensor:  # 0 rel, 1 gen (random t_gen/m_gen), 2 m_loc
+        g = np.where(kind == 1, rng.integers(1, 3, size=B), np.where(kind == 2, 3, 0))
+        return torch.as_tensor(g * B + j, device=dev)
+
+    n = rng.integers(0, 3, size=B)
+    a = rows_of(n)
+    b = rows_of(np.where(n == 2, 2, rng.integers(0, 2, size=B)))
+    S = net.sim(net.inpt_ext.textual(h[a], query[a]), net.edit_ext.textual(h[b], query[b]))
+    out["soft_rel"] = -torch.log_softmax(S, 1).diagonal().mean()
+    out["soft_abs"] = -(F.logsigmoid(S.diagonal()) + F.logsigmoid(-S.roll(1, 1).diagonal())).mean()
+
+    def hard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, phi_x, s0 = net.input_features(h[x], vis[x], h[x], query[x])
+        phi_y = net.edit_ext.visual(h[y], query[y], h[y], vis[y])
+        return torch.log_softmax(torch.cat([net.sim(phi_x, phi_y), s0[:, None]], 1), 1)
+
+    out["hard_neighbour"] = -hard(a, b).diagonal().mean()
+    m = rng.integers(0, 2, size=B)
+    relgen = rows_of(rng.integers(0, 2, size=B))
+    locr = rows_of(np.full(B, 2))
+    m_t = torch.as_tensor(m, device=dev).bool()
+    x, y = torch.where(m_t, locr, relgen), torch.where(m_t, relgen, locr)
+    out["hard_sentinel"] = -hard(x, y)[:, -1].mean()
+    return out
+
+
 def step_losses(ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, lam: dict) -> tuple[torch.Tensor, dict]:
     net, bb = ed.net, ed.backbone
     B = len(idx)
@@ -82,37 +116,95 @@ def step_losses(ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, 
     lp0 = torch.log_softmax(pre_logits[rows[loc], pos[loc]].float(), -1)
     out["loc_kl"] = (lp0.exp() * (lp0 - lp[loc])).sum(-1).mean()
 
-    # 4. routing losses; sample rows: rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j
-    j = np.arange(B)
-
-    def rows_of(kind: np.ndarray) -> torch.Tensor:  # 0 rel, 1 gen (random t_gen/m_gen), 2 m_loc
-        g = np.where(kind == 1, rng.integers(1, 3, size=B), np.where(kind == 2, 3, 0))
-        return torch.as_tensor(g * B + j, device=dev)
-
-    n = rng.integers(0, 3, size=B)
-    a = rows_of(n)
-    b = rows_of(np.where(n == 2, 2, rng.integers(0, 2, size=B)))
-    S = net.sim(net.inpt_ext.textual(h[a], query[a]), net.edit_ext.textual(h[b], query[b]))
-    out["soft_rel"] = -torch.log_softmax(S, 1).diagonal().mean()
-    out["soft_abs"] = -(F.logsigmoid(S.diagonal()) + F.logsigmoid(-S.roll(1, 1).diagonal())).mean()
-
-    def hard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _, phi_x, s0 = net.input_features(h[x], vis[x], h[x], query[x])
-        phi_y = net.edit_ext.visual(h[y], query[y], h[y], vis[y])
-        return torch.log_softmax(torch.cat([net.sim(phi_x, phi_y), s0[:, None]], 1), 1)
-
-    out["hard_neighbour"] = -hard(a, b).diagonal().mean()
-    m = rng.integers(0, 2, size=B)
-    relgen = rows_of(rng.integers(0, 2, size=B))
-    locr = rows_of(np.full(B, 2))
-    m_t = torch.as_tensor(m, device=dev).bool()
-    x, y = torch.where(m_t, locr, relgen), torch.where(m_t, relgen, locr)
-    out["hard_sentinel"] = -hard(x, y)[:, -1].mean()
+    # 4. routing losses (they read only the unedited reps h)
+    out.update(routing_losses(net, h, vis, query, rng, B))
 
     total = (lam["rel"] * out["rel"] + lam["gen"] * (out["t_gen"] + out["m_gen"]) + lam["loc"] * out["loc_kl"]
              + lam["soft"] * (out["soft_rel"] + out["soft_abs"])
              + lam["hard"] * (out["hard_neighbour"] + out["hard_sentinel"]))
     return total, {k: float(v.detach()) for k, v in out.items()}
+
+
+def cache_routing_reps(ed: LiveEdit, train, batch_size: int, max_gb: float, progress: bool = True):
+    """Layer-l_e reps of every train record's [rel, t_gen, m_gen, m_loc] probes, kept only at the vision
+    and query tokens (all the routing losses read; the extractors have no positions, so compacting the
+    tokens changes nothing). Returns ``reps`` [4, N, T, d] and masks ``vis``, ``query`` [4, N, T]."""
+    from tqdm.auto import tqdm
+
+    bb, N = ed.backbone, len(train)
+    per = {k: [] for k in KINDS}
+    nbytes = 0
+    bar = tqdm(total=4 * N, desc="cache routing reps", disable=not progress)
+    for k in KINDS:
+        for s in range(0, N, batch_size):
+            batch = bb.prepare([_pick(train, i, k) for i in range(s, min(N, s + batch_size))])
+            h = ed.layer_reps(batch)
+            vis, query, _ = token_masks(batch)
+            for b in range(batch.size):
+                keep = vis[b] | query[b]
+                per[k].append((h[b, keep].to(torch.float16 if h.is_cuda else torch.float32), vis[b, keep]))
+                nbytes += per[k][-1][0].numel() * per[k][-1][0].element_size()
+            if nbytes > max_gb * 2**30:
+                raise MemoryError(f"editor.train.routing_warmup: the cached reps pass {max_gb} GB after "
+                                  f"{len(per[k])} records of kind {k}; raise editor.train.routing_warmup_max_gb "
+                                  "or set editor.train.routing_warmup_steps=0 (the paper's schedule)")
+            bar.update(batch.size)
+    bar.close()
+    T = max(t.shape[0] for k in KINDS for t, _ in per[k])
+    d = per[KINDS[0]][0][0].shape[1]
+    reps = torch.zeros(4, N, T, d, dtype=per[KINDS[0]][0][0].dtype, device=bb.device)
+    vis = torch.zeros(4, N, T, dtype=torch.bool, device=bb.device)
+    for g, k in enumerate(KINDS):
+        for i, (t, v) in enumerate(per[k]):
+            reps[g, i, : t.shape[0]] = t
+            vis[g, i, : t.shape[0]] = v
+    query = torch.zeros_like(vis)
+    for g, k in enumerate(KINDS):
+        for i, (t, v) in enumerate(per[k]):
+            query[g, i, : t.shape[0]] = ~v
+    return reps, vis, query
+
+
+def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, progress: bool = True) -> dict:
+    """Optional stage before the joint training (not in the paper): the feature extractors alone, trained
+    with the soft- and hard-routing losses on cached layer-l_e reps, which need no LLM forward per step
+    (hundreds of steps a second on a CPU instead of one every few seconds)."""
+    from tqdm.auto import tqdm
+
+    net = ed.net
+    steps, B = int(tc.routing_warmup_steps), int(tc.get("routing_warmup_batch_size") or tc.batch_size)
+    if B > len(train):
+        raise ValueError(f"editor.train.routing_warmup_batch_size={B} but the train split has {len(train)} records")
+    t0 = time.time()
+    reps, vis, query = cache_routing_reps(ed, train, int(tc.batch_size) * 4, float(tc.routing_warmup_max_gb),
+                                          progress)
+    log.info("routing warm-up: cached %d x 4 samples (%d tokens each, %.0f MB) in %.1f s", reps.shape[1],
+             reps.shape[2], reps.numel() * reps.element_size() / 2**20, time.time() - t0)
+    params = [p for n, p in net.named_parameters() if n.startswith(("edit_ext.", "inpt_ext."))]
+    opt = torch.optim.Adam(params, lr=float(tc.get("routing_warmup_lr") or tc.lr))
+    seed, every = int(tc.seed), max(1, int(tc.log_every)) * 10
+    last, acc = {}, []
+    for step in tqdm(range(1, steps + 1), desc="routing warm-up", disable=not progress):
+        rng = np.random.default_rng([seed, 1, step])
+        idx = torch.as_tensor(rng.choice(reps.shape[1], size=B, replace=False), device=reps.device)
+        h = reps[:, idx].flatten(0, 1).float()  # rows: rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j
+        out = routing_losses(net, h, vis[:, idx].flatten(0, 1), query[:, idx].flatten(0, 1), rng, B)
+        loss = lam["soft"] * (out["soft_rel"] + out["soft_abs"]) + lam["hard"] * (out["hard_neighbour"]
+                                                                                + out["hard_sentinel"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc.append({k: float(v.detach()) for k, v in out.items()})
+        if step % every == 0 or step == steps:
+            last = {"warmup_step": step, **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
+                    "seconds": round(time.time() - t0, 1)}
+            acc = []
+            tracker.log({f"warmup/{k}": v for k, v in last.items() if k != "warmup_step"}, step=step)
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"phase": "routing_warmup", **last}) + "\n")
+            log.info("routing warm-up step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()
+                                                                   if k != "warmup_step"))
+    return last
 
 
 def image_tokens(backbone, train) -> int:
@@ -143,7 +235,7 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
     opt = torch.optim.Adam(net.parameters(), lr=float(tc.lr))
     cuts, rate = [int(v) for v in tc.lr_cut_it], float(tc.lr_cut_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: rate ** sum(s > c for c in cuts))
-    step = 0
+    step, warmed = 0, 0
     if (out_dir / WEIGHTS_FILE).exists():
         if not resume:
             raise FileExistsError(f"{out_dir / WEIGHTS_FILE} exists: pass resume=true to continue it, "
@@ -157,6 +249,7 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
         opt.load_state_dict(tr["optimizer"])
         sched.load_state_dict(tr["scheduler"])
         step = int(tr["step"])
+        warmed = int(tr.get("routing_warmup_steps", 0))
         log.info("resumed %s at step %d", out_dir, step)
     elif resume:
         log.info("resume: nothing in %s yet, starting from scratch", out_dir)
@@ -167,12 +260,23 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
            "soft": float(tc.soft_routing_lambda), "hard": float(tc.hard_routing_lambda)}
     config = OmegaConf.to_container(cfg, resolve=True)
     log_every, save_every = max(1, int(tc.log_every)), max(1, int(tc.save_every))
+    meta["routing_warmup_steps"] = warmed
+    warm_steps = int(tc.get("routing_warmup_steps") or 0)
+    if warm_steps > warmed:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        routing_warmup(ed, train_set, tc, lam, tracker, out_dir, progress)
+        warmed = warm_steps
+        meta["routing_warmup_steps"] = warmed
+        save_checkpoint(net, {**meta, "step": step}, out_dir, config)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                    "routing_warmup_steps": warmed}, out_dir / TRAINER_FILE)
     max_s = float(tc.max_minutes) * 60 if tc.get("max_minutes") else None
     t0, last, ema = time.time(), {}, None
 
     def save(entry: dict) -> None:
         save_checkpoint(net, {**meta, "step": step, "last": entry}, out_dir, config)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                    "routing_warmup_steps": warmed},
                    out_dir / TRAINER_FILE)
 
     bar = tqdm(total=steps, initial=step, desc="train liveedit", disable=not progress)
@@ -205,7 +309,9 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
     finally:
         bar.close()
         ed.remove()
-    if not last:  # nothing to do (already at `steps`)
+    if not last:  # nothing to do (already at `steps`, or steps=0)
         last = {"step": step}
+        if not (out_dir / WEIGHTS_FILE).exists():
+            save(last)
     return {**last, "checkpoint": str(out_dir / WEIGHTS_FILE), "train_seconds": round(time.time() - t0, 1)}
 

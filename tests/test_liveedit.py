@@ -41,6 +41,56 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, toy_root):
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
 
 
+def test_routing_warmup_trains_only_the_extractors_once(tmp_path, toy_root):
+    from bench.train import train
+
+    out = tmp_path / "ck"
+    warm = ("editor.train.routing_warmup_steps=20", "editor.train.log_every=1")
+    train(liveedit_train_cfg(out, tmp_path / "data", 0), progress=False)  # initial weights, no step
+    w0, _ = load_checkpoint(out)
+    train(liveedit_train_cfg(out, tmp_path / "data", 0, "++editor.train.resume=true", *warm), progress=False)
+    w1, meta = load_checkpoint(out)
+    assert meta["routing_warmup_steps"] == 20 and meta["step"] == 0
+    changed = {k for k in w0 if not torch.equal(w0[k], w1[k])}
+    assert changed and all(k.startswith(("edit_ext.", "inpt_ext.")) for k in changed)
+    assert any(k.startswith("inpt_ext.att_vv") for k in changed)  # the hard-routing (visual) path learns
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["warmup_step"] for x in logs if x.get("phase") == "routing_warmup"] == [10, 20]
+    # done once: resuming with the same setting goes straight to the joint steps
+    train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", *warm), progress=False)
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(x.get("phase") == "routing_warmup" for x in logs) == 2 and logs[-1]["step"] == 1
+
+
+def test_routing_losses_on_compact_cache_equal_full_reps(tiny, toy_root, tmp_path):
+    """The warm-up's cache keeps only vision + query tokens; the losses must equal those on full reps."""
+    import numpy as np
+
+    from bench.data import build_data
+    from editors.liveedit import LiveEdit, build_net
+    from editors.liveedit_train import KINDS, _pick, cache_routing_reps, routing_losses
+
+    cfg = liveedit_train_cfg(tmp_path / "ck", tmp_path / "data", 0)
+    train_set = build_data(cfg.data, ("train",))["train"]
+    torch.manual_seed(0)
+    arch = {"module_dim": 32, "heads": 2, "n_query": 2, "rank": 2, "lora_scale": 1, "sentinel_tokens": 4}
+    ed = LiveEdit.with_net(tiny, cfg.editor, build_net(tiny, arch), {**arch, "layer": 2, "backbone": "tiny"})
+    try:
+        reps, vis, query = cache_routing_reps(ed, train_set, 8, 1.0, progress=False)
+        idx = [3, 0, 7, 5]
+        batch = tiny.prepare([_pick(train_set, i, k) for k in KINDS for i in idx])
+        h = ed.layer_reps(batch).float()
+        v_full, q_full, _ = token_masks(batch)
+        full = routing_losses(ed.net, h, v_full, q_full, np.random.default_rng(1), 4)
+        t = torch.tensor(idx)
+        compact = routing_losses(ed.net, reps[:, t].flatten(0, 1).float(), vis[:, t].flatten(0, 1),
+                                 query[:, t].flatten(0, 1), np.random.default_rng(1), 4)
+        for k in full:
+            assert torch.allclose(full[k], compact[k], atol=1e-5), k
+    finally:
+        ed.remove()
+
+
 def test_missing_and_wrong_backbone_checkpoint(tiny, liveedit_tiny_checkpoint, tmp_path):
     cfg = OmegaConf.load(CONF / "editor" / "liveedit.yaml")
     with pytest.raises(ValueError, match="editor.checkpoint.*bench.train"):
