@@ -36,7 +36,7 @@ from bench.run import check_config, seed_everything, select_stream
 from bench.specialize import specialize
 
 
-def main(overrides: list[str]) -> pd.DataFrame:
+def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = ["+editor=elder", *overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -64,7 +64,7 @@ def main(overrides: list[str]) -> pd.DataFrame:
                                         if isinstance(v, float)},
                      **{f"on_{k}": round(100 * v, 1) for k, v in kinds.items()}})
     df = pd.DataFrame(rows)
-    out = ROOT / "results" / "tune" / f"elder_threshold_{cfg.model.name}_{cfg.data.name}_{cfg.edits}_s{cfg.seed}.csv"
+    out = (out_dir or ROOT / "results" / "tune") / f"elder_threshold_{cfg.model.name}_{cfg.data.name}_{cfg.edits}_s{cfg.seed}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     print(df.to_string(index=False))

@@ -185,3 +185,21 @@ def test_memory_bytes_counts_loras_routers_and_codes(elder, tiny, toy_eval):
     grown = ed.memory_bytes() - base
     # per edit: one code (L*E bools) + one preset (L*k int64) + its key (int64)
     assert grown == 2 * (L * E * 1 + L * 2 * 8 + 8)
+
+
+def test_threshold_sweep_script(tmp_path):
+    """scripts/elder_threshold.py: one stream, every threshold; more inputs are on as the threshold grows."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("elder_threshold", ROOT / "scripts" / "elder_threshold.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    df = mod.main(["+model=tiny", "edits=3", "editor.num_layers=2", "editor.num_iter=3", "protocol.progress=false",
+                   f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=10"], out_dir=tmp_path)
+    assert df["threshold"].tolist() == [0, 2, 4, 6, 8]  # 2 layers x 4 LoRAs = 8-bit codes
+    for k in ("on_rel", "on_t_loc", "on_m_loc"):
+        assert df[k].is_monotonic_increasing
+    assert df["on_rel"].iloc[-1] == 100.0  # at the code length every input is within range
+    assert (tmp_path / "elder_threshold_tiny_toy_evqa_3_s0.csv").is_file()
