@@ -165,14 +165,15 @@ def cache_routing_reps(ed: LiveEdit, train, batch_size: int, max_gb: float, prog
     return reps, vis, query
 
 
-def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, progress: bool = True) -> dict:
+def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, steps: int, start: int = 0,
+                   progress: bool = True) -> dict:
     """Optional stage before the joint training (not in the paper): the feature extractors alone, trained
     with the soft- and hard-routing losses on cached layer-l_e reps, which need no LLM forward per step
     (hundreds of steps a second on a CPU instead of one every few seconds)."""
     from tqdm.auto import tqdm
 
     net = ed.net
-    steps, B = int(tc.routing_warmup_steps), int(tc.get("routing_warmup_batch_size") or tc.batch_size)
+    B = int(tc.get("routing_warmup_batch_size") or tc.batch_size)
     if B > len(train):
         raise ValueError(f"editor.train.routing_warmup_batch_size={B} but the train split has {len(train)} records")
     t0 = time.time()
@@ -184,7 +185,7 @@ def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, p
     opt = torch.optim.Adam(params, lr=float(tc.get("routing_warmup_lr") or tc.lr))
     seed, every = int(tc.seed), max(1, int(tc.log_every)) * 10
     last, acc = {}, []
-    for step in tqdm(range(1, steps + 1), desc="routing warm-up", disable=not progress):
+    for step in tqdm(range(start + 1, start + steps + 1), desc="routing warm-up", disable=not progress):
         rng = np.random.default_rng([seed, 1, step])
         idx = torch.as_tensor(rng.choice(reps.shape[1], size=B, replace=False), device=reps.device)
         h = reps[:, idx].flatten(0, 1).float()  # rows: rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j
@@ -195,7 +196,7 @@ def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, p
         loss.backward()
         opt.step()
         acc.append({k: float(v.detach()) for k, v in out.items()})
-        if step % every == 0 or step == steps:
+        if step % every == 0 or step == start + steps:
             last = {"warmup_step": step, **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
                     "seconds": round(time.time() - t0, 1)}
             acc = []
@@ -264,7 +265,8 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
     warm_steps = int(tc.get("routing_warmup_steps") or 0)
     if warm_steps > warmed:
         out_dir.mkdir(parents=True, exist_ok=True)
-        routing_warmup(ed, train_set, tc, lam, tracker, out_dir, progress)
+        log.info("routing warm-up: steps %d..%d", warmed + 1, warm_steps)
+        routing_warmup(ed, train_set, tc, lam, tracker, out_dir, warm_steps - warmed, warmed, progress)
         warmed = warm_steps
         meta["routing_warmup_steps"] = warmed
         save_checkpoint(net, {**meta, "step": step}, out_dir, config)

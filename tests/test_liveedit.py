@@ -60,6 +60,12 @@ def test_routing_warmup_trains_only_the_extractors_once(tmp_path, toy_root):
     train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", *warm), progress=False)
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert sum(x.get("phase") == "routing_warmup" for x in logs) == 2 and logs[-1]["step"] == 1
+    # raising the setting runs only the missing steps, numbered on
+    train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", "editor.train.routing_warmup_steps=30",
+                             "editor.train.log_every=1"), progress=False)
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["warmup_step"] for x in logs if x.get("phase") == "routing_warmup"] == [10, 20, 30]
+    assert load_checkpoint(out)[1]["routing_warmup_steps"] == 30
 
 
 def test_routing_losses_on_compact_cache_equal_full_reps(tiny, toy_root, tmp_path):
