@@ -95,6 +95,17 @@ class LinearWrapper(torch.nn.Module):
     def weight(self) -> torch.Tensor:  # code reading .weight keeps working
         return self.base_layer.weight
 
+    def base_forward(self, x: torch.Tensor):
+        """``(out0, route, x, out)``: the frozen layer's output, the owning editor's routing for this
+        forward (``editor._route``; ``None``: nothing to add, return ``out0``) and ``x``/``out0`` as
+        ``[B, L, d]`` (:func:`as_sequence`)."""
+        out0 = self.base_layer(x)
+        ed = self._editor
+        route = ed._route
+        if route is None:
+            return out0, None, x, out0
+        return out0, route, as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
+
 
 class WeightSnapshot:
     """Clones of some parameters, restorable bit for bit (used by weight editors)."""

@@ -68,7 +68,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor, LinearWrapper, as_sequence
+from .base import Editor, LinearWrapper
 from .registry import register
 
 
@@ -90,12 +90,10 @@ class MixLoRALinear(LinearWrapper):
         self.layer_slot = layer_slot  # which mixture layer (router)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out0 = self.base_layer(x)
-        ed = self._editor
-        route = ed._route
+        out0, route, x, out = self.base_forward(x)
         if route is None:
             return out0
-        x, out = as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
+        ed = self._editor
         idx, gates, active = route
         if idx.shape[0] != x.shape[0]:
             raise RuntimeError(

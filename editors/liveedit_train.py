@@ -35,8 +35,16 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from .liveedit import (TRAINER_FILE, WEIGHTS_FILE, LiveEdit, build_net, load_checkpoint, resolve_layer,
-                       save_checkpoint, token_masks)
+from .liveedit import (
+    TRAINER_FILE,
+    WEIGHTS_FILE,
+    LiveEdit,
+    build_net,
+    load_checkpoint,
+    resolve_layer,
+    save_checkpoint,
+    token_masks,
+)
 
 log = logging.getLogger("bench.train")
 KINDS = ("rel", "t_gen", "m_gen", "m_loc")

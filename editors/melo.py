@@ -78,12 +78,10 @@ class MeloLinear(LinearWrapper):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out0 = self.base_layer(x)
-        ed = self._editor
-        route = ed._route
+        out0, route, x, out = self.base_forward(x)
         if route is None:
             return out0
-        x, out = as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
+        ed = self._editor
         if route.shape[0] != x.shape[0]:
             raise RuntimeError(
                 f"MELO: routing holds {route.shape[0]} samples but a LoRA layer got a batch of {x.shape[0]}; "
