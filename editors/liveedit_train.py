@@ -208,7 +208,9 @@ def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, s
             last = {"warmup_step": step, **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
                     "seconds": round(time.time() - t0, 1)}
             acc = []
-            tracker.log({f"warmup/{k}": v for k, v in last.items() if k != "warmup_step"}, step=step)
+            # no W&B step: warm-up and joint steps are separate axes (warmup/step, train/step), and a
+            # warm-up after joint steps must not break W&B's increasing step
+            tracker.log({"warmup/step": step, **{f"warmup/{k}": v for k, v in last.items() if k != "warmup_step"}})
             with open(out_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps({"phase": "routing_warmup", **last}) + "\n")
             log.info("routing warm-up step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()
@@ -306,7 +308,7 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", rel=f"{parts['rel']:.2f}", loc=f"{parts['loc_kl']:.3f}")
             if step % log_every == 0 or step == steps:
-                tracker.log({f"train/{k}": v for k, v in last.items() if k != "step"}, step=step)
+                tracker.log({f"train/{k}": v for k, v in last.items()})
                 with open(out_dir / "log.jsonl", "a") as f:
                     f.write(json.dumps(last) + "\n")
                 log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))

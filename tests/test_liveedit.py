@@ -201,3 +201,30 @@ def test_text_only_inputs_untouched_and_memory(make, tiny, toy_eval):
     assert ed.memory_bytes() == per
     ed.edit(toy_eval.request(1))
     assert ed.memory_bytes() == 2 * per and ed.n_edits == 2
+
+
+def test_warmup_logs_its_own_axis(tiny, toy_root, tmp_path):
+    """Warm-up metrics carry warmup/step and no W&B step (a warm-up after joint steps must not go back)."""
+    from bench.data import build_data
+    from editors.liveedit import LiveEdit, build_net
+    from editors.liveedit_train import routing_warmup
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def log(self, metrics, step=None):
+            self.calls.append((metrics, step))
+
+    cfg = liveedit_train_cfg(tmp_path / "ck", tmp_path / "data", 0, "editor.train.log_every=1")
+    train_set = build_data(cfg.data, ("train",))["train"]
+    arch = {"module_dim": 32, "heads": 2, "n_query": 2, "rank": 2, "lora_scale": 1, "sentinel_tokens": 4}
+    ed = LiveEdit.with_net(tiny, cfg.editor, build_net(tiny, arch), {**arch, "layer": 2, "backbone": "tiny"})
+    rec = Recorder()
+    try:
+        lam = {"soft": 1.0, "hard": 1.0}
+        routing_warmup(ed, train_set, cfg.editor.train, lam, rec, tmp_path, steps=20, start=100, progress=False)
+    finally:
+        ed.remove()
+    assert [m["warmup/step"] for m, _ in rec.calls] == [110, 120] and all(s is None for _, s in rec.calls)
+    assert {"warmup/hard_neighbour", "warmup/hard_sentinel", "warmup/soft_rel"} <= set(rec.calls[0][0])
