@@ -93,5 +93,5 @@ def hydra_overrides() -> list[str]:
         from hydra.core.hydra_config import HydraConfig
 
         return list(HydraConfig.get().overrides.task)
-    except Exception:  # not inside @hydra.main
+    except ValueError:  # "HydraConfig was not set": not inside @hydra.main
         return []
