@@ -247,9 +247,7 @@ def editor_on(name: str, kind: str, bb):
     """``name``'s config as ``+editor=name +model=kind`` composes it (per-backbone defaults included)."""
     from conftest import make_cfg
 
-    from bench.specialize import specialize
-
-    cfg = specialize(make_cfg(f"+editor={name}", f"+model={kind}"))
+    cfg = make_cfg(f"+editor={name}", f"+model={kind}")  # make_cfg applies conf/editor_model/
     ecfg = OmegaConf.merge(cfg.editor, TINY3.get(name, {}))
     if name == "ultraedit":  # keep the configured roles (blip2: fc1 only), one distinct layer per group
         ecfg.modules = [{"role": g.role, "first": 1 + i, "last": 1 + i} for i, g in enumerate(cfg.editor.modules)]

@@ -56,7 +56,8 @@ def test_unknown_key_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", sorted(SPECIAL_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_file_names_a_real_pair_and_real_keys(path):
     assert (CONF / "model" / path.name).is_file(), f"{path}: no conf/model/{path.name}"
-    editor_yaml = {OmegaConf.load(p).get("label") or OmegaConf.load(p).name: p for p in (CONF / "editor").glob("*.yaml")}
+    loaded = {p: OmegaConf.load(p) for p in (CONF / "editor").glob("*.yaml")}
+    editor_yaml = {c.get("label") or c.name: p for p, c in loaded.items()}
     assert path.parent.name in editor_yaml, f"{path}: no editor labelled {path.parent.name!r}"
     cfg = make_cfg(f"+editor={editor_yaml[path.parent.name].stem}", f"+model={path.stem}")
     assert cfg.editor.specialized.file.endswith(f"{path.parent.name}/{path.name}")
