@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,16 +17,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .config import SOURCE_ROOT as PROJECT_ROOT  # noqa: F401  (the source tree, or site-packages)
+from .config import resolve  # noqa: F401  (relative paths: the working directory; pkg://bench/...: the package)
 from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, validate
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve(path: str | Path) -> Path:
-    """Relative paths in configs are relative to the project root, not the cwd."""
-    p = Path(str(path)).expanduser()
-    return p if p.is_absolute() else Path(os.path.normpath(PROJECT_ROOT / p))
 
 
 def image_root(cfg) -> Path:
@@ -173,14 +167,13 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.data check [Hydra overrides, e.g. data=evqa data.root=...]``."""
-    from hydra import compose, initialize_config_dir
+    from .config import compose
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "check":
         print("usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...]")
         return 2
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args[1:])
+    cfg = compose(*args[1:])
     results = check(cfg.data)
     print(format_check(str(cfg.data.name), results))
     return 0 if all(r.ok for r in results) else 1

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
+from .config import available, resolve
 from .data import PROJECT_ROOT, build_data, with_images
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
@@ -26,18 +27,13 @@ from .results import RunWriter
 from .tracking import make_tracker
 
 log = logging.getLogger("bench")
-CONF_DIR = PROJECT_ROOT / "conf"
-
-
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def check_config(cfg: DictConfig) -> None:
     """Clear messages for the config mistakes a user makes first."""
     for group in ("editor", "model"):
         if OmegaConf.select(cfg, group) is None:
-            raise ValueError(f"no {group} chosen: add +{group}=<name>; valid: {', '.join(available(group))}")
+            raise ValueError(f"no {group} chosen: add {group}=<name>; valid: {', '.join(available(group))}")
     if not isinstance(cfg.edits, int) or cfg.edits < 1:
         raise ValueError(f"edits: expected a positive integer, got {cfg.edits!r}")
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -86,7 +82,7 @@ def _default_out_dir() -> str:
 
         return HydraConfig.get().runtime.output_dir
     except (ImportError, ValueError):
-        return str(PROJECT_ROOT / "results" / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        return str(resolve("results/runs") / time.strftime("%Y-%m-%d_%H-%M-%S"))
 
 
 def _sweep_group() -> str | None:

@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
+from .config import CONF_DIR, normalize_overrides
 from .data import build_data, resolve, with_images
 from .run import check_config, seed_everything
-from .specialize import hydra_overrides, specialize
 from .tracking import make_tracker
 
 log = logging.getLogger("bench.train")
@@ -64,10 +64,10 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     return result
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    train(specialize(cfg, hydra_overrides()), progress=bool(cfg.protocol.get("progress", True)))
+    train(cfg, progress=bool(cfg.protocol.get("progress", True)))
 
 
 def _argv(argv: list[str]) -> list[str]:
@@ -79,9 +79,13 @@ def _argv(argv: list[str]) -> list[str]:
         if a.startswith("resume="):
             a = "++editor.train." + a
         out.append(a)
-    return out
+    return normalize_overrides(out)
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *_argv(sys.argv[1:])]
+    _hydra_main()
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *_argv(sys.argv[1:])]
     main()

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 
 import editors
 from bench.backbones import build_backbone
@@ -33,14 +32,12 @@ from bench.data import build_data, with_images
 from bench.metrics import aggregate
 from bench.protocol import Lifelong, ProtocolConfig
 from bench.run import check_config, seed_everything, select_stream
-from bench.specialize import specialize
+from bench.config import compose
 
 
 def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = ["+editor=elder", *overrides]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = specialize(compose(config_name="config", overrides=overrides), overrides)
+    cfg = compose("editor=elder", *overrides)
     check_config(cfg)
     seed_everything(int(cfg.seed))
     stream = select_stream(build_data(cfg.data, ("eval",))["eval"], int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))

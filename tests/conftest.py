@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bench.specialize import specialize
+from bench.config import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -18,9 +17,8 @@ MIN_EDIT_GAIN = 0.5
 
 
 def make_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return specialize(cfg, overrides)
+    """The config ``python -m bench <overrides>`` runs (``+editor=``/``+model=`` accepted)."""
+    return compose(*overrides, config_dir=CONF)
 
 
 @pytest.fixture(scope="session")

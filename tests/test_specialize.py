@@ -1,39 +1,79 @@
-"""Per-(editor, backbone) defaults from conf/editor_model/<editor>/<model>.yaml."""
+"""Per-(editor, backbone) values, conf/editor_model/<editor>/<model>.yaml, are part of Hydra's composition:
+`--cfg job`, the run's recorded config, `compose()` from Python and the command line agree."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
-from conftest import CONF, make_cfg
+import yaml
+from conftest import CONF, ROOT, make_cfg
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from bench.specialize import SPECIAL_DIR, specialize, user_editor_keys
+PAIR_DIR = CONF / "editor_model"
+PAIRS = sorted(PAIR_DIR.glob("*/*.yaml"))
+SMALL = ["data.toy.n_eval=20", "data.toy.n_train=5", "protocol.progress=false"]
 
 
-def test_user_editor_keys():
-    assert user_editor_keys(["editor.lr=1", "+editor.x.y=2", "~editor.z", "model.dtype=f", "edits=3"]) == {
-        "lr", "x.y", "z"}
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def cfg_job(capsys, monkeypatch, *args, resolve: bool = False) -> dict:
+    """``python -m bench <args> --cfg job``, in this process: the printed config."""
+    from bench.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["bench", *args, "--cfg", "job", *(["--resolve"] if resolve else [])])
+    capsys.readouterr()
+    main()
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_applied_whatever_the_order():
-    a = make_cfg("+editor=liveedit", "+model=smol_llava")
-    b = make_cfg("+model=smol_llava", "+editor=liveedit")
-    spec = OmegaConf.load(SPECIAL_DIR / "liveedit" / "smol_llava.yaml")
-    for cfg in (a, b):
-        assert cfg.editor.checkpoint == spec.checkpoint
-        assert cfg.editor.module_dim == spec.module_dim
-        assert cfg.editor.train.batch_size == spec.train.batch_size
-        assert cfg.editor.train.steps == spec.train.steps  # nested keys merge, siblings stay
-        assert cfg.editor.train.rel_lambda == OmegaConf.load(CONF / "editor" / "liveedit.yaml").train.rel_lambda
-        assert cfg.editor.specialized.file == "conf/editor_model/liveedit/smol_llava.yaml"
-        assert "module_dim" in cfg.editor.specialized["keys"]
+    spec = OmegaConf.load(PAIR_DIR / "liveedit" / "smol_llava.yaml")
+    paper = OmegaConf.load(CONF / "editor" / "liveedit.yaml")
+    for ov in (("+editor=liveedit", "+model=smol_llava"), ("+model=smol_llava", "+editor=liveedit"),
+               ("editor=liveedit", "model=smol_llava"), ("model=smol_llava", "editor=liveedit")):
+        cfg = make_cfg(*ov)
+        assert cfg.editor.checkpoint == spec.checkpoint != paper.checkpoint, ov
+        assert cfg.editor.module_dim == spec.module_dim != paper.module_dim, ov
+        assert cfg.editor.train.batch_size == spec.train.batch_size, ov
+        assert cfg.editor.train.rel_lambda == paper.train.rel_lambda  # nested keys merge, siblings stay
+        assert cfg.editor.specialized.file == "editor_model/liveedit/smol_llava.yaml"
+
+
+def test_ultraedit_on_smol_llava_through_plain_hydra_compose():
+    """The issue's case: Python's compose() used to run UltraEdit at the paper's lr 1e-6 on smol_llava."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["editor=ultraedit", "model=smol_llava"])
+    assert cfg.editor.lr == 3e-5
+    assert OmegaConf.load(CONF / "editor" / "ultraedit.yaml").lr == 1e-6
+    assert make_cfg("+model=smol_llava", "+editor=ultraedit").editor.lr == 3e-5  # bench.config.compose
+
+
+def test_plain_hydra_compose_refuses_the_plus_spelling():
+    """Hydra's own compose() with `+editor=` fails loudly (never runs without the pair file)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="Multiple values for (editor|model)"):
+            compose(config_name="config", overrides=["+editor=ultraedit", "+model=smol_llava"])
 
 
 def test_command_line_wins():
-    cfg = make_cfg("+editor=liveedit", "+model=smol_llava", "editor.module_dim=64", "editor.train.lr=0.5")
-    assert cfg.editor.module_dim == 64
-    assert cfg.editor.train.lr == 0.5
-    assert cfg.editor.train.batch_size == OmegaConf.load(SPECIAL_DIR / "liveedit" / "smol_llava.yaml").train.batch_size
-    assert "module_dim" not in cfg.editor.specialized["keys"]
+    for ov in (("editor.module_dim=64", "+editor=liveedit", "+model=smol_llava", "editor.train.lr=0.5"),
+               ("+editor=liveedit", "+model=smol_llava", "editor.module_dim=64", "editor.train.lr=0.5")):
+        cfg = make_cfg(*ov)
+        assert cfg.editor.module_dim == 64 and cfg.editor.train.lr == 0.5
+        assert cfg.editor.train.batch_size == OmegaConf.load(PAIR_DIR / "liveedit" / "smol_llava.yaml").train.batch_size
 
 
 def test_other_backbones_keep_paper_values():
@@ -43,22 +83,59 @@ def test_other_backbones_keep_paper_values():
     assert "specialized" not in cfg.editor
 
 
-def test_unknown_key_is_a_clear_error(tmp_path, monkeypatch):
-    import bench.specialize as sp
+@pytest.mark.parametrize("path", PAIRS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_pair_file(path, capsys, monkeypatch):
+    """Names a real editor and model, sets only keys of that editor, records itself, and
+    `python -m bench ... --cfg job` shows exactly the config that `run` receives and records."""
+    editor, model = path.parent.name, path.stem
+    assert (CONF / "editor" / f"{editor}.yaml").is_file(), f"{path}: no conf/editor/{editor}.yaml"
+    assert (CONF / "model" / f"{model}.yaml").is_file(), f"{path}: no conf/model/{model}.yaml"
+    paper = OmegaConf.to_container(OmegaConf.load(CONF / "editor" / f"{editor}.yaml"))
+    spec = OmegaConf.to_container(OmegaConf.load(path))
+    assert spec.pop("specialized") == {"file": f"editor_model/{editor}/{model}.yaml"}
+    paper_keys = dict(_leaves(paper))
+    for key, value in _leaves(spec):
+        assert key in paper_keys, f"{path}: {key} is not a key of conf/editor/{editor}.yaml"
+    cfg = make_cfg(f"+editor={editor}", f"+model={model}")
+    for key, value in _leaves(spec):
+        assert OmegaConf.select(cfg.editor, key) == value, key
+    recorded = OmegaConf.to_container(cfg, resolve=True)  # what run() writes to summary.json
+    shown = cfg_job(capsys, monkeypatch, f"+model={model}", f"+editor={editor}")
+    assert shown == OmegaConf.to_container(cfg)
+    assert cfg_job(capsys, monkeypatch, f"+model={model}", f"+editor={editor}", resolve=True) == recorded
 
-    (tmp_path / "ultraedit").mkdir()
-    (tmp_path / "ultraedit" / "tiny.yaml").write_text("lrr: 1.0\n")
-    monkeypatch.setattr(sp, "SPECIAL_DIR", tmp_path)
-    with pytest.raises(ValueError, match=r"tiny\.yaml: lrr not a key of editor 'ultraedit'"):
-        make_cfg("+editor=ultraedit", "+model=tiny")
+
+def test_cfg_job_equals_the_recorded_config_with_config_dir(tmp_path):
+    """A real subprocess: a user's own pair file via --config-dir is applied; `--cfg job`, .hydra/config.yaml
+    and summary.json agree; the command line wins over the pair file."""
+    mine = tmp_path / "myconf"
+    (mine / "editor_model" / "ft_l").mkdir(parents=True)
+    (mine / "editor_model" / "ft_l" / "tiny.yaml").write_text(
+        "lr: 0.0123\nsteps: 2\nspecialized: {file: editor_model/ft_l/tiny.yaml}\n")
+    env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1", OMP_NUM_THREADS="1")
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "bench", "+model=tiny", "+editor=ft_l", "edits=2", "editor.steps=3",
+            f"data.root={tmp_path}/d", f"hydra.run.dir={run_dir}", *SMALL, "--config-dir", str(mine)]
+    shown = subprocess.run([*args, "--cfg", "job", "--resolve"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    job = yaml.safe_load(shown.stdout)
+    assert job["editor"]["lr"] == 0.0123 and job["editor"]["steps"] == 3
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert OmegaConf.to_container(hydra_cfg, resolve=True) == job
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"] == job
+    assert summary["config"]["editor"]["specialized"]["file"] == "editor_model/ft_l/tiny.yaml"
 
 
-@pytest.mark.parametrize("path", sorted(SPECIAL_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_every_file_names_a_real_pair_and_real_keys(path):
-    assert (CONF / "model" / path.name).is_file(), f"{path}: no conf/model/{path.name}"
-    loaded = {p: OmegaConf.load(p) for p in (CONF / "editor").glob("*.yaml")}
-    editor_yaml = {c.get("label") or c.name: p for p, c in loaded.items()}
-    assert path.parent.name in editor_yaml, f"{path}: no editor labelled {path.parent.name!r}"
-    cfg = make_cfg(f"+editor={editor_yaml[path.parent.name].stem}", f"+model={path.stem}")
-    assert cfg.editor.specialized.file.endswith(f"{path.parent.name}/{path.name}")
-    specialize(cfg)  # idempotent
+def test_primary_config_path_option(tmp_path, capsys, monkeypatch):
+    """`-cp` to a copy of conf/ with an extra pair file: the copy's file applies."""
+    cp = tmp_path / "conf"
+    shutil.copytree(CONF, cp)
+    (cp / "editor_model" / "grace").mkdir()
+    (cp / "editor_model" / "grace" / "tiny.yaml").write_text("eps_init: 7.5\n")
+    shown = cfg_job(capsys, monkeypatch, "editor=grace", "model=tiny", "-cp", str(cp))
+    assert shown["editor"]["eps_init"] == 7.5
+    assert cfg_job(capsys, monkeypatch, "editor=grace", "model=tiny")["editor"]["eps_init"] != 7.5

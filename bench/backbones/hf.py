@@ -97,7 +97,7 @@ def load_pretrained(cfg, dtype: torch.dtype):
         raise ValueError(f"model.hf_class: transformers has no class {cls_name!r}")
     raw = str(cfg.path)
     local = resolve(raw)
-    # a hub id ("org/name") stays an id unless such a folder exists under the project root
+    # a hub id ("org/name") stays an id unless such a folder exists under the working directory
     source = str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
     device_map = cfg.get("device_map")
     log.info("loading %s %s from %s (%s, device_map=%s)", cls_name, cfg.name, source, dtype, device_map)
