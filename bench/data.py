@@ -171,9 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "check":
-        print("usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...]")
+        print("usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...] "
+              "[--config-dir <folder with data/<name>.yaml>]")
         return 2
-    cfg = compose(*args[1:])
+    rest = args[1:]
+    if "--config-dir" in rest:  # a folder with the user's own data/<name>.yaml, as for python -m bench
+        i = rest.index("--config-dir")
+        if i + 1 >= len(rest):
+            print("--config-dir needs a folder")
+            return 2
+        rest = [*rest[:i], *rest[i + 2:], f"hydra.searchpath=[file://{resolve(rest[i + 1])}]"]
+    cfg = compose(*rest)
     results = check(cfg.data)
     print(format_check(str(cfg.data.name), results))
     return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,75 @@
+"""Extending without touching the project: your own dataset (JSON + images, README "Bring your own
+dataset") and your own editor module (found without editing editors/__init__.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, make_cfg
+from PIL import Image
+
+
+def write_my_data(base):
+    """The README's worked example: my_data/{images,train.json,eval.json} and my_conf/data/my_data.yaml."""
+    img = base / "my_data" / "images"
+    img.mkdir(parents=True)
+    for name, colour in (("red.png", (220, 30, 30)), ("red2.png", (200, 40, 40)), ("blue.png", (30, 30, 220)),
+                         ("green.png", (30, 200, 30))):
+        Image.new("RGB", (64, 64), colour).save(img / name)
+    rec = {"src": "What color is the square?", "rephrase": "Which colour does the square have?",
+           "image": "images/red.png", "image_rephrase": "images/red2.png", "alt": "purple", "pred": "red",
+           "loc": "what is 2 plus 2", "loc_ans": "4",
+           "m_loc": "images/blue.png", "m_loc_q": "What color is the square?", "m_loc_a": "blue"}
+    rec2 = dict(rec, image="images/green.png", image_rephrase="images/green.png", alt="orange", pred="green")
+    (base / "my_data" / "eval.json").write_text(json.dumps([rec, rec2], indent=1))
+    (base / "my_data" / "train.json").write_text(json.dumps([rec2], indent=1))
+    conf = base / "my_conf" / "data"
+    conf.mkdir(parents=True)
+    (conf / "my_data.yaml").write_text(
+        "name: my_data\n"
+        "root: my_data                 # image root: image fields are relative to it\n"
+        "train_file: my_data/train.json\n"
+        "eval_file: my_data/eval.json\n"
+        "skip_missing: false\n"
+        "prompts: {edit_suffix: ' The answer is:', m_loc_suffix: ' The answer is:', t_loc_suffix: '?', port_suffix: ''}\n")
+    return base / "my_conf"
+
+
+def test_own_dataset_checks_and_runs(tmp_path, monkeypatch, capsys):
+    from bench.data import main as data_main
+    from bench.run import run
+
+    conf = write_my_data(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative paths in the YAML are relative to the working directory
+    assert data_main(["check", "data=my_data", "--config-dir", "my_conf"]) == 0
+    out = capsys.readouterr().out
+    assert "my_data" in out and "missing images: none" in out
+    cfg = make_cfg("+editor=ft_l", "+model=tiny", "data=my_data", f"hydra.searchpath=[file://{conf}]", "edits=2",
+                   "out_dir=run", "protocol.progress=false", "editor.steps=2")
+    s = run(cfg)
+    assert s["status"] == "ok" and s["data"] == "my_data" and s["n_edits"] == 2
+    cases = [json.loads(x) for x in (tmp_path / "run" / "cases.jsonl").read_text().splitlines()]
+    assert {c["target"].strip() for c in cases if c["kind"] == "rel"} == {"purple", "orange"}
+    # a missing image is reported with file, record and field
+    (tmp_path / "my_data" / "images" / "blue.png").unlink()
+    assert data_main(["check", "data=my_data", "--config-dir", "my_conf"]) == 1
+    assert "m_loc" in capsys.readouterr().out
+
+
+def test_new_editor_module_is_found_without_editing_the_package(tmp_path):
+    """A copy of the package with one extra module: its editor registers on `import editors`."""
+    import shutil
+
+    pkg = tmp_path / "editors"
+    shutil.copytree(ROOT / "editors", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "my_editor.py").write_text(
+        "from .none import NoEdit\nfrom .registry import register\n\n\n"
+        "@register('my_editor')\nclass MyEditor(NoEdit):\n    pass\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", "import editors; print(editors.__file__); print(editors.names())"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(str(pkg)) and "'my_editor'" in r.stdout
