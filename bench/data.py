@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config import SOURCE_ROOT as PROJECT_ROOT  # noqa: F401  (the source tree, or site-packages)
-from .config import resolve  # noqa: F401  (relative paths: the working directory; pkg://bench/...: the package)
+from .config import resolve  # (relative paths: the working directory; pkg://bench/...: the package)
 from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, validate
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from .data import PROJECT_ROOT, build_data, with_images
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
 from .results import RunWriter
+from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
 from .tracking import make_tracker
 
 log = logging.getLogger("bench")
@@ -178,6 +179,9 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish({"status": "failed"})
         log.error("run failed after computing what is kept in %s: %s", out_dir, e)
         raise
+    if cfg.get("save_editor", False):  # after the results are safe on disk
+        summary["editor_state"] = save_editor(editor, out_dir).name
+        writer.summary(summary)
     from .report import render, table
 
     df = table([summary])

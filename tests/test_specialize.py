@@ -63,9 +63,9 @@ def test_ultraedit_on_smol_llava_through_plain_hydra_compose():
 
 def test_plain_hydra_compose_refuses_the_plus_spelling():
     """Hydra's own compose() with `+editor=` fails loudly (never runs without the pair file)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        with pytest.raises(ConfigCompositionException, match="Multiple values for (editor|model)"):
-            compose(config_name="config", overrides=["+editor=ultraedit", "+model=smol_llava"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), pytest.raises(
+            ConfigCompositionException, match="Multiple values for (editor|model)"):
+        compose(config_name="config", overrides=["+editor=ultraedit", "+model=smol_llava"])
 
 
 def test_command_line_wins():

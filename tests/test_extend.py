@@ -1,5 +1,5 @@
-"""Extending without touching the project: your own dataset (JSON + images, README "Bring your own
-dataset") and your own editor module (found without editing editors/__init__.py)."""
+"""Extending and inspecting without touching the project: your own dataset (JSON + images, README "Bring your own
+dataset"), your own editor module (found without editing editors/__init__.py), the saved edited state."""
 
 from __future__ import annotations
 
@@ -73,3 +73,26 @@ def test_new_editor_module_is_found_without_editing_the_package(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith(str(pkg)) and "'my_editor'" in r.stdout
+
+
+def test_save_editor_round_trip(tmp_path):
+    """save_editor=true writes editor.safetensors; load_editor rebuilds backbone + editor and reproduces the
+    run's scored outputs (log-prob and prediction of every probe), and reset() returns the unedited model."""
+    from conftest import tiny_cfg
+
+    from bench.backbones.base import Probe
+    from bench.run import load_editor, run
+
+    s = run(tiny_cfg(tmp_path, "+editor=grace", "edits=3", "save_editor=true", "editor.n_iter=10"))
+    assert s["editor_state"] == "editor.safetensors" and (tmp_path / "editor.safetensors").is_file()
+    cases = [json.loads(x) for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
+    backbone, editor = load_editor(tmp_path)
+    assert editor.name == "grace" and editor.n_edits == 3
+    probes = [Probe(c["prompt"], c["target"], c["image"], c["kind"]) for c in cases]
+    after = backbone.score(probes)
+    for c, sc in zip(cases, after, strict=True):
+        assert abs(sc.logprob - c["logprob"]) < 1e-3, c
+        assert backbone.tokenizer.decode(sc.pred_ids) == c["pred"], c
+    editor.reset()
+    before = backbone.score(probes)
+    assert any(abs(b.logprob - a.logprob) > 1e-3 for b, a in zip(before, after, strict=True))
