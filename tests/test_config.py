@@ -54,3 +54,34 @@ def test_wrong_values_are_named():
         check_config(cfg)
     with pytest.raises(KeyError, match="valid editors"):
         editors.get("bogus")
+
+
+def test_list_names_every_editor_model_and_dataset(capsys, monkeypatch):
+    import sys
+
+    from bench.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["bench", "list"])
+    main()
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(available("editor")) | set(MODELS) | set(available("data")) == set(lines)
+    assert "needs a checkpoint: yes" in lines["liveedit"] and "shipped for smol_llava" in lines["liveedit"]
+    assert "batch-edits: yes" in lines["ultraedit"] and "batch-edits: no" in lines["grace"]
+    assert "trains: train split before editing" in lines["wise"] and "trains: no" in lines["ft_l"]
+    assert "generated" in lines["toy_evqa"] and "data.root" in lines["evqa"]
+
+
+def test_help_page_says_how_to_start(capsys, monkeypatch):
+    import sys
+
+    from bench.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["bench", "--help"])
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code
+    out = capsys.readouterr().out
+    assert "python -m bench editor=ft_l model=smol_llava" in out and "python -m bench list" in out
+    assert "editor: " in out and "ultraedit" in out  # config groups listed
