@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from .backbones.base import Probe
 from .backbones.embedded import ASSETS, EmbeddedVLLM
+from .config import CONF_DIR
 from .toy.generate import QUESTIONS, split_contents
 from .toy.world import save_render
 
 log = logging.getLogger("bench.train_projector")
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR  # conf/ in the source tree, bench/conf in a wheel
 SUFFIX = " The answer is:"  # protocol.md: E-VQA prompts get this suffix
 
 
