@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from bench.plot import collect, main  # noqa: E402
-from bench.report import find_summaries  # noqa: E402
+from bench.plot import collect, main
+from bench.report import find_summaries
 
 
 def make_run(root, name, editor, seed, curve, lr=1e-3, port=False):
