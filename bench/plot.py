@@ -23,13 +23,13 @@ import logging
 import math
 from pathlib import Path
 
-from .report import COLUMNS, find_summaries, group_runs, spread
+from .report import COLUMNS, find_summaries, group_runs, note, spread
 
 log = logging.getLogger(__name__)
 
 
 def row_label(keys: list[str], values: tuple) -> str:
-    parts = [str(values[0])] + [f"{k}={v}" for k, v in zip(keys[1:], values[1:])]
+    parts = [str(values[0])] + [f"{k}={v}" for k, v in zip(keys[1:], values[1:]) if v != "-"]
     return ", ".join(parts)
 
 
@@ -59,7 +59,8 @@ def collect(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], list[
                 for k, v in ms.items():
                     curves.setdefault(k, {}).setdefault(t, []).append(100.0 * v)
         final = {k: [100.0 * s["metrics"][k] for s in runs if k in s["metrics"]] for k in COLUMNS}
-        rows.append({"label": row_label(keys, values), "runs": len(runs), "curves": curves,
+        flag = note(runs)
+        rows.append({"label": row_label(keys, values) + (f" [{flag}]" if flag else ""), "runs": len(runs), "curves": curves,
                      "final": {k: v for k, v in final.items() if v}})
     return keys, rows
 

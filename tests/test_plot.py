@@ -39,6 +39,9 @@ def test_collect_groups_seeds_and_splits_settings(tmp_path):
     two_seeds = rows[2]
     assert two_seeds["runs"] == 2 and two_seeds["curves"]["rel"] == {5: [80.0, 60.0], 10: [60.0, 40.0]}
     assert two_seeds["final"]["rel"] == [60.0, 40.0]
+    make_run(tmp_path, "e", "none", 0, [(5, 0.1), (10, 0.1)])  # the same run again: flagged, not hidden
+    _, rows = collect(find_summaries([tmp_path]))
+    assert rows[0]["label"] == "none, editor.lr=0.001 [1 run(s) repeat a seed]" and rows[0]["runs"] == 2
 
 
 def test_plot_command_writes_png_and_pdf(tmp_path):
