@@ -3,21 +3,39 @@
     python -m bench.report results/sweeps/2026-11-21_10-00-00 [more dirs or summary.json files]
         [--out DIR] [--format markdown|csv|latex] [--by editor.lr seed ...]
 
-Reads only ``summary.json`` files (found recursively); rows are editors (with
-model and dataset when several are present), columns Rel, T-Gen, M-Gen, T-Loc,
-M-Loc (and Port where present) in percent, plus s/edit and KB/edit (memory the
-editor stores beside the model, per edit). Runs that share a row key are averaged
-(e.g. several seeds) and a ``runs`` column counts them; ``--by`` adds config keys (dotted
-paths into the run's config, e.g. ``editor.lr`` for a Hydra sweep over it) to the row key,
-so that a hyperparameter sweep is not averaged into one row. Writes ``table.md``,
-``table.csv`` and ``table.tex`` to ``--out`` (default: the first directory).
+Reads only ``summary.json`` files (found recursively); columns Rel, T-Gen, M-Gen, T-Loc,
+M-Loc (and Port where present) in percent, plus s/edit and KB/edit (memory the editor
+stores beside the model, per edit).
+
+Rows: runs are averaged only when every setting that can change the measurement is the
+same, i.e. they differ only in ``seed`` (and in where and how they were logged:
+``out_dir``, ``logger.*``, ``protocol.progress``; versions, git hash and timings are not
+settings). Everything else recorded in the run's resolved config (editor, model and data
+config, ``edits``, ``shuffle``, ``protocol.mode``/``chunk_size``/``edit_batch_size``/
+``checkpoints``/scoring, ...) splits rows. Key columns are added automatically for the
+settings that differ: ``editor`` always; ``model``/``data``/``edits`` when they vary;
+any other key that varies between runs (``editor.*`` keys when they vary among runs of
+one editor label, ``model.*``/``data.*`` among runs of one model/dataset), so that two
+``ft_l`` rows always say how they differ. ``--by KEY`` adds a key column even when it
+does not vary (``--by seed`` gives one row per seed).
+
+Spread over seeds: ``runs`` counts the averaged runs, ``seeds`` lists them; the csv has
+``<metric>_std`` (sample std, ddof 1) and ``<metric>_ci95`` (half-width of the 95%
+Student-t interval, t(0.975, n-1) * std / sqrt(n), the standard error lm-evaluation-harness
+reports scaled to 95%); markdown and LaTeX show ``mean ± std``. A ``note`` flags rows whose
+seeds all saw the same edit stream (``shuffle=false``) or that repeat a seed.
+
+Writes ``table.md``, ``table.csv`` and ``table.tex`` (a booktabs tabular: ``\\usepackage{booktabs}``)
+to ``--out`` (default: the first directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +43,14 @@ import pandas as pd
 #: row order of tables: the baseline first, then the editors as editors.md lists them
 EDITOR_ORDER = ["none", "ft_l", "ft_l_easyedit", "grace", "melo", "wise", "elder", "ultraedit", "liveedit"]
 COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port"}
+#: config keys (dotted prefixes) that do not change what is measured: averaged over / ignored
+NOT_SETTINGS = ("seed", "out_dir", "logger", "protocol.progress", "hydra")
+#: key prefixes that belong to a named component: they count as differing only among runs of one name
+SCOPED = {"editor": "editor", "model": "model", "data": "data"}
+NOTE_SAME_STREAM = "shuffle=false: seeds share one stream"
+# t(0.975, df) for df = 1..30 (standard table); beyond, a Cornish-Fisher expansion (error < 1e-4)
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +61,10 @@ def find_summaries(paths: list[str | Path]) -> list[dict]:
         if not files:
             raise FileNotFoundError(f"no summary.json under {p}")
         for f in files:
-            s = json.loads(f.read_text())
+            try:
+                s = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: not valid JSON ({e})") from e
             if s.get("status") != "ok":
                 log.warning("skipping %s: run status %s", f, s.get("status"))
                 continue
@@ -53,41 +82,211 @@ def config_value(summary: dict, key: str):
     return node if not isinstance(node, dict | list) else json.dumps(node)
 
 
-def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
+def t975(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """mean, sample std (ddof 1) and the 95% t-interval half-width; std and ci are nan for one value."""
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = sum(v) / n
+    if n == 1:
+        return mean, math.nan, math.nan
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    return mean, std, t975(n - 1) * std / math.sqrt(n)
+
+
+def _flatten(node, prefix: str, out: dict) -> dict:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = json.dumps(node) if isinstance(node, list) else node
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in NOT_SETTINGS)
+
+
+def settings(summary: dict, by: list[str] = ()) -> dict:
+    """Every recorded setting of a run that can change its measurement (dotted keys)."""
+    flat = {k: v for k, v in _flatten(summary.get("config", {}), "", {}).items() if not _ignored(k)}
+    for k, v in (summary.get("protocol") or {}).items():  # what the protocol recorded (e.g. scoring)
+        flat.setdefault(f"protocol.{k}", json.dumps(v) if isinstance(v, list) else v)
+    flat.pop("edits", None)
+    flat.update(editor=summary["editor"], model=summary["model"], data=summary["data"], edits=summary["n_edits"])
+    for k in by:  # --by keys split rows even when they are not settings (e.g. seed)
+        flat[k] = config_value(summary, k)
+    return flat
+
+
+def _show(v) -> str:
+    """A key column's value as given (3e-05 stays 3e-05); a missing key is '-'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return json.dumps(v) if isinstance(v, bool) else str(v)
+
+
+def _sortable(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def group_runs(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], list[tuple[tuple, list[dict]]]]:
+    """Runs grouped by their settings: (key column names, [(key values, runs)]), rows in table order.
+
+    Used by the report and by ``bench.plot`` so that a plot's lines are the table's rows.
+    """
     if not summaries:
         raise ValueError("no finished run (status ok) to tabulate")
+    sets = [settings(s, by) for s in summaries]
+    groups: dict[str, list[int]] = {}
+    for i, st in enumerate(sets):
+        groups.setdefault(json.dumps(st, sort_keys=True, default=str), []).append(i)
+    keys = ["editor"] + [k for k in ("model", "data", "edits") if len({_show(st[k]) for st in sets}) > 1]
+    seen: list[str] = []
+    for st in sets:
+        seen += [k for k in st if k not in seen]
+    for k in seen:
+        if k in keys or k in ("model", "data", "edits"):
+            continue
+        scope = SCOPED.get(k.split(".")[0]) if "." in k else None
+        by_scope: dict[str, set] = {}
+        for st in sets:
+            by_scope.setdefault(_show(st.get(scope)) if scope else "", set()).add(_show(st.get(k)))
+        if any(len(vals) > 1 for vals in by_scope.values()):
+            keys.append(k)
+    keys += [k for k in by if k not in keys]
     rows = []
-    for s in summaries:
-        row = {"editor": s["editor"], "model": s["model"], "data": s["data"], "edits": s["n_edits"]}
-        row.update({k: config_value(s, k) for k in by})
-        for k, name in COLUMNS.items():
-            if k in s["metrics"]:
-                row[name] = 100.0 * s["metrics"][k]
-        row["s/edit"] = s["timing"]["s_per_edit"]
-        row["KB/edit"] = s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024
-        rows.append(row)
+    for gid, idx in groups.items():
+        rows.append((tuple(_show(sets[idx[0]].get(k)) for k in keys), [summaries[i] for i in idx], gid))
+    if len({r[0] for r in rows}) < len(rows):  # two settings that print alike (e.g. 1 and 1.0)
+        keys.append("config")
+        rows = [(r[0] + (hashlib.sha1(r[2].encode()).hexdigest()[:8],), r[1], r[2]) for r in rows]
     rank = {e: i for i, e in enumerate(EDITOR_ORDER)}
-    rows.sort(key=lambda r: (rank.get(r["editor"], len(rank)), r["editor"]))
+    rows.sort(key=lambda r: (rank.get(r[0][0], len(rank)), r[0][0], tuple(_sortable(v) for v in r[0][1:])))
+    return keys, [(r[0], r[1]) for r in rows]
+
+
+def note(runs: list[dict]) -> str:
+    seeds = [int(s.get("seed", s.get("config", {}).get("seed", 0))) for s in runs]
+    notes = []
+    if len(set(seeds)) < len(seeds):
+        notes.append(f"{len(seeds) - len(set(seeds))} run(s) repeat a seed")
+    if len(set(seeds)) > 1 and all(s.get("config", {}).get("shuffle") is False for s in runs):
+        notes.append(NOTE_SAME_STREAM)
+    return "; ".join(notes)
+
+
+def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
+    keys, groups = group_runs(summaries, list(by))
+    rows = []
+    for kv, runs in groups:
+        row = dict(zip(keys, kv))
+        for k, name in COLUMNS.items():
+            vals = [100.0 * s["metrics"][k] for s in runs if k in s.get("metrics", {})]
+            if vals or k != "port":
+                row[name], row[f"{name}_std"], row[f"{name}_ci95"] = spread(vals)
+        row["s/edit"] = spread([s["timing"]["s_per_edit"] for s in runs])[0]
+        row["KB/edit"] = spread([s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024 for s in runs])[0]
+        row["runs"] = len(runs)
+        row["seeds"] = ",".join(str(x) for x in sorted(int(s.get("seed", s.get("config", {}).get("seed", 0)))
+                                                        for s in runs))
+        row["note"] = note(runs)
+        rows.append(row)
     df = pd.DataFrame(rows)
-    keys = ["editor"] + [k for k in ("model", "data", "edits") if df[k].nunique() > 1] + list(by)
-    df = df.drop(columns=[k for k in ("model", "data", "edits") if k not in keys])
-    for k in by:  # a key a run lacks (e.g. editor.lr of `none`) shows as "-"
-        df[k] = ["-" if pd.isna(v) else str(v) for v in df[k]]
-    groups = df.groupby(keys, sort=False, dropna=False)
-    out = groups.mean(numeric_only=True)
-    if (groups.size() > 1).any():
-        out["runs"] = groups.size()
-    return out
+    metric_cols = [c for c in df.columns if c not in keys and c not in ("runs", "seeds", "note", "s/edit", "KB/edit")]
+    df = df[keys + metric_cols + ["s/edit", "KB/edit", "runs", "seeds"] + (["note"] if df["note"].any() else [])]
+    return df.set_index(keys)
+
+
+def metric_names(df: pd.DataFrame) -> list[str]:
+    return [c for c in COLUMNS.values() if c in df.columns]
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _cells(df: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells: key columns as given, metrics 'mean ± std' with 2 decimals, '-' when missing."""
+    keys = list(df.index.names)
+    metrics = metric_names(df)
+    extra = [c for c in ("note",) if c in df.columns]
+    header = keys + metrics + ["s/edit", "KB/edit", "runs"] + extra
+    body = []
+    for idx, r in df.iterrows():
+        kv = list(idx) if isinstance(idx, tuple) else [idx]
+        cells = [str(v) for v in kv]
+        for m in metrics:
+            mean, std = r[m], r[f"{m}_std"]
+            cells.append(_num(mean, ".2f") + (f"{pm}{std:.2f}" if not math.isnan(mean) and not math.isnan(std) else ""))
+        cells += [_num(r["s/edit"], ".3g"), _num(r["KB/edit"], ".1f"), str(int(r["runs"]))]
+        cells += [str(r[c]) for c in extra]
+        body.append(cells)
+    return header, body
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(s: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(s))
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
-        return df.reset_index().to_markdown(index=False, floatfmt=".2f")
+        from tabulate import tabulate
+
+        header, body = _cells(df, " ± ")
+        nk = len(df.index.names)
+        align = ["left"] * nk + ["right"] * (len(header) - nk - ("note" in df.columns)) + ["left"] * ("note" in df.columns)
+        text = tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True, colalign=align)
+        if (df["runs"] > 1).any():
+            text += "\n\nmean ± std over runs (seeds); 95% t-intervals (`*_ci95`) in table.csv"
+        return text
     if fmt == "csv":
-        return df.to_csv(float_format="%.4f")
+        return df.to_csv(float_format="%.6g")
     if fmt == "latex":
-        return df.to_latex(float_format="%.2f")
+        header, body = _cells(df, "\x00")
+        nk = len(df.index.names)
+        lines = ["% bench.report table: needs \\usepackage{booktabs}; metrics in %, mean $\\pm$ std over seeds",
+                 "\\begin{tabular}{" + "l" * nk + "r" * (len(header) - nk - ("note" in df.columns)) + "l" * ("note" in df.columns) + "}", "\\toprule",
+                 " & ".join(latex_escape(h) for h in header) + " \\\\", "\\midrule"]
+        for cells in body:
+            lines.append(" & ".join(latex_escape(c).replace("\x00", " $\\pm$ ") for c in cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines)
     raise ValueError(f"unknown format {fmt!r}; valid: markdown, csv, latex")
+
+
+def latex_document(df: pd.DataFrame) -> str:
+    """A standalone LaTeX document around the table (what ``table.tex`` needs to compile)."""
+    return ("\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
+            "\\begin{document}\n\\small\n" + render(df, "latex") + "\n\\end{document}\n")
+
+
+def write_tables(paths: list[str | Path], out: Path, by: list[str] = ()) -> pd.DataFrame:
+    """Tabulate the runs under ``paths`` into out/table.{md,csv,tex}; returns the table."""
+    df = table(find_summaries(paths), list(by))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
+        (out / f"table.{ext}").write_text(render(df, fmt) + "\n")
+    return df
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -96,13 +295,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
     ap.add_argument("--by", nargs="*", default=[], metavar="KEY",
-                    help="config keys (dotted, e.g. editor.lr) that split rows instead of being averaged")
+                    help="config keys (dotted, e.g. editor.lr) shown as key columns and splitting rows")
     args = ap.parse_args(argv)
-    df = table(find_summaries(args.paths), args.by)
     out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
-        (out / f"table.{ext}").write_text(render(df, fmt) + "\n")
+    df = write_tables(args.paths, out, args.by)
     print(render(df, args.format))
     return df
 

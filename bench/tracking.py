@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,15 @@ class NullTracker:
 class WandbTracker(NullTracker):
     def __init__(self, cfg, run_config: dict, name: str, group: str | None, out_dir: str) -> None:
         self.run = None
+        self.sync_dir: str | None = None
+        if "seed" in run_config and not name.endswith(f"-s{run_config['seed']}"):
+            name = f"{name}-s{run_config['seed']}"  # runs of a seed sweep are told apart in the W&B UI
+        self.name = name
         try:
             import wandb
 
             mode = str(cfg.get("mode", "offline"))
+            group = cfg.get("group") or group
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
                 project=str(cfg.get("project", "bench")),
@@ -39,6 +45,9 @@ class WandbTracker(NullTracker):
                 reinit="finish_previous",
             )
             log.info("W&B run %s (mode %s, group %s)", name, mode, group)
+            if mode == "offline":
+                self.sync_dir = offline_dir(self.run)
+                log.info("W&B offline run stored in %s; upload it with: wandb sync %s", self.sync_dir, self.sync_dir)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop a run
             log.warning("W&B disabled for this run: %s", e)
             self.run = None
@@ -71,6 +80,17 @@ class WandbTracker(NullTracker):
 
         self._guard(_f)
         self.run = None
+        if self.sync_dir:
+            log.info("W&B offline run finished: upload it with: wandb sync %s", self.sync_dir)
+
+
+def offline_dir(run) -> str | None:
+    """The directory ``wandb sync`` takes for an offline run (``.../wandb/offline-run-<time>-<id>``)."""
+    try:
+        d = getattr(getattr(run, "settings", None), "sync_dir", None)
+        return str(d) if d else str(Path(run.dir).parent)
+    except Exception:  # noqa: BLE001 - only a log line depends on it
+        return None
 
 
 def make_tracker(cfg, run_config: dict, name: str, group: str | None, out_dir: str):

@@ -42,6 +42,9 @@ def test_multirun_then_report(tmp_path):
               f"data.root={tmp_path}/d", "logger=wandb", "logger.mode=disabled", *SMALL)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(sweep.rglob("summary.json"))) == 2
+    # the multirun-end callback already wrote the sweep's combined table
+    assert (sweep / "table.md").read_text().count("| ft_l") == 1 and (sweep / "table.tex").exists()
+    assert "SEED SWEEP" not in r.stdout + r.stderr  # no seed sweep here
     df = report_main([str(sweep)])
     assert list(df.index) == ["none", "ft_l"]  # baseline first
     assert {"Rel", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "s/edit"} <= set(df.columns)
@@ -49,6 +52,41 @@ def test_multirun_then_report(tmp_path):
     for ext in ("md", "csv", "tex"):
         assert (sweep / f"table.{ext}").stat().st_size > 0
     assert pd.read_csv(sweep / "table.csv").shape[0] == 2
+
+
+def test_seed_sweep_without_shuffle_warns_and_is_flagged(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = bench("-m", "+editor=none", "+model=tiny", "edits=2", "seed=0,1", f"hydra.sweep.dir={sweep}",
+              f"data.root={tmp_path}/d", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SEED SWEEP WITH shuffle=false" in r.stdout + r.stderr
+    table_md = (sweep / "table.md").read_text()
+    assert "seeds share one stream" in table_md and "| none" in table_md
+    assert pd.read_csv(sweep / "table.csv")["runs"].tolist() == [2]
+
+
+def test_seed_sweep_warning_only_without_shuffle():
+    from bench.callbacks import seed_sweep_warning
+
+    assert seed_sweep_warning(["seed=0,1", "+editor=none"], False)
+    assert seed_sweep_warning(["seed=range(3)", "shuffle=true,false"], False)
+    assert seed_sweep_warning(["seed=0,1", "shuffle=true"], False) is None
+    assert seed_sweep_warning(["seed=0,1"], True) is None
+    assert seed_sweep_warning(["seed=1", "+editor=none,ft_l"], False) is None
+
+
+def test_launcher_configs_compose():
+    import pytest
+
+    for plugin, launcher, key in (("hydra_submitit_launcher", "slurm", "timeout_min: 480"),
+                                  ("hydra_joblib_launcher", "parallel", "n_jobs: 2")):
+        try:
+            __import__(f"hydra_plugins.{plugin}")
+        except ImportError:
+            pytest.skip(f"{plugin} not installed (pip install '.[slurm,parallel]')")
+        r = bench("+editor=none", "+model=tiny", f"hydra/launcher={launcher}", "--cfg", "hydra")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert key in r.stdout and "SweepTable" in r.stdout
 
 
 def test_unknown_editor_message(tmp_path):
@@ -66,8 +104,8 @@ def test_report_by_splits_a_sweep_and_counts_averaged_runs():
 
     runs = [summ("none", None, 0, 0.2), summ("none", None, 1, 0.4), summ("ultraedit", 1e-5, 0, 0.3),
             summ("ultraedit", 3e-5, 0, 0.5)]
-    merged = table(runs)
-    assert merged.loc["ultraedit", "Rel"] == 40.0 and merged.loc["ultraedit", "runs"] == 2
+    merged = table(runs)  # two ultraedit learning rates are never averaged into one row
+    assert merged.loc[("ultraedit", "1e-05"), "Rel"] == 30.0 and merged.loc[("ultraedit", "3e-05"), "runs"] == 1
     split = table(runs, ["editor.lr"])
     assert split.loc[("ultraedit", "1e-05"), "Rel"] == 30.0 and split.loc[("ultraedit", "3e-05"), "Rel"] == 50.0
     assert split.loc[("none", "-"), "Rel"] == 30.0 and split.loc[("none", "-"), "runs"] == 2

@@ -62,3 +62,25 @@ def test_none_tracker_and_unknown():
 
     with pytest.raises(ValueError, match="valid: none, wandb"):
         make_tracker(OmegaConf.create({"name": "mlflow"}), {}, "n", None, "/tmp")
+
+
+def test_wandb_name_carries_seed_and_offline_dir_is_logged(monkeypatch, caplog, tmp_path):
+    import logging
+
+    seen = {}
+    run = FakeRun()
+    run.dir = str(tmp_path / "wandb" / "offline-run-1-abc" / "files")
+
+    def init(**kw):
+        seen.update(kw)
+        return run
+
+    fake_wandb(monkeypatch, init)
+    with caplog.at_level(logging.INFO, logger="bench.tracking"):
+        t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "offline"}), {"seed": 2}, "ft_l-tiny-toy", None, "/tmp")
+        t.finish()
+    assert seen["name"] == "ft_l-tiny-toy-s2"
+    sync_dir = str(tmp_path / "wandb" / "offline-run-1-abc")
+    assert t.sync_dir == sync_dir and f"wandb sync {sync_dir}" in caplog.text
+    t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "online", "group": "g"}), {"seed": 0}, "x-s0", "sw", "/tmp")
+    assert seen["name"] == "x-s0" and seen["group"] == "g" and t.sync_dir is None  # no double suffix; config group wins
