@@ -7,6 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from .errors import report_user_errors
 from .run import run
 from .specialize import hydra_overrides, specialize
 
@@ -14,7 +15,7 @@ from .specialize import hydra_overrides, specialize
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    run(specialize(cfg, hydra_overrides()))
+    report_user_errors(lambda: run(specialize(cfg, hydra_overrides())))
 
 
 if __name__ == "__main__":
