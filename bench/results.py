@@ -93,17 +93,20 @@ def prepare_run_dir(out_dir: Path, config: dict, resume, overwrite: bool) -> boo
         raise UserError(f"resume: expected auto, true or false, got {resume!r}")
     held = [n for n in (*RESULT_FILES, PROGRESS_DIR) if (out_dir / n).exists()]
     prog = out_dir / PROGRESS_DIR / "progress.json"
+    try:
+        summ = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summ = {}
     why = "no saved progress"
-    if held and mode != "false" and prog.is_file():
+    if summ.get("status") == "ok":
+        why = "that run finished"
+    elif held and mode != "false" and prog.is_file():
         try:
             saved = json.loads(prog.read_text(encoding="utf-8"))
-            summ = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            saved, summ, why = None, None, f"progress unreadable ({e})"
+            saved, why = None, f"progress unreadable ({e})"
         if saved is not None:
-            if summ.get("status") == "ok":
-                why = "that run finished"
-            elif _stable_config(saved.get("config", {})) != _stable_config(config):
+            if _stable_config(saved.get("config", {})) != _stable_config(config):
                 why = "its config differs from this run's"
             else:
                 return True
