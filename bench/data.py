@@ -48,8 +48,8 @@ def image_root(cfg, generate: bool = True) -> Path:
             log.info("embedded dataset %s (seed %s) under %s", toy.kind, toy.seed, root)
             ensure_toy(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval))
         elif not is_toy_current(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval)):
-            raise UserError(f"data.root: no generated {toy.kind} set at {root}; the check writes nothing outside "
-                            f"{TOY_CACHE}: run once (python -m bench ... data.root={root}) to generate it there")
+            raise UserError(f"data.root: no generated {toy.kind} set at {root}, and the check generates toy sets only "
+                            f"under {TOY_CACHE}; a run generates one into an empty or new folder")
     return root
 
 
