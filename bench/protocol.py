@@ -50,14 +50,19 @@ class ProtocolConfig:
 
     @classmethod
     def from_cfg(cls, cfg) -> ProtocolConfig:
+        def whole(key: str, v):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"protocol.{key}: expected an integer, got {v!r}")
+            return v
+
         c = cls(
             mode=str(cfg.get("mode", "sequential")),
-            chunk_size=int(cfg.get("chunk_size", 100)),
-            checkpoints=sorted(int(x) for x in (cfg.get("checkpoints") or [])),
-            edit_batch_size=int(cfg.get("edit_batch_size", 1)),
+            chunk_size=whole("chunk_size", cfg.get("chunk_size", 100)),
+            checkpoints=sorted(whole("checkpoints", x) for x in (cfg.get("checkpoints") or [])),
+            edit_batch_size=whole("edit_batch_size", cfg.get("edit_batch_size", 1)),
             score_batch_size=cfg.get("score_batch_size"),
             progress=bool(cfg.get("progress", True)),
-            save_every=int(cfg.get("save_every", 10) or 0),
+            save_every=whole("save_every", cfg.get("save_every", 10) or 0),
         )
         if c.mode not in MODES:
             raise ValueError(f"protocol.mode: {c.mode!r} is not one of {MODES}")

@@ -25,6 +25,7 @@ from .errors import UserError
 
 RESULT_FILES = ("summary.json", "cases.jsonl", "cases.jsonl.partial", "curve.csv", "edits.jsonl")
 PROGRESS_DIR = "progress"
+RESERVE_BYTES = 256 * 1024
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -165,6 +166,13 @@ class RunWriter:
                 (self.dir / "curve.csv").unlink(missing_ok=True)
         self._cases = open(self.cases_partial, "ab")
         self._edits = open(self.dir / "edits.jsonl", "ab")
+        # space kept free for the final summary: freed when the run ends, so that a run that
+        # fills the disk can still write `status: failed`
+        self._reserve = self.dir / ".space_reserve"
+        try:
+            self._reserve.write_bytes(b"\0" * RESERVE_BYTES)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
 
     @staticmethod
     def _append(f, lines: list[dict]) -> None:
@@ -196,10 +204,15 @@ class RunWriter:
         if pre is not None and not (d / "pre.json").is_file():
             atomic_write_json(d / "pre.json", [[i, j, ids] for (i, j), ids in pre.items()])
         name = f"editor_{step}.safetensors"
-        atomic_save_tensors(d / name, editor_state)
         progress = {**progress, "editor_state": name, "cases_bytes": self._cases.tell(),
                     "edits_bytes": self._edits.tell(), "curve": self.curve}
-        atomic_write_json(d / "progress.json", progress)
+        try:
+            atomic_save_tensors(d / name, editor_state)
+            atomic_write_json(d / "progress.json", progress)
+        except BaseException:  # the previous save stays the one to resume from
+            if not (d / "progress.json").is_file() or json.loads((d / "progress.json").read_text())["editor_state"] != name:
+                (d / name).unlink(missing_ok=True)
+            raise
         for old in d.glob("editor_*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -222,6 +235,7 @@ class RunWriter:
         atomic_write_json(self.dir / "summary.json", obj)
 
     def close(self, complete: bool) -> None:
+        self._reserve.unlink(missing_ok=True)
         for f in (self._cases, self._edits):
             if not f.closed:
                 f.close()

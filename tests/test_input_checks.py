@@ -189,3 +189,10 @@ def test_unknown_and_mistyped_editor_keys(tmp_path):
     check_config(make_cfg("+editor=ft_l_easyedit", "+model=tiny"))
     with pytest.raises(UserError, match=r"conf/editor/ft_l_easyedit.yaml"):
         check_config(make_cfg("+editor=ft_l_easyedit", "+model=tiny", "+editor.bogus=1"))
+
+
+def test_protocol_values_name_the_key(tmp_path):
+    with pytest.raises(UserError, match=r"protocol.save_every: expected an integer, got 'abc'"):
+        run(tiny_cfg(tmp_path, "protocol.save_every=abc"))
+    with pytest.raises(UserError, match=r"protocol.checkpoints: expected an integer, got 2.5"):
+        run(tiny_cfg(tmp_path, "protocol.checkpoints=[2.5]"))
