@@ -180,8 +180,8 @@ def test_unknown_and_mistyped_editor_keys(tmp_path):
         check_config(tiny_cfg(tmp_path, "+editor.lrr=1"))
     with pytest.raises(UserError, match=r"editor.lr: expected a number \(as in conf/editor/ft_l.yaml: 0.001\), got 'abc'"):
         check_config(tiny_cfg(tmp_path, "editor.lr=abc"))
-    with pytest.raises(UserError, match=r"editor.steps: expected an integer"):
-        check_config(tiny_cfg(tmp_path, "editor.steps=2.5"))
+    with pytest.raises(UserError, match=r"editor.objective: expected a string"):
+        check_config(tiny_cfg(tmp_path, "editor.objective=[1]"))
     with pytest.raises(UserError, match=r"seed: expected int"):
         check_config(tiny_cfg(tmp_path, "seed=abc"))
     # the editor YAML chosen is checked, pair files' keys (label, specialized) allowed
