@@ -25,7 +25,7 @@ def is_user_error(e: BaseException) -> bool:
     return bool(getattr(e, "user_error", False))
 
 
-class RunInterrupted(BaseException):  # noqa: N818 - a signal, not an error of the code
+class RunInterrupted(BaseException):
     """SIGTERM/SIGINT received while a run was going on."""
 
     def __init__(self, signum: int) -> None:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from editors.base import Editor
 
 from .backbones.base import Backbone, Probe
-from .metrics import LOCALITY_KINDS, agreement, aggregate, token_accuracy
+from .metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .records import RecordSet
 from .results import RunWriter
 

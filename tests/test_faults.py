@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, tiny_cfg
+from test_editors_contract import TINY_OVERRIDES
 
 from bench.errors import RunInterrupted, UserError
 from bench.protocol import Lifelong
 from bench.results import RunWriter
 from bench.run import run
-from conftest import ROOT, tiny_cfg
-from test_editors_contract import TINY_OVERRIDES
 
 T = 8
 COMMON = ("edits=8", "protocol.save_every=2", "protocol.checkpoints=[3,6]")
