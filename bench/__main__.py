@@ -13,13 +13,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, available, normalize_overrides
+from .errors import report_user_errors
 from .run import run
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    run(cfg)
+    report_user_errors(lambda: run(cfg))
 
 
 def _yes(b: bool) -> str:

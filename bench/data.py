@@ -2,13 +2,15 @@
 
 ``python -m bench.data check data=evqa data.root=/path/to/images [data.ann_root=...]``
 reports, per split: records, probe counts by kind, malformed records (file,
-index, field) and missing images (count and the first few, with record index and
-field). It exits 1 when a run on the dataset would stop, 0 otherwise.
+index, field), unusable images (missing, undecodable or outside the image root:
+count and the first few, with record index and field), duplicate edits and
+misspelt field names. It exits 1 when a run on the dataset would stop, 0
+otherwise. It writes nothing outside the project's ``data/generated`` cache (a
+toy set is generated only there).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections import Counter
@@ -19,22 +21,33 @@ from omegaconf import OmegaConf
 
 from .config import SOURCE_ROOT as PROJECT_ROOT  # noqa: F401  (the source tree, or site-packages)
 from .config import resolve  # (relative paths: the working directory; pkg://bench/...: the package)
-from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, validate
+from .errors import UserError, report_user_errors
+from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, read_json, validate
 
 log = logging.getLogger(__name__)
 
 
-def image_root(cfg) -> Path:
-    """The dataset's image root (generating the toy set there when ``cfg`` is one)."""
+def toy_cache() -> Path:
+    """Where toy sets are generated without asking: ``data/generated`` of the working directory."""
+    return resolve("data/generated")
+
+
+def image_root(cfg, generate: bool = True) -> Path:
+    """The dataset's image root (generating the toy set there when ``cfg`` is one, unless
+    ``generate`` is false and the root lies outside the toy cache)."""
     if OmegaConf.is_missing(cfg, "root"):
-        raise ValueError(f"data.root: {cfg.name} needs its image root: add data.root=/path/to/images")
+        raise UserError(f"data.root: {cfg.name} needs its image root: add data.root=/path/to/images")
     root = resolve(cfg.root)
     toy = cfg.get("toy")
     if toy is not None:
-        from .toy.generate import ensure_toy
+        from .toy.generate import ensure_toy, is_toy_current
 
-        log.info("embedded dataset %s (seed %s) under %s", toy.kind, toy.seed, root)
-        ensure_toy(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval))
+        if generate or toy_cache() == root or toy_cache() in root.parents:
+            log.info("embedded dataset %s (seed %s) under %s", toy.kind, toy.seed, root)
+            ensure_toy(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval))
+        elif not is_toy_current(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval)):
+            raise UserError(f"data.root: no generated {toy.kind} set at {root}, and the check generates toy sets only "
+                            f"under {toy_cache()}; a run generates one into an empty or new folder")
     return root
 
 
@@ -47,19 +60,63 @@ def build_data(cfg, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, Re
     for s in splits:
         if s not in files:
             raise ValueError(f"data: unknown split {s!r}; valid: {sorted(files)}")
-        out[s] = RecordSet(resolve(files[s]), root, prompts)
+        out[s] = RecordSet(resolve(files[s]), root, prompts,
+                           allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)))
     return out
 
 
+def dedupe(rs: RecordSet, mode: str = "keep") -> tuple[RecordSet, int]:
+    """``(records, n_dropped)``: duplicate edits (same src, alt, image) reported and kept
+    (``keep``), dropped (``drop``) or refused (``error``), per ``data.duplicates``."""
+    dups = rs.duplicates()
+    if not dups:
+        return rs, 0
+    listing = ", ".join(f"record {i} = record {j}" for i, j in dups[:5]) + (" ..." if len(dups) > 5 else "")
+    msg = f"{rs.file}: {len(dups)} duplicate edit records (same src, alt, image): {listing}"
+    if mode == "error":
+        raise UserError(msg + "; set data.duplicates=keep or drop")
+    if mode == "keep":
+        log.warning("%s; kept (data.duplicates=drop drops them)", msg)
+        return rs, 0
+    bad = {i for i, _ in dups}
+    keep = [i for i in range(len(rs)) if rs.source_index(i) not in bad]
+    log.warning("%s; dropped (data.duplicates=drop)", msg)
+    return rs.select(keep), len(dups)
+
+
+def check_prompt_lengths(rs: RecordSet, backbone, first: int = 5) -> None:
+    """Every probe of ``rs`` must fit the backbone's context (prompt, image tokens, target);
+    raises a :class:`UserError` naming record and field otherwise. Tokenises only."""
+    limit = getattr(getattr(getattr(backbone, "lm", None), "config", None), "max_position_embeddings", None)
+    if not limit:
+        return
+    n_img = int(getattr(backbone, "num_image_tokens", 0) or 0)
+    field_of = {"rel": "src", "t_gen": "rephrase", "m_gen": "src", "t_loc": "loc", "m_loc": "m_loc_q", "port": "port_new"}
+    over = []
+    for i in range(len(rs)):
+        for p in rs.probes(i):
+            n = len(backbone.tokenizer(p.prompt + " " + p.target, add_special_tokens=True)["input_ids"])
+            n += (n_img if p.image is not None else 0) + 16  # template tokens
+            if n > limit:
+                over.append(f"record {p.record} field '{field_of.get(p.kind, p.kind)}' ({p.kind} probe): ~{n} tokens")
+    if over:
+        more = f"\n  ... and {len(over) - first} more" if len(over) > first else ""
+        raise UserError(f"{rs.file}: {len(over)} probes longer than the context of {getattr(backbone, 'name', 'the backbone')} "
+                        f"({limit} tokens):\n  " + "\n  ".join(over[:first]) + more)
+
+
 class MissingImagesError(FileNotFoundError):
-    """Images of some records are not under the image root (the message is the report)."""
+    """Images of some records are missing, undecodable or outside the image root (the
+    message is the report)."""
+
+    user_error = True
 
 
 def missing_report(rs: RecordSet, missing: list[tuple[int, str, str]], first: int = 5) -> str:
     """Count of missing image references and files, then the first few (record, field, path)."""
     n_files = len({p for _, _, p in missing})
     n_recs = len({i for i, _, _ in missing})
-    lines = [f"{len(missing)} missing image references ({n_files} files, {n_recs} of {len(rs)} records) "
+    lines = [f"{len(missing)} missing or unusable image references ({n_files} files, {n_recs} of {len(rs)} records) "
              f"under image root {rs.image_root} for {rs.file}"]
     lines += [f"  record {i} field '{f}': {p}" for i, f, p in missing[:first]]
     if len(missing) > first:
@@ -71,7 +128,7 @@ def with_images(rs: RecordSet, skip_missing: bool) -> tuple[RecordSet, int]:
     """``(records, n_skipped)``: ``rs`` when every image exists; otherwise raise
     :class:`MissingImagesError` with the report, or, with ``skip_missing``, drop
     the records that lack an image."""
-    missing = rs.missing_images()
+    missing = rs.bad_images()
     if not missing:
         return rs, 0
     if not skip_missing:
@@ -95,6 +152,8 @@ class SplitCheck:
     missing: list[tuple[int, str, str]] = field(default_factory=list)
     probes: Counter = field(default_factory=Counter)
     image_root: Path | None = None
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -104,11 +163,9 @@ class SplitCheck:
 def _validate_all(file: Path) -> tuple[int, list[RecordError]]:
     """(number of records, every malformed record) without stopping at the first."""
     try:
-        raw = json.loads(file.read_text())
-    except FileNotFoundError:
-        return 0, [RecordError(file, None, None, "annotation file not found")]
-    except json.JSONDecodeError as e:
-        return 0, [RecordError(file, None, None, f"not valid JSON ({e})")]
+        raw = read_json(file)
+    except RecordError as e:
+        return 0, [e]
     if not isinstance(raw, list):
         return 0, [RecordError(file, None, None, f"expected a JSON list of records, got {type(raw).__name__}")]
     errors = []
@@ -122,15 +179,18 @@ def _validate_all(file: Path) -> tuple[int, list[RecordError]]:
 
 def check(cfg, splits: tuple[str, ...] = ("train", "eval")) -> list[SplitCheck]:
     """Check the splits of the dataset ``cfg`` (a ``data`` config) without loading a model."""
-    image_root(cfg)
+    root = image_root(cfg, generate=False)
     out = []
     for s in splits:
         res = SplitCheck(s, resolve(cfg[f"{s}_file"]))
         res.records, res.errors = _validate_all(res.file)
         if not res.errors:
-            rs = build_data(cfg, (s,))[s]
+            rs = RecordSet(res.file, root, Prompts.from_cfg(cfg.get("prompts")),
+                           allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)))
             res.image_root = rs.image_root
-            res.missing = rs.missing_images()
+            res.missing = rs.bad_images()
+            res.duplicates = rs.duplicates()
+            res.warnings = rs.warnings
             for i in range(len(rs)):
                 res.probes.update(p.kind for p in rs.probes(i))
         out.append(res)
@@ -158,7 +218,12 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
             if len(r.missing) > first:
                 lines.append(f"    ... and {len(r.missing) - first} more")
         else:
-            lines.append(f"  missing images: none (image root {r.image_root})")
+            lines.append(f"  missing images: none (image root {r.image_root}; every image opened and decoded)")
+        if r.duplicates:
+            lines.append(f"  duplicate edits (same src, alt, image): {len(r.duplicates)} "
+                         "(kept with a warning; data.duplicates=drop|error)")
+            lines += [f"    record {i} = record {j}" for i, j in r.duplicates[:first]]
+        lines += [f"  warning: {w}" for w in r.warnings]
     ok = all(r.ok for r in results)
     lines.append("status: OK" if ok else "status: NOT READY (a run stops before its first edit; "
                  "data.skip_missing=true drops records with missing images)")
@@ -182,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rest = [*rest[:i], *rest[i + 2:], f"hydra.searchpath=[file://{resolve(rest[i + 1])}]"]
     cfg = compose(*rest)
-    results = check(cfg.data)
+    results = report_user_errors(lambda: check(cfg.data))
     print(format_check(str(cfg.data.name), results))
     return 0 if all(r.ok for r in results) else 1
 

@@ -9,22 +9,28 @@
    ``chunked``: the stream cut into chunks of ``chunk_size``, each edited from
    a reset model and scored after its chunk; metrics average all chunks.
 3. Every edit is timed (synchronised on GPU) and peak memory recorded.
+4. Every ``save_every`` edits (sequential; at chunk ends in the other modes) the
+   progress is saved through the writer (editor ``state_dict``, pre-edit cache,
+   counters, RNG states); :meth:`Lifelong.resume` continues from it to the same
+   final scores as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from editors.base import Editor
 
 from .backbones.base import Backbone, Probe
-from .metrics import LOCALITY_KINDS, agreement, aggregate, token_accuracy
+from .metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .records import RecordSet
 from .results import RunWriter
 
@@ -40,19 +46,28 @@ class ProtocolConfig:
     edit_batch_size: int = 1
     score_batch_size: int | None = None
     progress: bool = True
+    save_every: int = 10  # save resumable progress every N edits (0: never)
 
     @classmethod
     def from_cfg(cls, cfg) -> ProtocolConfig:
+        def whole(key: str, v):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"protocol.{key}: expected an integer, got {v!r}")
+            return v
+
         c = cls(
             mode=str(cfg.get("mode", "sequential")),
-            chunk_size=int(cfg.get("chunk_size", 100)),
-            checkpoints=sorted(int(x) for x in (cfg.get("checkpoints") or [])),
-            edit_batch_size=int(cfg.get("edit_batch_size", 1)),
+            chunk_size=whole("chunk_size", cfg.get("chunk_size", 100)),
+            checkpoints=sorted(whole("checkpoints", x) for x in (cfg.get("checkpoints") or [])),
+            edit_batch_size=whole("edit_batch_size", cfg.get("edit_batch_size", 1)),
             score_batch_size=cfg.get("score_batch_size"),
             progress=bool(cfg.get("progress", True)),
+            save_every=whole("save_every", cfg.get("save_every", 10) or 0),
         )
         if c.mode not in MODES:
             raise ValueError(f"protocol.mode: {c.mode!r} is not one of {MODES}")
+        if c.save_every < 0:
+            raise ValueError(f"protocol.save_every: expected an edit count >= 0 (0: never), got {c.save_every}")
         if c.chunk_size < 1 or c.edit_batch_size < 1:
             raise ValueError("protocol.chunk_size and protocol.edit_batch_size must be >= 1")
         if any(t < 1 for t in c.checkpoints):
@@ -88,6 +103,10 @@ class Lifelong:
         self.edit_seconds: list[float] = []
         self.n_edited = 0
         self.curve: list[dict] = []
+        self.config: dict = {}  # resolved run config, saved with the progress (resume checks it)
+        self._resumed: list[dict] | None = None
+        self.save_seconds = 0.0
+        self.n_saves = 0
 
     # ----- scoring ----------------------------------------------------------------------------
     def cache_pre_edit(self) -> None:
@@ -151,33 +170,94 @@ class Lifelong:
     def run(self) -> list[dict]:
         """Run the stream; returns the final cases (all probes of all records)."""
         T, c = len(self.stream), self.cfg
-        self.cache_pre_edit()
-        bar = tqdm(total=T, desc=f"editing ({self.editor.name})", disable=not c.progress)
+        start = self.n_edited
+        if self._resumed is None:
+            self.cache_pre_edit()
+            self._save(force=True)
+        bar = tqdm(total=T, initial=start, desc=f"editing ({self.editor.name})", disable=not c.progress)
         eb = c.edit_batch_size
-        final: list[dict] = []
+        final: list[dict] = list(self._resumed or [])
         try:
             if c.mode == "sequential":
-                for s in range(0, T, eb):
+                for s in range(start, T, eb):
                     pos = list(range(s, min(T, s + eb)))
                     before = self.n_edited
                     self._edit(pos, bar)
                     for t in c.checkpoints:
                         if before < t <= self.n_edited and self.n_edited < T:
                             self._checkpoint(self.n_edited, self.evaluate(list(range(self.n_edited)), self.n_edited))
+                    if self.n_edited < T:
+                        self._save(before=before)
                 final = self.evaluate(list(range(T)), T)
             else:
                 size = 1 if c.mode == "single" else c.chunk_size
-                for s in range(0, T, size):
+                for s in range(start, T, size):
                     chunk = list(range(s, min(T, s + size)))
                     self.editor.reset()
+                    before = self.n_edited
                     for b in range(0, len(chunk), eb):
                         self._edit(chunk[b : b + eb], bar)
                     final += self.evaluate(chunk, len(chunk))
+                    if self.n_edited < T:
+                        self._save(before=before)
                 self.editor.reset()
         finally:
             bar.close()
         self._checkpoint(T, final)
         return final
+
+    # ----- resume -----------------------------------------------------------------------------
+    def _save(self, before: int | None = None, force: bool = False) -> None:
+        """Save progress when ``n_edited`` crossed a multiple of ``save_every`` (or ``force``)."""
+        k = self.cfg.save_every
+        if not self.writer or not k or not (force or self.n_edited // k > (before or 0) // k):
+            return
+        t0 = time.perf_counter()
+        # chunked/single modes reset the editor before each chunk: its state is not needed
+        state = self.editor.state_dict() if self.cfg.mode == "sequential" else {}
+        tensors = {f"editor/{n}": t.detach().cpu().clone() for n, t in state.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for d, st in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng/cuda{d}"] = st
+        np_state = np.random.get_state()
+        progress = {
+            "edits_done": self.n_edited, "mode": self.cfg.mode, "edit_seconds": self.edit_seconds,
+            "rng": {"python": _jsonable(random.getstate()),
+                    "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
+            "config": self.config, "time": time.time(),
+        }
+        self.writer.save_progress(progress, tensors, self.pre)
+        self.save_seconds += time.perf_counter() - t0
+        self.n_saves += 1
+
+    def resume(self, progress: dict, tensors: dict, pre: dict) -> None:
+        """Continue from progress saved by an earlier, interrupted run of the same config."""
+        if progress.get("mode") != self.cfg.mode:
+            raise ValueError(f"saved progress is of protocol.mode={progress.get('mode')}, not {self.cfg.mode}")
+        self.n_edited = int(progress["edits_done"])
+        self.edit_seconds = list(progress["edit_seconds"])
+        self.pre = pre
+        self.curve = list(self.writer.curve) if self.writer else []
+        state = {n[len("editor/"):]: t for n, t in tensors.items() if n.startswith("editor/")}
+        if self.cfg.mode == "sequential":
+            if self.n_edited:
+                self.editor.load_state_dict({k: v.to(self.bb.device) for k, v in state.items()})
+            self.editor.n_edits = self.n_edited
+        torch.set_rng_state(tensors["rng/torch"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        random.setstate(_tupled(progress["rng"]["python"]))
+        n = progress["rng"]["numpy"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+        self._resumed = []
+        if self.cfg.mode != "sequential" and self.writer:  # the chunks scored so far are final cases
+            import json
+
+            with open(self.writer.cases_partial, encoding="utf-8") as f:
+                self._resumed = [json.loads(line) for line in f if line.strip()]
+        log.info("resuming after %d of %d edits", self.n_edited, len(self.stream))
 
     def timing(self) -> dict:
         n = len(self.edit_seconds)
@@ -187,4 +267,14 @@ class Lifelong:
             "edit_seconds_total": total,
             "edit_seconds_max": max(self.edit_seconds, default=0.0),
             "peak_mem_mb": round(peak_memory_mb(self.bb.device), 1),
+            "save_seconds_total": self.save_seconds,
+            "n_saves": self.n_saves,
         }
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, tuple | list) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x

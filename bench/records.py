@@ -8,7 +8,9 @@ See ``protocol.md`` for the schema and the probes built from a record.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +18,21 @@ from pathlib import Path
 import datasets
 
 from .backbones.base import Probe
+from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("src", "alt", "rephrase", "image", "image_rephrase", "loc", "loc_ans", "m_loc", "m_loc_q", "m_loc_a")
 OPTIONAL_STR = ("pred",)
 PORT_FIELDS = ("port_edit_q", "port_edit_a", "port_q", "port_a")
 IMAGE_FIELDS = ("image", "image_rephrase", "m_loc")
 PROBE_KINDS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc", "port")
+KNOWN_FIELDS = (*REQUIRED, *OPTIONAL_STR, "port_new")
+#: the fields that make two records the same edit (duplicates)
+EDIT_KEY = ("src", "alt", "image")
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A malformed record: the message names file, record index and field."""
 
     def __init__(self, file: str | Path, index: int | None, field: str | None, problem: str) -> None:
@@ -56,6 +64,44 @@ def _answer(value):
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value[0]
     return value
+
+
+def read_json(file: str | Path):
+    """An annotation file's JSON, read as UTF-8; errors name the file."""
+    file = Path(file)
+    if not file.is_file():
+        raise RecordError(file, None, None, "annotation file not found")
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise RecordError(file, None, None, f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
+                          f"(line {line}); save the file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(file, None, None, f"not valid JSON ({e})") from e
+
+
+def field_warnings(raw: list, file: str | Path) -> list[str]:
+    """Unknown record fields that look like known ones (a misspelt optional field is silently
+    ignored otherwise): one line per field with its count and first record."""
+    seen: dict[str, tuple[str, int, int]] = {}
+    for i, r in enumerate(raw):
+        if not isinstance(r, dict):
+            continue
+        for k in r:
+            if k in KNOWN_FIELDS:
+                continue
+            if k in seen:
+                seen[k] = (seen[k][0], seen[k][1], seen[k][2] + 1)
+                continue
+            close = difflib.get_close_matches(str(k), KNOWN_FIELDS, n=1, cutoff=0.8)
+            if close:
+                seen[k] = (close[0], i, 1)
+    return [f"{file}: record {i}: field '{k}' is not a known field; did you mean '{m}'? "
+            f"(ignored; in {n} records)" for k, (m, i, n) in seen.items()]
 
 
 def validate(rec: object, file: str | Path, index: int) -> dict:
@@ -94,21 +140,21 @@ def validate(rec: object, file: str | Path, index: int) -> dict:
 class RecordSet:
     """Validated records of one annotation file plus the image root they refer to."""
 
-    def __init__(self, file: str | Path, image_root: str | Path, prompts: Prompts, limit: int | None = None) -> None:
+    def __init__(self, file: str | Path, image_root: str | Path, prompts: Prompts, limit: int | None = None,
+                 allow_absolute_paths: bool = False) -> None:
         self.file = Path(file)
         self.image_root = Path(image_root)
         self.prompts = prompts
-        if not self.file.is_file():
-            raise RecordError(self.file, None, None, "annotation file not found")
-        try:
-            raw = json.loads(self.file.read_text())
-        except json.JSONDecodeError as e:
-            raise RecordError(self.file, None, None, f"not valid JSON ({e})") from e
+        self.allow_absolute_paths = allow_absolute_paths
+        raw = read_json(self.file)
         if not isinstance(raw, list):
             raise RecordError(self.file, None, None, f"expected a JSON list of records, got {type(raw).__name__}")
         if limit is not None:
             raw = raw[:limit]
         recs = [validate(r, self.file, i) for i, r in enumerate(raw)]
+        self.warnings = field_warnings(raw, self.file)
+        for w in self.warnings:
+            log.warning(w)
         self.ds = datasets.Dataset.from_list(recs) if recs else datasets.Dataset.from_dict({f: [] for f in REQUIRED})
         self.indices = list(range(len(recs)))
 
@@ -145,6 +191,58 @@ class RecordSet:
                 p = self.image_root / r[f]
                 if not p.is_file():
                     out.append((self.source_index(i), f, str(p)))
+        return out
+
+    def image_problem(self, rel: str, cache: dict | None = None) -> str | None:
+        """Why the image ``rel`` cannot be used (None: it can): outside the image root,
+        missing, or not decodable (the file is opened and decoded)."""
+        if cache is not None and rel in cache:
+            return cache[rel]
+        p = self.image_root / rel
+        why = None
+        if not self.allow_absolute_paths:
+            root = self.image_root.resolve()
+            if root != p.resolve() and root not in p.resolve().parents:
+                why = "outside the image root (set data.allow_absolute_paths=true to allow)"
+        if why is None and not p.is_file():
+            why = "missing"
+        if why is None:
+            try:
+                from PIL import Image
+
+                with Image.open(p) as im:
+                    im.load()
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds; every one makes the image unusable
+                why = f"cannot be decoded as an image ({type(e).__name__}: {e})"
+        if cache is not None:
+            cache[rel] = why
+        return why
+
+    def bad_images(self) -> list[tuple[int, str, str]]:
+        """(file record index, field, path) of every image a run could not use; the path is
+        followed by the problem unless the file is simply missing."""
+        out, cache = [], {}
+        for i in range(len(self)):
+            r = self.record(i)
+            for f in IMAGE_FIELDS:
+                why = self.image_problem(r[f], cache)
+                if why is not None:
+                    p = str(self.image_root / r[f])
+                    out.append((self.source_index(i), f, p if why == "missing" else f"{p} ({why})"))
+        return out
+
+    def duplicates(self) -> list[tuple[int, int]]:
+        """(file index of a record, file index of its first occurrence) for every record
+        whose edit (src, alt, image) repeats an earlier one."""
+        first: dict[tuple, int] = {}
+        out = []
+        for i in range(len(self)):
+            r = self.record(i)
+            key = tuple(r[f] for f in EDIT_KEY)
+            if key in first:
+                out.append((self.source_index(i), first[key]))
+            else:
+                first[key] = self.source_index(i)
         return out
 
     def probes(self, i: int) -> list[Probe]:

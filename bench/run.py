@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
 import platform
 import random
@@ -19,28 +21,119 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
-from .config import available, resolve
-from .data import PROJECT_ROOT, build_data, with_images
+from .config import CONF_DIR, available, resolve
+from .data import PROJECT_ROOT, build_data, check_prompt_lengths, dedupe, with_images
+from .errors import RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
-from .results import RunWriter
+from .results import RunWriter, prepare_run_dir
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
 from .tracking import make_tracker
 
 log = logging.getLogger("bench")
 
 
+#: editor keys allowed beyond those of the editor's own YAML (set by pair files / specialize)
+EDITOR_EXTRA_KEYS = ("label", "specialized")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Clear messages for the config mistakes a user makes first."""
     for group in ("editor", "model"):
         if OmegaConf.select(cfg, group) is None:
-            raise ValueError(f"no {group} chosen: add {group}=<name>; valid: {', '.join(available(group))}")
-    if not isinstance(cfg.edits, int) or cfg.edits < 1:
-        raise ValueError(f"edits: expected a positive integer, got {cfg.edits!r}")
+            raise UserError(f"no {group} chosen: add {group}=<name>; valid: {', '.join(available(group))}")
+    if isinstance(cfg.edits, bool) or not isinstance(cfg.edits, int) or cfg.edits < 1:
+        raise UserError(f"edits: expected a positive integer, got {cfg.edits!r}")
+    for key, typ in (("seed", int), ("shuffle", bool), ("overwrite", bool)):
+        v = OmegaConf.select(cfg, key)
+        if v is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
+            raise UserError(f"{key}: expected {typ.__name__}, got {v!r}")
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise ValueError(f"data.root: {cfg.data.name} needs its image root: add data.root=/path/to/images")
+        raise UserError(f"data.root: {cfg.data.name} needs its image root: add data.root=/path/to/images")
     if str(cfg.editor.name) not in editors.names():
-        raise ValueError(f"editor.name: unknown editor {cfg.editor.name!r}; valid editors: {', '.join(editors.names())}")
+        raise UserError(f"editor.name: unknown editor {cfg.editor.name!r}; valid editors: {', '.join(editors.names())}")
+    dup = str(cfg.data.get("duplicates", "keep"))
+    if dup not in ("keep", "drop", "error"):
+        raise UserError(f"data.duplicates: expected keep, drop or error, got {dup!r}")
+    check_editor_keys(cfg)
+
+
+def editor_yaml(cfg: DictConfig) -> Path | None:
+    """The editor's own YAML: Hydra's choice of the ``editor`` group, else its label, else its name."""
+    cands = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        cands.append(HydraConfig.get().runtime.choices.get("editor"))
+    except (ImportError, ValueError):
+        pass
+    cands += [cfg.editor.get("label"), cfg.editor.get("name")]
+    for c in cands:
+        if c and (CONF_DIR / "editor" / f"{c}.yaml").is_file():
+            return CONF_DIR / "editor" / f"{c}.yaml"
+    return None
+
+
+def _type_error(key: str, ref, v) -> str | None:
+    """Why ``v`` cannot stand where the editor YAML has ``ref`` (None: it can)."""
+    if ref is None or v is None or (isinstance(ref, str) and "${" in ref):
+        return None
+    if isinstance(ref, bool):
+        return None if isinstance(v, bool) else "expected true or false"
+    if isinstance(ref, int | float):
+        # int vs float is not checked: YAML writes a float hyperparameter as `5` (LiveEdit's lora_scale)
+        return None if not isinstance(v, bool) and isinstance(v, int | float) else "expected a number"
+    if isinstance(ref, str):
+        return None if isinstance(v, str) else "expected a string"
+    if isinstance(ref, list):
+        return None if isinstance(v, list) else "expected a list"
+    if isinstance(ref, dict):
+        return None if isinstance(v, dict) else "expected a mapping"
+    return None
+
+
+def check_editor_keys(cfg: DictConfig) -> None:
+    """Every ``editor.*`` key must be a key of the editor's YAML (or label/specialized), of its type."""
+    path = editor_yaml(cfg)
+    if path is None:
+        return
+    ref = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    given = OmegaConf.to_container(cfg.editor, resolve=True)
+    rel = path.relative_to(CONF_DIR.parent)
+
+    def walk(node: dict, ref: dict, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}"
+            if k not in ref:
+                if prefix == "editor" and k in EDITOR_EXTRA_KEYS:
+                    continue
+                close = difflib.get_close_matches(str(k), [str(r) for r in ref], n=1)
+                hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+                raise UserError(f"{key}: not a key of editor {cfg.editor.name!r} ({rel}){hint} "
+                                f"valid keys: {', '.join(map(str, ref))}")
+            why = _type_error(key, ref[k], v)
+            if why:
+                raise UserError(f"{key}: {why} (as in {rel}: {ref[k]!r}), got {v!r}")
+            if isinstance(v, dict) and isinstance(ref[k], dict):
+                walk(v, ref[k], key)
+
+    walk(given, ref, "editor")
+
+
+class _UserErrors:
+    """Turns ValueError/IndexError/KeyError raised while reading config values and data into
+    :class:`UserError` (message kept), so that they print without a traceback."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if e is None or is_user_error(e) or not isinstance(e, ValueError | IndexError | KeyError):
+            return False
+        raise UserError(f"{self.where}: {e}" if self.where else str(e)) from e
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +190,10 @@ def _sweep_group() -> str | None:
         return None
 
 
+def _load_progress(out_dir: Path) -> dict:
+    return json.loads((out_dir / "progress" / "progress.json").read_text(encoding="utf-8"))
+
+
 def run(cfg: DictConfig) -> dict:
     """Run one edit stream as configured; returns the summary (also in summary.json)."""
     check_config(cfg)
@@ -104,33 +201,40 @@ def run(cfg: DictConfig) -> dict:
     seed_everything(int(cfg.seed))
     label = str(cfg.editor.get("label") or cfg.editor.name)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    pcfg = ProtocolConfig.from_cfg(cfg.protocol)
+    with _UserErrors(""):
+        pcfg = ProtocolConfig.from_cfg(cfg.protocol)
     if int(cfg.protocol.get("loc_topk", 1)) != 1:
-        raise ValueError("protocol.loc_topk: only top-1 agreement (protocol.md) is implemented")
+        raise UserError("protocol.loc_topk: only top-1 agreement (protocol.md) is implemented")
+    # the results dir is checked (and a resume found) before data and model load
+    resuming = prepare_run_dir(out_dir, resolved, cfg.get("resume", "auto"), bool(cfg.get("overwrite", False)))
 
     t_start = time.time()
     editor_cls = editors.get(str(cfg.editor.name))
     splits = ("train", "eval") if editor_cls.needs_training else ("eval",)
-    data = build_data(cfg.data, splits)
-    # images are checked before the (slow) model load and the first edit
-    skip = bool(cfg.data.get("skip_missing", False))
-    skipped = {}
-    pool, skipped["eval"] = with_images(data["eval"], True) if skip else (data["eval"], 0)
-    if skipped["eval"] and len(pool) < int(cfg.edits):
-        raise ValueError(
-            f"edits={cfg.edits} but only {len(pool)} records of {data['eval'].file} have all their images "
-            f"({skipped['eval']} skipped by data.skip_missing under data.root={cfg.data.root})"
-        )
-    stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
-    stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
-    if "train" in data:
-        data["train"], skipped["train"] = with_images(data["train"], skip)
+    with _UserErrors("data"):
+        data = build_data(cfg.data, splits)
+        # images are checked (opened) before the (slow) model load and the first edit
+        skip = bool(cfg.data.get("skip_missing", False))
+        skipped = {}
+        pool, skipped["eval"] = with_images(data["eval"], True) if skip else (data["eval"], 0)
+        if skipped["eval"] and len(pool) < int(cfg.edits):
+            raise UserError(
+                f"edits={cfg.edits} but only {len(pool)} records of {data['eval'].file} have all their images "
+                f"({skipped['eval']} skipped by data.skip_missing under data.root={cfg.data.root})"
+            )
+        pool, dropped = dedupe(pool, str(cfg.data.get("duplicates", "keep")))
+        stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
+        stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
+        if "train" in data:
+            data["train"], skipped["train"] = with_images(data["train"], skip)
     log.info("dataset %s: %d edits from %s", cfg.data.name, len(stream), stream.file)
     log.info("loading backbone %s", cfg.model.name)
     backbone = build_backbone(cfg.model)
-    editor = editors.build(cfg.editor, backbone)
+    with _UserErrors(f"editor {label}"):
+        editor = editors.build(cfg.editor, backbone)
     log.info("editor %s (%s) on backbone %s", label, type(editor).__name__, backbone.name)
-    writer = RunWriter(out_dir)
+    check_prompt_lengths(stream, backbone)  # before pre-edit scoring: a too-long prompt would hang there
+    writer = RunWriter(out_dir, resume=_load_progress(out_dir) if resuming else None)
     tracker = make_tracker(cfg.get("logger"), resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir))
     summary = {
         "editor": label,
@@ -140,6 +244,8 @@ def run(cfg: DictConfig) -> dict:
         "n_edits": int(cfg.edits),
         "seed": int(cfg.seed),
         "skipped_missing": skipped,
+        "duplicates_dropped": dropped,
+        "threads": torch.get_num_threads(),
         "protocol": {"mode": pcfg.mode, "chunk_size": pcfg.chunk_size, "checkpoints": pcfg.checkpoints,
                      "edit_batch_size": pcfg.edit_batch_size, "loc_topk": 1, "scoring": "teacher-forced argmax"},
         "status": "running",
@@ -147,15 +253,21 @@ def run(cfg: DictConfig) -> dict:
         "versions": versions(),
         "git": git_hash(),
     }
-    writer.summary(summary)
     proto = None
     try:
-        if editor_cls.needs_training:
-            t0 = time.time()
-            editor.fit(data["train"])
-            summary["train_seconds"] = time.time() - t0
-        proto = Lifelong(backbone, editor, stream, pcfg, writer, tracker)
-        final = proto.run()
+        writer.summary(summary)
+        with signals_raise():
+            if editor_cls.needs_training:
+                t0 = time.time()
+                editor.fit(data["train"])
+                summary["train_seconds"] = time.time() - t0
+            proto = Lifelong(backbone, editor, stream, pcfg, writer, tracker)
+            proto.config = resolved
+            if resuming:
+                proto.resume(*writer.load_progress())
+                summary["resumed_at_edit"] = proto.n_edited
+                writer.summary(summary)
+            final = proto.run()
         metrics = aggregate(final)
         summary.update(
             status="ok",
@@ -169,13 +281,25 @@ def run(cfg: DictConfig) -> dict:
         writer.summary(summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if isinstance(e, RunInterrupted):
+            summary["error"] = f"interrupted: {e}"
         if proto is not None:
             summary["timing"] = {**proto.timing(), "total_seconds": time.time() - t_start}
             summary["edits_done"] = proto.n_edited
             if proto.curve:
                 summary["last_checkpoint"] = proto.curve[-1]
-        writer.close(complete=False)
-        writer.summary(summary)
+        prog = out_dir / "progress" / "progress.json"
+        if prog.is_file():
+            try:
+                summary["resumable_from_edit"] = json.loads(prog.read_text(encoding="utf-8"))["edits_done"]
+            except (OSError, ValueError, KeyError):
+                pass
+        with hold_signals():  # nothing interrupts writing what is kept
+            try:
+                writer.close(complete=False)
+                writer.summary(summary)
+            except OSError as w:  # e.g. disk full: the previous summary.json stays valid
+                log.error("could not write the failed summary to %s: %s", out_dir, w)
         tracker.finish({"status": "failed"})
         log.error("run failed after computing what is kept in %s: %s", out_dir, e)
         raise

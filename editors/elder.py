@@ -127,7 +127,7 @@ class ELDER(Editor):
             raise ValueError("editor: need 1 <= top_k <= num_loras and rank >= 1")
         self.scale = float(cfg.lora_alpha) / self.rank
         self.threshold = float(cfg.threshold)
-        first = backbone.layer_index(cfg.first_layer)  # int index or relative depth
+        first = backbone.layer_index(cfg.first_layer, "editor.first_layer")  # int index or relative depth
         n = int(cfg.num_layers)
         if n < 1 or first + n > backbone.num_layers:
             raise IndexError(

@@ -32,8 +32,9 @@ class FTL(Editor):
             raise ValueError(f"editor.objective: {cfg.objective!r} is not one of {OBJECTIVES}")
         if cfg.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"editor.optimizer: {cfg.optimizer!r} is not one of adamw, adam, sgd")
-        self.module = backbone.ffn(int(cfg.layer), str(cfg.role))
-        self.key = backbone.ffn_name(int(cfg.layer), str(cfg.role)) + ".weight"
+        layer = backbone.layer_index(cfg.layer, "editor.layer")
+        self.module = backbone.ffn(layer, str(cfg.role))
+        self.key = backbone.ffn_name(layer, str(cfg.role)) + ".weight"
         self.snapshot = WeightSnapshot({self.key: self.module.weight})
 
     def _loss(self, batch) -> torch.Tensor:

@@ -93,7 +93,7 @@ class GRACE(Editor):
         if self.eps_init < 0:
             raise ValueError(f"editor.eps_init must be >= 0, got {self.eps_init}")
         self.replacement = str(cfg.replacement)
-        layer = backbone.layer_index(cfg.layer)  # int index or relative depth
+        layer = backbone.layer_index(cfg.layer, "editor.layer")  # int index or relative depth
         self.layer_index = backbone.layer_index(layer)
         self.module = backbone.ffn(layer, str(cfg.role)) if cfg.module == "ffn" else backbone.layer(layer)
         self._empty()

@@ -235,8 +235,8 @@ class MELO(Editor):
         # reference: scaling lora_alpha / r, times sqrt(r / rank_per_block) on each of A and B
         self.scale = (lora_alpha / self.rank) * (self.rank / self.rank_per_block)
         try:
-            self.key_layer = backbone.layer_index(int(cfg.key_layer))
-            lora_layers = [backbone.layer_index(int(i)) for i in cfg.lora_layers]
+            self.key_layer = backbone.layer_index(cfg.key_layer, "editor.key_layer")
+            lora_layers = [backbone.layer_index(i, f"editor.lora_layers[{n}]") for n, i in enumerate(cfg.lora_layers)]
         except IndexError as e:
             raise IndexError(
                 f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "

@@ -140,7 +140,8 @@ class UltraEdit(Editor):
         self.modules: list[nn.Linear] = []
         for group in cfg.modules:
             role = str(group.role)
-            first, last = self.backbone.layer_index(group.first), self.backbone.layer_index(group.last)
+            first = self.backbone.layer_index(group.first, "editor.modules.first")
+            last = self.backbone.layer_index(group.last, "editor.modules.last")
             if first > last:
                 raise ValueError(f"editor.modules: role {role}: first layer {first} > last layer {last}")
             for i in range(first, last + 1):

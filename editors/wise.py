@@ -135,7 +135,7 @@ class WISE(Editor):
             raise ValueError(f"editor.mask_ratio: {c.mask_ratio} not in (0, 1]")
         self.alpha, self.beta, self.gamma = (float(v) for v in c.act_margin)
         self.act = ACTS[str(c.act)]
-        self.layer_idx = self.backbone.layer_index(c.layer)  # int index or relative depth
+        self.layer_idx = self.backbone.layer_index(c.layer, "editor.layer")  # int index or relative depth
         self.module: nn.Linear = backbone.ffn(self.layer_idx, str(c.role))
         self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc")
                                       for p in c.loc_prompts]

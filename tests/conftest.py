@@ -75,10 +75,11 @@ def assert_batch_consistent(backbone, probes, atol: float = 1e-4) -> None:
 
 
 def tiny_cfg(tmp_path: Path, *extra: str):
-    """Config of a small run on the tiny backbone writing into tmp_path."""
+    """Config of a small run on the tiny backbone writing into tmp_path (several tests run twice
+    into one dir: ``overwrite=true`` unless ``extra`` says otherwise)."""
     return make_cfg(
         "+editor=ft_l", "+model=tiny", "edits=4", f"out_dir={tmp_path}", "data.toy.n_eval=40", "data.toy.n_train=20",
-        f"data.root={tmp_path}/data", "protocol.progress=false", *extra,
+        f"data.root={tmp_path}/data", "protocol.progress=false", "overwrite=true", *extra,
     )
 
 

@@ -49,6 +49,7 @@ def test_check_lists_malformed_records_by_file_index_field(tmp_path, capsys):
 
 def test_check_ok_on_generated_set(tmp_path, capsys):
     args = ["check", f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20"]
+    build_data(tiny_cfg(tmp_path).data)  # the check itself generates nothing outside data/generated
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "status: OK" in out and "probes: rel 40, t_gen 40, m_gen 40, t_loc 40, m_loc 40 (total 200)" in out

@@ -174,24 +174,25 @@ class Backbone(nn.Module):
     def hidden_size(self) -> int:
         return int(self.lm.config.hidden_size)
 
-    def layer_index(self, i: int | float) -> int:
+    def layer_index(self, i: int | float, key: str = "layer") -> int:
         """Decoder layer index from a config value.
 
         An int is an index (negative counts from the end). A float in [0, 1) is a
         relative depth, ``floor(f * num_layers)``, so one editor YAML names the same
         depth on every backbone (e.g. 0.72 -> layer 23 of 32, EasyEdit's WISE layer
-        on BLIP-2/MiniGPT-4; layer 21 of SmolLM2's 30).
+        on BLIP-2/MiniGPT-4; layer 21 of SmolLM2's 30). ``key`` names the config key
+        in error messages.
         """
         n = self.num_layers
         if isinstance(i, bool) or not isinstance(i, int | float):
-            raise ValueError(f"layer: expected an int index or a float depth in [0, 1), got {i!r}")
+            raise ValueError(f"{key}: expected an int index or a float depth in [0, 1), got {i!r}")
         if isinstance(i, float):
             if not 0.0 <= i < 1.0:
-                raise ValueError(f"layer: a float is a relative depth and must lie in [0, 1), got {i}")
+                raise ValueError(f"{key}: a float is a relative depth and must lie in [0, 1), got {i}")
             return int(i * n)
         j = i + n if i < 0 else i
         if not 0 <= j < n:
-            raise IndexError(f"layer {i} out of range for {self.name} with {n} decoder layers")
+            raise IndexError(f"{key}: layer {i} out of range for {self.name} with {n} decoder layers")
         return j
 
     def layer(self, i: int | float) -> nn.Module:

@@ -1,0 +1,89 @@
+"""Errors a user caused (config values, data files) versus bugs.
+
+A :class:`UserError` is printed as its message and the command exits non-zero without a
+Python traceback; any other exception keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows
+the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class UserError(ValueError):
+    """A mistake in the config or the data; the message says what and where."""
+
+    user_error = True
+
+
+def is_user_error(e: BaseException) -> bool:
+    """A :class:`UserError`, or another exception class marked ``user_error = True``."""
+    return bool(getattr(e, "user_error", False))
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM/SIGINT received while a run was going on."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} received")
+
+
+@contextmanager
+def signals_raise(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block, the signals raise :class:`RunInterrupted` (restored afterwards)."""
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {}
+    try:
+        for s in signums:
+            try:
+                old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread: leave the signal alone
+                pass
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def hold_signals(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Within the block the signals are ignored (while what is kept is being written)."""
+    old = {}
+    try:
+        for s in signums:
+            try:
+                old[s] = signal.signal(s, signal.SIG_IGN)
+            except ValueError:
+                pass
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def report_user_errors(fn: Callable[[], object]) -> object:
+    """Call ``fn``; a :class:`UserError` prints ``error: <message>`` and exits 2, a
+    :class:`RunInterrupted` exits 128 + signal number (both without a traceback)."""
+    try:
+        return fn()
+    except Exception as e:
+        if full_errors() or not is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunInterrupted as e:
+        if full_errors():
+            raise
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
