@@ -60,17 +60,18 @@ def check_config(cfg: DictConfig) -> None:
 
 def editor_yaml(cfg: DictConfig) -> Path | None:
     """The editor's own YAML: Hydra's choice of the ``editor`` group, else its label, else its name."""
-    cands = []
+    cands = [cfg.editor.get("label"), cfg.editor.get("name")]
     try:
         from hydra.core.hydra_config import HydraConfig
 
         cands.append(HydraConfig.get().runtime.choices.get("editor"))
     except (ImportError, ValueError):
         pass
-    cands += [cfg.editor.get("label"), cfg.editor.get("name")]
     for c in cands:
-        if c and (CONF_DIR / "editor" / f"{c}.yaml").is_file():
-            return CONF_DIR / "editor" / f"{c}.yaml"
+        p = CONF_DIR / "editor" / f"{c}.yaml"
+        # a stale Hydra context (an earlier job in this process) must not pick another editor's YAML
+        if c and p.is_file() and OmegaConf.load(p).get("name") == cfg.editor.get("name"):
+            return p
     return None
 
 
