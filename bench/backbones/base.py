@@ -159,6 +159,9 @@ class Backbone(nn.Module):
     text_template: str = PROMPT_MARK
     add_bos: bool = False
     batch_size: int = 16
+    #: False: :meth:`prefix` precomputes nothing and every :meth:`forward_from` runs all layers
+    #: (the reference path; tests compare the two)
+    prefix_enabled: bool = True
 
     def __init__(self, cfg=None, default_batch_size: int = 16) -> None:
         """Reads the fields every model YAML has (name, layer/FFN paths, templates, batching)."""
@@ -400,7 +403,7 @@ class Backbone(nn.Module):
         :meth:`layer_index` reads it; ``k = 0`` stores nothing (the whole model runs later).
         """
         k = self.layer_index(k)
-        if k == 0:
+        if k == 0 or not self.prefix_enabled:
             return Prefix(0, None, tuple(batch.attention_mask.shape))
         got: dict = {}
 
@@ -426,9 +429,10 @@ class Backbone(nn.Module):
         ``h`` (the real layers are put back afterwards, also on error), so attention masks,
         position ids / rotary embeddings and the layers ``>= k`` (with editors' hooks) are
         exactly those of :meth:`forward`. Returns logits ``[B, L, V]`` (``head=True``) or
-        the final hidden states ``[B, L, d]`` (``head=False``).
+        the final hidden states ``[B, L, d]`` (``head=False``). A prefix of ``k = 0`` (nothing
+        precomputed) runs every layer whatever ``k``.
         """
-        k = self.layer_index(k)
+        k = self.layer_index(k) if h is None or h.k else 0
         if k:
             if h is None or h.k != k:
                 raise ValueError(f"forward_from({k}): needs prefix(batch, {k}), got one for layer {getattr(h, 'k', None)}")
