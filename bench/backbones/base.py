@@ -476,8 +476,14 @@ class Backbone(nn.Module):
 
         probes = list(probes)
         bs = batch_size or self.batch_size
-        # sort by rough length so batches pad little; results go back in input order
-        order = sorted(range(len(probes)), key=lambda i: (probes[i].image is None, len(probes[i].prompt) + len(probes[i].target)))
+        # sort by token count so batches pad little; results go back in input order
+        if len(probes) > bs:
+            n_img = self.num_image_tokens if hasattr(self, "num_image_tokens") else 1
+            size = [len(self._encode(p.prompt)) + len(self.encode_target(p.target)) + (n_img if p.image else 0)
+                    for p in probes]
+            order = sorted(range(len(probes)), key=lambda i: size[i])
+        else:
+            order = list(range(len(probes)))
         out: list[ProbeScore | None] = [None] * len(probes)
         chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
         for chunk in tqdm(chunks, desc="scoring", disable=not progress, leave=False):
