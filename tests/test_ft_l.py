@@ -3,7 +3,6 @@
 import functools
 
 import pytest
-
 from conftest import assert_same_edits, edit_both_paths
 
 

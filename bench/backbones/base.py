@@ -393,7 +393,7 @@ class Backbone(nn.Module):
                           position_ids=position_ids, use_cache=False)
 
     @torch.no_grad()
-    def prefix(self, batch: Batch, k: int | float) -> Prefix:
+    def prefix(self, batch: Batch, k: int) -> Prefix:
         """Run the embeddings and decoder layers ``0..k-1`` once, without gradient.
 
         Returns a :class:`Prefix` holding what layer ``k-1`` returned (the hidden state
@@ -422,7 +422,7 @@ class Backbone(nn.Module):
             raise RuntimeError(f"{self.name}: decoder layer {k - 1} did not run in the LM's forward")
         return Prefix(k, got["out"], tuple(batch.attention_mask.shape))
 
-    def forward_from(self, k: int | float, h: Prefix | None, batch: Batch, head: bool = True) -> torch.Tensor:
+    def forward_from(self, k: int, h: Prefix | None, batch: Batch, head: bool = True) -> torch.Tensor:
         """Layers ``k..`` + final norm (+ LM head) from :meth:`prefix`'s result ``h``.
 
         The LM's own forward runs, with decoder layers ``0..k-1`` standing in by returning
