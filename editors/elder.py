@@ -295,17 +295,23 @@ class ELDER(Editor):
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
         lam = float(self.cfg.guided_weight)
+        stop = self.cfg.get("early_stop_loss")
         ce_v = guided_v = float("nan")
+        steps = 0
         self._editing, self._train_presets = True, presets
         try:
-            for _ in range(int(self.cfg.num_iter)):
+            # layers below the first mixture layer are frozen: run them once; the routers' pre-hook
+            # on the first mixture layer fires in every step
+            prefix = self.backbone.prefix(batch, self.layers[0])
+            for steps in range(1, int(self.cfg.num_iter) + 1):
                 self._guided = None
-                logits = self.backbone.forward(batch).logits
-                ce = self.backbone.target_loss(batch, logits)
+                ce = self.backbone.target_loss(batch, h=prefix)
                 guided = self._guided
                 loss = ce + lam * guided if guided is not None else ce
                 ce_v = ce.item()
                 guided_v = guided.item() if guided is not None else float("nan")
+                if stop is not None and ce_v < float(stop):
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -328,6 +334,7 @@ class ELDER(Editor):
             "loss": ce_v + lam * guided_v if not math.isnan(guided_v) else ce_v,
             "ce": ce_v,
             "guided": guided_v,
+            "steps": steps,
             "preset_layers_hit": float(hit.float().mean()),
             "codes": int(self.codes.shape[0]),
         }

@@ -32,17 +32,16 @@ class FTL(Editor):
             raise ValueError(f"editor.objective: {cfg.objective!r} is not one of {OBJECTIVES}")
         if cfg.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"editor.optimizer: {cfg.optimizer!r} is not one of adamw, adam, sgd")
-        layer = backbone.layer_index(cfg.layer, "editor.layer")
-        self.module = backbone.ffn(layer, str(cfg.role))
-        self.key = backbone.ffn_name(layer, str(cfg.role)) + ".weight"
+        self.layer = backbone.layer_index(cfg.layer, "editor.layer")
+        self.module = backbone.ffn(self.layer, str(cfg.role))
+        self.key = backbone.ffn_name(self.layer, str(cfg.role)) + ".weight"
         self.snapshot = WeightSnapshot({self.key: self.module.weight})
 
-    def _loss(self, batch) -> torch.Tensor:
-        logits = self.backbone.forward(batch).logits
+    def _loss(self, batch, prefix=None) -> torch.Tensor:
         if self.cfg.objective == "target":
-            return self.backbone.target_loss(batch, logits)
-        rows = torch.arange(batch.size, device=logits.device)
-        lp = torch.log_softmax(logits[rows, batch.prompt_last].float(), -1)
+            return self.backbone.target_loss(batch, h=prefix)
+        rows = torch.arange(batch.size, device=batch.prompt_last.device)
+        lp = torch.log_softmax(self.backbone.label_logits(batch, prefix, rows, batch.prompt_last).float(), -1)
         losses = [-lp[b, torch.tensor(t, device=lp.device)].mean() for b, t in enumerate(batch.target_ids)]
         return torch.stack(losses).mean()
 
@@ -61,8 +60,10 @@ class FTL(Editor):
         batch = self.backbone.prepare(list(requests))
         loss_v, steps = float("nan"), 0
         try:
+            # the layers below the tuned one are frozen: run them once per edit
+            prefix = self.backbone.prefix(batch, self.layer)
             for steps in range(1, int(self.cfg.steps) + 1):
-                loss = self._loss(batch)
+                loss = self._loss(batch, prefix)
                 loss_v = loss.item()
                 if loss_v < float(self.cfg.early_stop_loss):
                     break

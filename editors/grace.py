@@ -188,12 +188,16 @@ class GRACE(Editor):
         new = torch.where(mask, vals[:, None, :].to(out.dtype), out).reshape(out0.shape)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    def _read_queries(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(queries [B, d_in], module outputs at the key tokens [B, d_out]) of a batch."""
+    def _read_queries(self, batch, prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries [B, d_in], module outputs at the key tokens [B, d_out]) of a batch
+        (from ``prefix``, the batch's frozen layers below ours, when given)."""
         self._capture = {}
         try:
             with torch.no_grad():
-                self.backbone.forward(batch)
+                if prefix is not None:
+                    self.backbone.forward_from(self.layer_index, prefix, batch, head=False)
+                else:
+                    self.backbone.forward(batch)
         except _Captured:
             pass
         finally:
@@ -245,7 +249,9 @@ class GRACE(Editor):
     def edit(self, request: Probe) -> dict:
         batch = self.backbone.prepare([request])
         target = list(batch.target_ids[0])
-        queries, outs = self._read_queries(batch)
+        # the layers below the codebook's are frozen: run them once, every step starts at our layer
+        prefix = self.backbone.prefix(batch, self.layer_index)
+        queries, outs = self._read_queries(batch, prefix)
         query, out = queries[0], outs[0]
         row, action = self._update_codebook(query, out, target)
         live = self.values[row].detach().clone().requires_grad_(True)
@@ -256,7 +262,7 @@ class GRACE(Editor):
         try:
             with torch.enable_grad():
                 for steps in range(1, int(self.cfg.n_iter) + 1):
-                    loss = self.backbone.target_loss(batch, self.backbone.forward(batch).logits)
+                    loss = self.backbone.target_loss(batch, h=prefix)
                     loss_v = loss.item()
                     if stop is not None and loss_v < float(stop):
                         break

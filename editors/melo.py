@@ -92,9 +92,13 @@ class MeloLinear(LinearWrapper):
             return out0
         A, B = ed.lora_A[self.index], ed.lora_B[self.index]
         rpb, nb = ed.rank_per_block, ed.num_block
-        idx = route.clamp(min=0)
-        a = A.view(A.shape[0], nb, rpb).permute(1, 0, 2)[idx]  # [b, in, rpb]
-        b = B.view(nb, rpb, B.shape[1])[idx]  # [b, rpb, out]
+        if ed._live is not None:  # an edit trains one block: every sample is routed to it
+            a = ed._live[0][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, in, rpb]
+            b = ed._live[1][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, rpb, out]
+        else:
+            idx = route.clamp(min=0)
+            a = A.view(A.shape[0], nb, rpb).permute(1, 0, 2)[idx]  # [b, in, rpb]
+            b = B.view(nb, rpb, B.shape[1])[idx]  # [b, rpb, out]
         shape = x.shape
         xs = x.reshape(shape[0], -1, shape[-1]).to(A.dtype)
         delta = torch.bmm(torch.bmm(xs, a), b) * ed.scale
@@ -265,6 +269,9 @@ class MELO(Editor):
         self._route: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
         self._force_block: int | None = None
+        self._live: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the block being trained
+        # layers below the first LoRA layer (the key layer included) are frozen: run once per edit
+        self.prefix_layer = min(i for i, _ in self.targets)
         self._hook = None
         self._wrappers: list[MeloLinear] = []
         self._init_lora()
@@ -344,40 +351,56 @@ class MELO(Editor):
         self._install()
         block = self.next_block
         batch = self.backbone.prepare(requests)
-        params = self.lora_A + self.lora_B
-        for p in params:
-            p.requires_grad_(True)
+        # Only the active block is trained (the reference's Adam runs over all blocks, whose other
+        # entries get no gradient and so never move: Adam without weight decay is elementwise, the
+        # result for the block is the same). The block's ranks: columns of A, rows of B.
+        sl = slice(block * self.rank_per_block, (block + 1) * self.rank_per_block)
+        live_A = [A[:, sl].clone().requires_grad_(True) for A in self.lora_A]
+        live_B = [B[sl].clone().requires_grad_(True) for B in self.lora_B]
+        params = live_A + live_B
         opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(self.cfg.lr_step), gamma=float(self.cfg.lr_gamma))
+        stop = self.cfg.get("early_stop_loss")
         actions: list[str] = []
         dists: list[float] = []
-        loss_v = float("nan")
+        loss_v, steps = float("nan"), 0
         self._force_block = block
+        self._live = (live_A, live_B)
         try:
-            for it in range(int(self.cfg.num_iter)):
-                logits = self.backbone.forward(batch).logits
-                if it == 0:  # keys do not depend on LoRA (key layer first): insert them once
-                    keys = self._keys.clone()
-                    for b, tgt in enumerate(batch.target_ids):
-                        act, d = self._insert(keys[b], tuple(tgt), block)
-                        actions.append(act)
-                        if d is not None:
-                            dists.append(d)
-                loss = self.backbone.target_loss(batch, logits)
+            # the frozen layers below the first LoRA layer run once; the key hook fires there, so the
+            # keys (which do not depend on LoRA: key layer first) are read and inserted once
+            prefix = self.backbone.prefix(batch, self.prefix_layer)
+            if prefix.k == 0:  # nothing precomputed (the reference path): one forward reads the keys
+                with torch.no_grad():
+                    self.backbone.forward_from(0, prefix, batch, head=False)
+            keys = self._keys.clone()
+            for b, tgt in enumerate(batch.target_ids):
+                act, d = self._insert(keys[b], tuple(tgt), block)
+                actions.append(act)
+                if d is not None:
+                    dists.append(d)
+            for steps in range(1, int(self.cfg.num_iter) + 1):
+                loss = self.backbone.target_loss(batch, h=prefix)
                 loss_v = loss.item()
+                if stop is not None and loss_v < float(stop):
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
         finally:
             self._force_block = None
-            for p in params:
-                p.requires_grad_(False)
-                p.grad = None
+            self._live = None
+            with torch.no_grad():
+                for A, a in zip(self.lora_A, live_A, strict=True):
+                    A[:, sl] = a.detach()
+                for B, b in zip(self.lora_B, live_B, strict=True):
+                    B[sl] = b.detach()
         self.next_block += 1
         self.n_edits += len(requests)
         return {
             "loss": loss_v,
+            "steps": steps,
             "block": block,
             "clusters": len(self.db),
             "new": actions.count("new"),

@@ -343,11 +343,12 @@ class WISE(Editor):
         pair = d_out.view(-1, 1) - d_in.view(1, -1) + self.gamma
         return _pos_mean(pair) + _pos_mean(d_out - self.alpha) + _pos_mean(self.beta - d_in)
 
-    def _losses(self, batch, n_req: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.backbone.forward(batch).logits
+    def _losses(self, batch, n_req: int, prefix=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows, pos, ids = batch.label_positions()
         keep = rows < n_req  # CE on the edit's target tokens only (EasyEdit 'only_label')
-        ce = F.cross_entropy(logits[rows[keep], pos[keep]].float(), ids[keep])
+        # from the frozen layers below the side memory (``prefix``); the LM head at those tokens only
+        logits = self.backbone.label_logits(batch, prefix, rows[keep], pos[keep])
+        ce = F.cross_entropy(logits.float(), ids[keep])
         orig, side = self._trace
         d = self._dist(orig, side, batch.attention_mask.bool(), infer=False)
         return ce, d[:n_req], d[n_req:]
@@ -364,13 +365,14 @@ class WISE(Editor):
         lr, wd, bound = float(c.edit_lr), float(c.weight_decay), float(c.norm_constraint)
         maskf = self.mask.to(self.cur.dtype)
         meter = _StopMeter()
+        prefix = self.backbone.prefix(batch, self.layer_idx)  # layers below the memory: once per edit
         self._editing, self._cache = True, None
         self.cur.requires_grad_(True)
         loss_v = ce_v = act_v = float("nan")
         steps = 0
         try:
             for steps in range(1, int(c.n_iter) + 1):
-                ce, d_in, d_out = self._losses(batch, 1)
+                ce, d_in, d_out = self._losses(batch, 1, prefix)
                 act_loss = self._act_loss(d_in, d_out)
                 loss = ce + act_loss
                 loss_v, ce_v, act_v = loss.item(), ce.item(), act_loss.item()
@@ -384,7 +386,7 @@ class WISE(Editor):
                     torch.clamp_(self.cur, min=w0 - bound, max=w0 + bound)
                 meter.update(loss_v)
             with torch.no_grad():  # in-scope activation of the trained memory -> routing threshold
-                _, d_in, d_out = self._losses(batch, 1)
+                _, d_in, d_out = self._losses(batch, 1, prefix)
         finally:
             self.cur.requires_grad_(False)
             self.cur.grad = None

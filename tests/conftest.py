@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from bench.config import compose
@@ -103,3 +104,34 @@ def liveedit_tiny_checkpoint(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("liveedit_tiny")
     train(liveedit_train_cfg(out / "ckpt", out / "data", 8), progress=False)
     return str(out / "ckpt")
+
+
+def edit_both_paths(backbone, make, requests, iter_key: str, n_iter: int, **over):
+    """Edit with the frozen-prefix path off (every step runs all layers) and on.
+
+    Returns ``{enabled: (step-1 loss, stats of the n_iter edits, state_dict)}``; ``make(**over)``
+    builds the editor (it is reset after use)."""
+    out = {}
+    try:
+        for enabled in (False, True):
+            backbone.prefix_enabled = enabled
+            ed = make(**{**over, iter_key: 1})
+            first = ed.edit(requests[0])["loss"]
+            ed.reset()
+            ed = make(**{**over, iter_key: n_iter})
+            stats = [ed.edit(r) for r in requests]
+            out[enabled] = (first, stats, {k: v.clone() for k, v in ed.state_dict().items()})
+            ed.reset()
+    finally:
+        backbone.prefix_enabled = True
+    return out
+
+
+def assert_same_edits(out, atol: float = 1e-5) -> None:
+    (f0, s0, st0), (f1, s1, st1) = out[False], out[True]
+    assert f1 == pytest.approx(f0, rel=1e-5)
+    for a, b in zip(s0, s1, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-5)
+    assert st0.keys() == st1.keys()
+    for k in st0:
+        assert torch.allclose(st1[k].float(), st0[k].float(), atol=atol, rtol=1e-4), k

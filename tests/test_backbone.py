@@ -64,3 +64,54 @@ def test_swap_ffn_wraps_and_restores(tiny):
     with pytest.raises(RuntimeError, match="wrapped twice"):
         tiny.swap_ffn(1, "out", torch.nn.Identity(), expect=orig)
     assert tiny.swap_ffn(1, "out", orig) is wrapper and tiny.ffn(1, "out") is orig
+
+
+def assert_prefix_path_matches(bb, probes, atol: float = 1e-5) -> None:
+    """prefix(k) + forward_from(k) gives forward()'s logits at every k; the head-at-labels path
+    gives the same loss and scores as the full logits; the real layers are back afterwards."""
+    batch = bb.prepare(probes)
+    layers = list(bb.layers)
+    with torch.no_grad():
+        ref = bb.forward(batch).logits
+        for k in range(bb.num_layers):
+            h = bb.prefix(batch, k)
+            assert h.k == k and (k == 0 or h.hidden.shape == batch.inputs_embeds.shape[:2] + (bb.hidden_size,))
+            assert torch.allclose(bb.forward_from(k, h, batch), ref, atol=atol, rtol=1e-5), k
+            loss = bb.target_loss(batch, h=h)
+            assert float(loss) == pytest.approx(float(bb.target_loss(batch, ref)), rel=1e-5, abs=1e-6), k
+        assert list(bb.layers) == layers
+        rows, pos, ids = batch.label_positions()
+        assert torch.allclose(bb.label_logits(batch), ref[rows, pos], atol=atol, rtol=1e-5)
+    # score (head at label positions) = argmax / log-softmax of the full logits
+    full = ref[rows, pos].float()
+    preds, lps = full.argmax(-1).tolist(), torch.log_softmax(full, -1).gather(-1, ids[:, None])[:, 0].tolist()
+    scores = bb.score(probes, batch_size=len(probes))  # input order
+    start = [0]
+    for t in batch.target_ids:
+        start.append(start[-1] + len(t))
+    for i, s in enumerate(scores):
+        assert s.pred_ids == preds[start[i] : start[i + 1]], i
+        assert s.logprob == pytest.approx(sum(lps[start[i] : start[i + 1]]), abs=1e-4), i
+
+
+def test_prefix_and_forward_from_match_forward(tiny, toy_eval):
+    probes = [p for i in range(3) for p in toy_eval.probes(i)]
+    assert_prefix_path_matches(tiny, probes)
+
+
+def test_prefix_hooks_fire_below_k_once_and_above_k_every_time(tiny, toy_eval):
+    batch = tiny.prepare(toy_eval.probes(0)[:2])
+    calls = {1: 0, 2: 0}
+    hs = [tiny.layers[i].register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1)) for i in (1, 2)]
+    try:
+        h = tiny.prefix(batch, 2)
+        for _ in range(3):
+            tiny.forward_from(2, h, batch)
+    finally:
+        for x in hs:
+            x.remove()
+    assert calls == {1: 1, 2: 3}
+    with pytest.raises(ValueError, match="prefix"):
+        tiny.forward_from(3, h, batch)
+    with pytest.raises(ValueError, match="batch"):
+        tiny.forward_from(2, h, tiny.prepare(toy_eval.probes(1)[:3]))

@@ -61,3 +61,11 @@ def test_liveedit_shipped_checkpoint_on_smol_llava(tmp_path):
     assert m["rel"] >= m0["rel"] + 0.15, (m, m0)
     assert m["m_gen"] > m0["m_gen"], (m, m0)
     assert m["t_loc"] == 1.0  # text-only questions have no vision tokens: LiveEdit skips them
+
+
+def test_prefix_path_matches_forward_on_smol_llava(smol, toy_eval):
+    """prefix + forward_from and the head-at-labels scoring equal forward() on the real backbone."""
+    from test_backbone import assert_prefix_path_matches
+
+    probes = [p for i in range(2) for p in toy_eval.probes(i)]
+    assert_prefix_path_matches(smol, probes, atol=1e-4)

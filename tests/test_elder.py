@@ -203,3 +203,28 @@ def test_threshold_sweep_script(tmp_path):
         assert df[k].is_monotonic_increasing
     assert df["on_rel"].iloc[-1] == 100.0  # at the code length every input is within range
     assert (tmp_path / "elder_threshold_tiny_toy_evqa_3_s0.csv").is_file()
+
+
+def test_prefix_path_gives_the_full_forward_edit(elder, tiny, toy_eval):
+    from conftest import assert_same_edits, edit_both_paths
+
+    reqs = [toy_eval.request(0), toy_eval.request(3)]
+    assert_same_edits(edit_both_paths(tiny, elder, reqs, "num_iter", 8))
+
+
+def test_early_stop_on_the_edit_cross_entropy(elder, toy_eval):
+    req = toy_eval.request(0)
+
+    def run(**over):
+        ed = elder(**over)
+        try:
+            return ed.edit(req)
+        finally:
+            ed.reset()
+
+    full = run(num_iter=20)
+    assert full["steps"] == 20
+    first = run(num_iter=1)["ce"]
+    stop = (first + full["ce"]) / 2
+    s = run(num_iter=20, early_stop_loss=stop)
+    assert 1 < s["steps"] < 20 and s["ce"] < stop

@@ -172,3 +172,47 @@ def test_state_dict_shapes_checked(make, toy_eval):
     state["eps"] = torch.cat([state["eps"], state["eps"]])
     with pytest.raises(ValueError, match="disagree"):
         ed.load_state_dict(state)
+
+
+def _with_prefix(bb, enabled: bool):
+    bb.prefix_enabled = enabled
+    return bb
+
+
+@pytest.mark.parametrize("replacement", ["replace_last", "replace_from_key"])
+def test_prefix_path_gives_the_full_forward_edit(make, tiny, toy_eval, replacement):
+    """Layers below the codebook run once per edit: step-1 loss and the trained codebook equal the
+    full-forward path's."""
+    reqs = [toy_eval.request(0), toy_eval.request(3), toy_eval.request(4)]
+    out = {}
+    try:
+        for enabled in (False, True):
+            _with_prefix(tiny, enabled)
+            ed = make(replacement=replacement, n_iter=1)
+            first = ed.edit(reqs[0])["loss"]
+            ed.reset()
+            ed = make(replacement=replacement)
+            stats = [ed.edit(r) for r in reqs]
+            out[enabled] = (first, stats, ed.state_dict())
+            ed.reset()
+    finally:
+        _with_prefix(tiny, True)
+    (f0, s0, st0), (f1, s1, st1) = out[False], out[True]
+    assert f1 == pytest.approx(f0, rel=1e-5)
+    assert [s["action"] for s in s1] == [s["action"] for s in s0]
+    for k in st0:
+        assert torch.allclose(st1[k].float(), st0[k].float(), atol=1e-4, rtol=1e-4), k
+
+
+def test_early_stop_runs_fewer_steps(make, toy_eval):
+    req = toy_eval.request(0)
+    ed = make(n_iter=1)
+    first = ed.edit(req)["loss"]
+    ed.reset()
+    ed = make(n_iter=40)
+    full = ed.edit(req)
+    ed.reset()
+    assert full["steps"] == 40 and full["loss"] < first
+    stop = (first + full["loss"]) / 2
+    s = make(n_iter=40, early_stop_loss=stop).edit(req)
+    assert 1 < s["steps"] < 40 and s["loss"] < stop

@@ -280,3 +280,13 @@ def test_every_editor_edits_every_paper_backbone(kind, name, saved, images):
         ed.reset()
         if hasattr(ed, "remove"):
             ed.remove()
+
+
+@pytest.mark.parametrize("kind", HF_MODELS)
+def test_prefix_forward_from_and_label_head(kind, saved, images):
+    """prefix + forward_from and the head-at-labels path equal forward() on the tiny stand-ins
+    (BLIP-2 OPT, LLaVA LLaMA via its LM view, MiniGPT-4 LLaMA)."""
+    from test_backbone import assert_prefix_path_matches
+
+    bb = build_backbone(model_cfg(kind, saved[kind]))
+    assert_prefix_path_matches(bb, probes(images))

@@ -191,3 +191,75 @@ def test_reset_puts_the_original_modules_back(melo, tiny, toy_eval):
 def test_key_layer_must_precede_lora_layers(melo):
     with pytest.raises(ValueError, match="key_layer"):
         melo(key_layer=2, lora_layers=[2, 3])
+
+
+def _old_full_pool_edit(ed, tiny, req, num_iter):
+    """The edit loop as it was: Adam (+ StepLR) over every block's factors, full forward each step."""
+    ed._install()
+    batch = tiny.prepare([req])
+    params = ed.lora_A + ed.lora_B
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=float(ed.cfg.lr))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(ed.cfg.lr_step), gamma=float(ed.cfg.lr_gamma))
+    ed._force_block = ed.next_block
+    losses = []
+    try:
+        for _ in range(num_iter):
+            loss = tiny.target_loss(batch, tiny.forward(batch).logits)
+            losses.append(loss.item())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        ed._force_block = None
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    return losses
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_block_only_adam_and_prefix_match_the_full_pool_full_forward_edit(melo, tiny, toy_eval, prefix):
+    """Training only the active block from the frozen prefix gives the old (all-block Adam, full
+    forward) result: same step-1 loss, same trained block, every other block untouched."""
+    req = toy_eval.request(0)
+    ref = melo(num_iter=12)
+    A0 = [a.clone() for a in ref.lora_A]
+    losses = _old_full_pool_edit(ref, tiny, req, 12)
+    ref_A, ref_B = [a.clone() for a in ref.lora_A], [b.clone() for b in ref.lora_B]
+    ref.reset()
+    tiny.prefix_enabled = prefix
+    try:
+        ed = melo(num_iter=1)
+        assert ed.edit(req)["loss"] == pytest.approx(losses[0], rel=1e-5)
+        ed.reset()
+        ed = melo(num_iter=12)
+        s = ed.edit(req)
+    finally:
+        tiny.prefix_enabled = True
+    assert s["steps"] == 12 and s["loss"] == pytest.approx(losses[-1], rel=1e-4)
+    r = ed.rank_per_block
+    for A, B, RA, RB, I in zip(ed.lora_A, ed.lora_B, ref_A, ref_B, A0, strict=True):
+        assert torch.allclose(A[:, :r], RA[:, :r], atol=1e-6) and torch.allclose(B[:r], RB[:r], atol=1e-6)
+        assert not torch.equal(B[:r], torch.zeros_like(B[:r]))  # it trained
+        assert torch.equal(A[:, r:], I[:, r:]) and torch.equal(B[r:], torch.zeros_like(B[r:]))  # others untouched
+
+
+def test_early_stop(melo, toy_eval):
+    req = toy_eval.request(0)
+
+    def run(**over):
+        ed = melo(**over)
+        try:
+            return ed.edit(req)
+        finally:
+            ed.reset()
+
+    full = run(num_iter=30, lr=1e-2)
+    assert full["steps"] == 30
+    first = run(num_iter=1, lr=1e-2)["loss"]
+    stop = (first + full["loss"]) / 2
+    s = run(num_iter=30, lr=1e-2, early_stop_loss=stop)
+    assert 1 < s["steps"] < 30 and s["loss"] < stop

@@ -214,3 +214,14 @@ def test_relative_layer_and_bad_config(make, tiny):
         make(save_freq=3, merge_freq=4)
     with pytest.raises(ValueError, match="merge_alg"):
         make(merge_alg="dare")
+
+
+@pytest.mark.parametrize("layer", [2, -1])
+def test_prefix_path_gives_the_full_forward_edit(make, tiny, toy_eval, layer):
+    """The layers below the side memory run once per edit: same step-1 loss, same trained memory."""
+    from conftest import assert_same_edits, edit_both_paths
+
+    reqs = [toy_eval.request(0), toy_eval.request(3)]
+    out = edit_both_paths(tiny, make, reqs, "n_iter", 10, layer=layer)
+    assert_same_edits(out, atol=1e-4)
+    assert [s["steps"] for s in out[True][1]] == [s["steps"] for s in out[False][1]]

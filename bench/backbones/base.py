@@ -119,6 +119,36 @@ def _get_path(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
+class _PrefixDone(Exception):
+    """Raised by :meth:`Backbone.prefix`'s hook once layer ``k-1`` has run."""
+
+
+class _Given(nn.Module):
+    """Stands in for decoder layers ``0..k-1`` in :meth:`Backbone.forward_from`: returns the prefix."""
+
+    def __init__(self, output) -> None:
+        super().__init__()
+        object.__setattr__(self, "output", output)  # not a submodule / buffer
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+@dataclass
+class Prefix:
+    """What :meth:`Backbone.prefix` computed: layer ``k-1``'s output for a batch of ``shape`` [B, L]."""
+
+    k: int
+    output: object  # as the decoder layer returned it (a tensor, or a tuple in some versions)
+    shape: tuple[int, ...]
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        """[B, L, d] hidden state entering layer ``k`` (None for k = 0)."""
+        out = self.output
+        return out[0] if isinstance(out, tuple) else out
+
+
 class Backbone(nn.Module):
     """Base class: subclasses build ``self.lm`` and implement ``image_embeds``."""
 
@@ -129,6 +159,9 @@ class Backbone(nn.Module):
     text_template: str = PROMPT_MARK
     add_bos: bool = False
     batch_size: int = 16
+    #: False: :meth:`prefix` precomputes nothing and every :meth:`forward_from` runs all layers
+    #: (the reference path; tests compare the two)
+    prefix_enabled: bool = True
 
     def __init__(self, cfg=None, default_batch_size: int = 16) -> None:
         """Reads the fields every model YAML has (name, layer/FFN paths, templates, batching)."""
@@ -344,12 +377,98 @@ class Backbone(nn.Module):
                 use_cache=False,
             )
 
-    def target_loss(self, batch: Batch, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy over all target tokens of the batch."""
-        if logits is None:
-            logits = self.forward(batch).logits
+    # ----- frozen prefix, and the LM head only where it is read ------------------------------------
+    def decoder(self) -> nn.Module:
+        """The LM body: embeddings in, final-normed hidden states out (``last_hidden_state``)."""
+        return self.lm.get_decoder()
+
+    def lm_head(self) -> nn.Module:
+        """The LM head (hidden -> vocabulary logits)."""
+        return self.lm.get_output_embeddings()
+
+    def _run(self, batch: Batch, module: nn.Module):
+        n = batch.inputs_embeds.shape[1]
+        position_ids = torch.arange(n, device=batch.inputs_embeds.device).unsqueeze(0).expand(batch.size, n)
+        with self._in_context(batch):
+            return module(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                          position_ids=position_ids, use_cache=False)
+
+    @torch.no_grad()
+    def prefix(self, batch: Batch, k: int) -> Prefix:
+        """Run the embeddings and decoder layers ``0..k-1`` once, without gradient.
+
+        Returns a :class:`Prefix` holding what layer ``k-1`` returned (the hidden state
+        entering layer ``k``); :meth:`forward_from` then runs layers ``k..`` from it as
+        often as an editor's optimisation needs. Hooks on layers ``< k`` fire here (once),
+        hooks on layers ``>= k`` fire in every :meth:`forward_from`. ``k`` is an index as
+        :meth:`layer_index` reads it; ``k = 0`` stores nothing (the whole model runs later).
+        """
+        k = self.layer_index(k)
+        if k == 0 or not self.prefix_enabled:
+            return Prefix(0, None, tuple(batch.attention_mask.shape))
+        got: dict = {}
+
+        def stop(module, args, output):
+            got["out"] = output
+            raise _PrefixDone
+
+        handle = self.layers[k - 1].register_forward_hook(stop)
+        try:
+            self._run(batch, self.decoder())
+        except _PrefixDone:
+            pass
+        finally:
+            handle.remove()
+        if "out" not in got:
+            raise RuntimeError(f"{self.name}: decoder layer {k - 1} did not run in the LM's forward")
+        return Prefix(k, got["out"], tuple(batch.attention_mask.shape))
+
+    def forward_from(self, k: int, h: Prefix | None, batch: Batch, head: bool = True) -> torch.Tensor:
+        """Layers ``k..`` + final norm (+ LM head) from :meth:`prefix`'s result ``h``.
+
+        The LM's own forward runs, with decoder layers ``0..k-1`` standing in by returning
+        ``h`` (the real layers are put back afterwards, also on error), so attention masks,
+        position ids / rotary embeddings and the layers ``>= k`` (with editors' hooks) are
+        exactly those of :meth:`forward`. Returns logits ``[B, L, V]`` (``head=True``) or
+        the final hidden states ``[B, L, d]`` (``head=False``). A prefix of ``k = 0`` (nothing
+        precomputed) runs every layer whatever ``k``.
+        """
+        k = self.layer_index(k) if h is None or h.k else 0
+        if k:
+            if h is None or h.k != k:
+                raise ValueError(f"forward_from({k}): needs prefix(batch, {k}), got one for layer {getattr(h, 'k', None)}")
+            if h.shape != tuple(batch.attention_mask.shape):
+                raise ValueError(f"forward_from: prefix of a batch {h.shape} used with a batch {tuple(batch.attention_mask.shape)}")
+        layers = self.layers
+        real = [layers[i] for i in range(k)]
+        given = _Given(h.output) if k else None
+        try:
+            for i in range(k):
+                layers[i] = given
+            hidden = self._run(batch, self.decoder()).last_hidden_state
+        finally:
+            for i, m in enumerate(real):
+                layers[i] = m
+        return self.lm_head()(hidden) if head else hidden
+
+    def label_logits(self, batch: Batch, h: Prefix | None = None, rows: torch.Tensor | None = None,
+                     pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[N, V]`` at the positions that predict target tokens only (the head is not run
+        elsewhere). ``h``: a :meth:`prefix` to start from; ``rows``/``pos``: a subset of
+        :meth:`Batch.label_positions` (default: all of them)."""
+        if rows is None or pos is None:
+            rows, pos, _ = batch.label_positions()
+        hidden = self.forward_from(h.k if h is not None else 0, h, batch, head=False)
+        return self.lm_head()(hidden[rows, pos])
+
+    def target_loss(self, batch: Batch, logits: torch.Tensor | None = None, h: Prefix | None = None) -> torch.Tensor:
+        """Mean cross-entropy over all target tokens of the batch.
+
+        Without ``logits`` the LM head runs at the target positions only (optionally from a
+        :meth:`prefix` ``h``)."""
         rows, pos, ids = batch.label_positions()
-        return nn.functional.cross_entropy(logits[rows, pos].float(), ids)
+        sel = logits[rows, pos] if logits is not None else self.label_logits(batch, h, rows, pos)
+        return nn.functional.cross_entropy(sel.float(), ids)
 
     @torch.no_grad()
     def score(self, probes: Sequence[Probe], batch_size: int | None = None, progress: bool = False) -> list[ProbeScore]:
@@ -358,15 +477,20 @@ class Backbone(nn.Module):
 
         probes = list(probes)
         bs = batch_size or self.batch_size
-        # sort by rough length so batches pad little; results go back in input order
-        order = sorted(range(len(probes)), key=lambda i: (probes[i].image is None, len(probes[i].prompt) + len(probes[i].target)))
+        # sort by token count so batches pad little; results go back in input order
+        if len(probes) > bs:
+            n_img = self.num_image_tokens if hasattr(self, "num_image_tokens") else 1
+            size = [len(self._encode(p.prompt)) + len(self.encode_target(p.target)) + (n_img if p.image else 0)
+                    for p in probes]
+            order = sorted(range(len(probes)), key=lambda i: size[i])
+        else:
+            order = list(range(len(probes)))
         out: list[ProbeScore | None] = [None] * len(probes)
         chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
         for chunk in tqdm(chunks, desc="scoring", disable=not progress, leave=False):
             batch = self.prepare([probes[i] for i in chunk])
-            logits = self.forward(batch).logits
             rows, pos, ids = batch.label_positions()
-            sel = logits[rows, pos].float()
+            sel = self.label_logits(batch, None, rows, pos).float()
             preds = sel.argmax(-1).tolist()
             lps = torch.log_softmax(sel, -1).gather(-1, ids[:, None])[:, 0].tolist()
             k = 0

@@ -55,6 +55,12 @@ class CausalLMView(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
+    def get_decoder(self) -> nn.Module:
+        return self.model
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
