@@ -28,7 +28,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .base import Backbone, _get_path
-from .vision import FeatureCache, ImageLoader
+from .vision import DiskFeatureCache, FeatureCache, ImageLoader, fill_from_disk, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,29 @@ class HFVLLM(Backbone):
         size = vis.get("image_size") or self.vlm.config.vision_config.image_size
         self.loader = ImageLoader(int(size), list(vis.mean), list(vis.std), str(vis.get("resize", "squash")))
         self.features = FeatureCache(int(cfg.get("feature_cache", 1024)))
+        self._disk_on, self._disk = bool(cfg.get("feature_disk_cache", True)), None
         self.freeze()
         self.eval()
+
+    def disk_features(self) -> DiskFeatureCache | None:
+        """The on-disk feature cache (``model.feature_disk_cache``, default true), keyed by the
+        class, the weights fingerprint of every VLLM tensor outside the language model (vision
+        tower, Q-Former, projector), dtype, feature selection and image preprocessing."""
+        if self._disk is None and self._disk_on:
+            ld, cfg = self.loader, self.vlm.config
+            sel = (getattr(cfg, "vision_feature_layer", None), getattr(cfg, "vision_feature_select_strategy", None))
+            lm = {id(t) for t in (*self.lm.parameters(), *self.lm.buffers())}
+            enc = (f"hf|{type(self.vlm).__name__}|w={weights_fingerprint(self.vlm, exclude=lm)}|dtype={self.dtype}"
+                   f"|select={sel}|size={ld.size}|resize={ld.resize}|mean={ld.mean.flatten().tolist()}"
+                   f"|std={ld.std.flatten().tolist()}|v1")
+            self._disk = DiskFeatureCache(enc)
+        return self._disk
 
     @torch.no_grad()
     def image_embeds(self, images: Sequence[str]) -> torch.Tensor:
         """[N, T_img, hidden] on the LM's device: the VLLM's own image features (cached per path)."""
         todo = [p for p in dict.fromkeys(images) if self.features.get(p) is None]
+        todo = fill_from_disk(self.features, self.disk_features(), todo, lambda t: t.to(self.device, self.dtype))
         tower = next(_get_path(self.vlm, self.vision_module).parameters())
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i : i + self.batch_size]
@@ -143,4 +159,7 @@ class HFVLLM(Backbone):
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
             for p, f in zip(chunk, feats, strict=True):
                 self.features.put(p, f.to(self.device, self.dtype))
+                if self._disk is not None:
+                    self._disk.put(p, f)
         return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]
+
