@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -130,7 +129,8 @@ def _peak_mb(dev: torch.device) -> float:
 
 @torch.no_grad()
 def forward_seconds(backbone, batch, repeats: int) -> float:
-    """Median wall time of ``backbone.forward(batch)`` over ``repeats`` runs (after one warm-up)."""
+    """Best wall time of ``backbone.forward(batch)`` over ``repeats`` runs (after one warm-up):
+    the minimum, as other processes on a shared machine only ever add time."""
     dev = backbone.device
     backbone.forward(batch)
     times = []
@@ -140,7 +140,7 @@ def forward_seconds(backbone, batch, repeats: int) -> float:
         backbone.forward(batch)
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def compose(model: str, data: str, editor: str | None, overrides: list[str]):
@@ -243,7 +243,7 @@ class SpeedRun:
         # 2./3. base forward latency, then every editor
         batch = bb.prepare(probes[: a.batch])
         base = forward_seconds(bb, batch, a.repeats)
-        self.res["latency"]["base_ms"] = round(base * 1e3, 2)
+        self.res["latency"]["base_ms"] = round(base * 1e3, 2)  # at the start; each editor has its own below
         train = None
         for name in a.editors:
             if dev.type == "cuda":
@@ -252,6 +252,8 @@ class SpeedRun:
             self.res["editors"][name] = row
             editor = None
             try:
+                if name in LATENCY:  # the unedited backbone just before (and again just after) this editor
+                    base = forward_seconds(bb, batch, a.repeats)
                 cfg = compose(a.model, a.data, name, self.overrides)
                 seed_everything(int(cfg.seed))
                 editor = editor_registry.build(cfg.editor, bb)
@@ -273,9 +275,9 @@ class SpeedRun:
                            bytes_per_edit=round(editor.memory_bytes() / len(secs)), status="ok")
                 log.info("%s: %.2f s/edit over %d edits", name, row["s_per_edit"], len(secs))
                 if name in LATENCY:
-                    self._latency(name, editor, batch, base, len(secs))
+                    self._latency(name, editor, batch, len(secs))
                 if name == "wise" and "wise_retrieve" in LATENCY:
-                    self._wise_retrieve(editor, cfg, batch, base, len(secs))
+                    self._wise_retrieve(editor, cfg, batch, len(secs))
             except Exception as e:  # noqa: BLE001 - one editor's failure must not lose the others
                 row.update(status="failed", error=f"{type(e).__name__}: {e}")
                 self.res["errors"][name] = traceback.format_exc()
@@ -287,12 +289,26 @@ class SpeedRun:
                         _discard(editor)
                     except Exception as e:  # noqa: BLE001
                         log.error("%s: reset failed: %s", name, e)
+                for n in (name, "wise_retrieve" if name == "wise" else None):
+                    if n in self.res["latency"]:
+                        self._ratios(n, base, forward_seconds(bb, batch, a.repeats))
                 self.save()
         self.res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         self.save()
         return self.res
 
-    def _latency(self, name: str, editor, batch, base: float, n_real: int) -> None:
+    def _ratios(self, name: str, before: float, after: float) -> None:
+        """Ratios to the unedited backbone timed just before and just after the editor (the faster)."""
+        base = min(before, after)
+        lat = self.res["latency"][name]
+        for k, c in list(lat.items()):
+            if isinstance(c, dict):
+                c["ratio"] = round(c["ms"] / 1e3 / base, 3)
+        lat["base_ms"] = round(base * 1e3, 2)
+        log.info("%s: latency ratios to the unedited backbone (%.1f ms): %s", name, base * 1e3,
+                 ", ".join(f"{k}: {c['ratio']:.2f}x" for k, c in lat.items() if isinstance(c, dict)))
+
+    def _latency(self, name: str, editor, batch, n_real: int) -> None:
         real = editor.state_dict()
         rows = {}
         self.res["latency"][name] = rows
@@ -308,9 +324,8 @@ class SpeedRun:
                 editor.load_state_dict(synthetic_state(name, editor, real, n))
                 how = "synthetic"
             t = forward_seconds(editor.backbone, batch, self.args.repeats)
-            rows[str(n)] = {"ms": round(t * 1e3, 2), "ratio": round(t / base, 3), "fill": how,
-                            "memory_bytes": editor.memory_bytes()}
-            log.info("%s with %d stored edits (%s): %.1f ms, %.2fx base", name, n, how, t * 1e3, t / base)
+            rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
+            log.info("%s with %d stored edits (%s): %.1f ms", name, n, how, t * 1e3)
             self.save()
         self._marginal(name, rows)
         editor.load_state_dict(real)
@@ -318,7 +333,7 @@ class SpeedRun:
     def _marginal(self, name: str, rows: dict) -> None:
         """Bytes per stored edit beyond the fixed part: between the two largest positive counts
         (or between 0 and the one positive count)."""
-        ns = sorted(int(n) for n in rows)
+        ns = sorted(int(n) for n in rows if n.isdigit())
         pos = [n for n in ns if n > 0]
         pair = pos[-2:] if len(pos) >= 2 else ([0, pos[0]] if pos and 0 in ns else None)
         if pair:
@@ -326,7 +341,7 @@ class SpeedRun:
             b = (rows[str(hi)]["memory_bytes"] - rows[str(lo)]["memory_bytes"]) / (hi - lo)
             self.res["editors"].setdefault(name, {})["marginal_bytes_per_edit"] = round(b)
 
-    def _wise_retrieve(self, merge_editor, cfg, batch, base: float, n_real: int) -> None:
+    def _wise_retrieve(self, merge_editor, cfg, batch, n_real: int) -> None:
         import editors as editor_registry
 
         name = "wise_retrieve"
@@ -340,7 +355,7 @@ class SpeedRun:
         self.res["editors"][name] = {"status": "ok (latency only: memories from WISE-Merge's real edits)"}
         try:
             ed.load_state_dict(real)
-            self._latency(name, ed, batch, base, n_real)
+            self._latency(name, ed, batch, n_real)
         finally:
             _discard(ed)
             merge_editor.load_state_dict(real)
@@ -358,7 +373,8 @@ def markdown(res: dict) -> str:
                 f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |", ""]
     eds = res.get("editors", {})
     if eds:
-        out += ["| editor | s/edit | fit s | bytes/edit (stream) | marginal bytes/stored edit | peak MB | status |",
+        peak = "peak MB (process RSS so far)" if res.get("device") == "cpu" else "peak MB (this editor)"
+        out += [f"| editor | s/edit | fit s | bytes/edit (stream) | marginal bytes/stored edit | {peak} | status |",
                 "|---|---|---|---|---|---|---|"]
         for name, r in eds.items():
             out.append(f"| {name} | {r.get('s_per_edit', '-')} | {r.get('fit_s', '-')} | {r.get('bytes_per_edit', '-')} | "
@@ -370,17 +386,19 @@ def markdown(res: dict) -> str:
     stored = [str(n) for n in res.get("stored", [])]
     names = [n for n in lat if n != "base_ms"]
     if names:
-        out += [f"Forward latency of one batch of {res['batch']} probes, ratio to the unedited backbone "
-                f"({lat.get('base_ms')} ms), by stored edits:\n",
-                "| editor | " + " | ".join(stored) + " | fill beyond the real edits |",
-                "|---|" + "---|" * len(stored) + "---|"]
+        out += [f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
+                "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n",
+                "| editor | base ms | " + " | ".join(stored) + " |",
+                "|---|---|" + "---|" * len(stored)]
         for n in names:
             cells = []
             for k in stored:
                 c = lat[n].get(k)
-                cells.append("-" if c is None else f"{c['ratio']:.2f}x ({c['ms']:.0f} ms{'' if c['fill'] != 'synthetic' else ', syn'})")
-            out.append(f"| {n} | " + " | ".join(cells) + f" | {res.get('fill', {}).get(n, '')} |")
-        out.append("")
+                r = "?" if c is None or "ratio" not in c else f"{c['ratio']:.2f}x"
+                cells.append("-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})")
+            out.append(f"| {n} | {lat[n].get('base_ms', '?')} | " + " | ".join(cells) + " |")
+        out += ["", "Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
+                "the stream):", ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
     if res.get("errors"):
         out.append("Failed: " + ", ".join(res["errors"]) + " (tracebacks in speed.json)\n")
     return "\n".join(out) + "\n"
