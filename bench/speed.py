@@ -256,7 +256,7 @@ class SpeedRun:
                     base = forward_seconds(bb, batch, a.repeats)
                 cfg = compose(a.model, a.data, name, self.overrides)
                 seed_everything(int(cfg.seed))
-                editor = editor_registry.build(cfg.editor, bb)
+                editor = self._build(name, cfg, bb, requests, row)
                 if editor_registry.get(name).needs_training:
                     if train is None:
                         train = build_data(base_cfg.data, ("train",))["train"]
@@ -296,6 +296,29 @@ class SpeedRun:
         self.res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         self.save()
         return self.res
+
+    @staticmethod
+    def _build(name: str, cfg, bb, requests, row: dict):
+        """The editor; for LiveEdit on a randomly initialised backbone without a checkpoint, an
+        untrained generator of the configured architecture (timing and memory only)."""
+        import editors as editor_registry
+
+        if name == "liveedit" and not cfg.editor.get("checkpoint") and cfg.model.get("random_init"):
+            from editors.liveedit import ARCH_KEYS, LiveEdit, build_net, resolve_layer
+
+            arch = {k: cfg.editor.get(k) for k in ARCH_KEYS}
+            img = next((r for r in requests if r.image is not None), None)
+            if img is None:
+                raise ValueError("LiveEdit needs image edits")
+            arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or bb.prepare([img]).image_mask[0].sum())
+            meta = {**arch, "layer": resolve_layer(cfg.editor.layer, bb.num_layers), "backbone": bb.name,
+                    "hidden_size": bb.hidden_size}
+            torch.manual_seed(int(cfg.seed))
+            net = build_net(bb, arch).requires_grad_(False).eval()
+            row["note"] = "untrained random generator (model.random_init, no checkpoint): timing and memory only"
+            log.warning("liveedit: %s", row["note"])
+            return LiveEdit.with_net(bb, cfg.editor, net, meta)
+        return editor_registry.build(cfg.editor, bb)
 
     def _ratios(self, name: str, before: float, after: float) -> None:
         """Ratios to the unedited backbone timed just before and just after the editor (the faster)."""
@@ -363,14 +386,14 @@ class SpeedRun:
 
 # ----- report -----------------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
-    out = [f"### Speed: `{res['model']}` + `{res['data']}`, {res['edits']} edits, device {res.get('device', '?')}, "
-           f"{res['threads']} thread(s)\n", f"Command: `{res['command']}`\n"]
+    out = [(f"### Speed: `{res['model']}` + `{res['data']}`, {res['edits']} edits, device {res.get('device', '?')}, "
+            f"{res['threads']} thread(s)\n"), f"Command: `{res['command']}`\n"]
     sc = res.get("scoring")
     if sc:
         out += ["| scoring | probes | batched s | per-sample s | batched speed-up | identical predictions |",
                 "|---|---|---|---|---|---|",
-                f"| teacher-forced | {sc['probes']} | {sc['batched_s']} | {sc['per_sample_s']} | {sc['speedup']}x | "
-                f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |", ""]
+                (f"| teacher-forced | {sc['probes']} | {sc['batched_s']} | {sc['per_sample_s']} | {sc['speedup']}x | "
+                 f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |"), ""]
     eds = res.get("editors", {})
     if eds:
         peak = "peak MB (process RSS so far)" if res.get("device") == "cpu" else "peak MB (this editor)"
@@ -386,8 +409,8 @@ def markdown(res: dict) -> str:
     stored = [str(n) for n in res.get("stored", [])]
     names = [n for n in lat if n != "base_ms"]
     if names:
-        out += [f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
-                "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n",
+        out += [(f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
+                 "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n"),
                 "| editor | base ms | " + " | ".join(stored) + " |",
                 "|---|---|" + "---|" * len(stored)]
         for n in names:
@@ -397,8 +420,8 @@ def markdown(res: dict) -> str:
                 r = "?" if c is None or "ratio" not in c else f"{c['ratio']:.2f}x"
                 cells.append("-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})")
             out.append(f"| {n} | {lat[n].get('base_ms', '?')} | " + " | ".join(cells) + " |")
-        out += ["", "Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
-                "the stream):", ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
+        out += ["", ("Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
+                     "the stream):"), ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
     if res.get("errors"):
         out.append("Failed: " + ", ".join(res["errors"]) + " (tracebacks in speed.json)\n")
     return "\n".join(out) + "\n"
@@ -421,7 +444,7 @@ def parse(argv: list[str]):
         p.error(f"unknown options {bad}")
     overrides = []
     for o in rest:
-        if o.startswith("model=") or o.startswith("+model="):
+        if o.startswith(("model=", "+model=")):
             args.model = o.split("=", 1)[1]
         elif o.startswith("data="):
             args.data = o.split("=", 1)[1]

@@ -16,9 +16,9 @@ from bench.backbones.hf import build_random
 # 50,304-token OPT vocabulary; LLaVA-1.5-7B as llava-hf ships it; MiniGPT-4 = BLIP-2's ViT-g +
 # Q-Former + a 768 -> 4096 projection + Vicuna-7B)
 PAPER = {
-    "blip2": dict(params=3_744_761_856, hidden=2560, layers=32, lm=2_651_678_720),
-    "llava": dict(params=7_063_427_072, hidden=4096, layers=32, lm=6_738_415_616 + 64 * 4096 * 2),
-    "minigpt4": dict(params=7_832_679_936, hidden=4096, layers=32, lm=6_738_415_616),
+    "blip2": {"params": 3_744_761_856, "hidden": 2560, "layers": 32, "lm": 2_651_678_720},
+    "llava": {"params": 7_063_427_072, "hidden": 4096, "layers": 32, "lm": 6_738_415_616 + 64 * 4096 * 2},
+    "minigpt4": {"params": 7_832_679_936, "hidden": 4096, "layers": 32, "lm": 6_738_415_616},
 }
 
 

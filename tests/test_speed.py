@@ -56,3 +56,20 @@ def test_cli_checks_arguments():
         parse(["--editors", "grace,nope"])
     args, over = parse(["--edits", "2", "model=llava", "model.random_init=true", "--stored", "10,0"])
     assert args.model == "llava" and over == ["model.random_init=true"] and args.stored == [0, 10]
+
+
+def test_speed_paper_backbone_random_init(tmp_path):
+    """model.random_init=true through the CLI (LLaVA's real config, shrunk): editors run, LiveEdit
+    without a checkpoint gets an untrained generator for timing."""
+    shrink = ("+model.random_config_overrides={vision_config:{hidden_size:32,intermediate_size:64,num_hidden_layers:2,"
+              "num_attention_heads:2,image_size:28},text_config:{hidden_size:32,intermediate_size:64,"
+              "num_hidden_layers:2,num_attention_heads:2,num_key_value_heads:2}}")
+    out = tmp_path / "speed"
+    main(["--model", "llava", "--edits", "2", "--stored", "0,5", "--editors", "grace,liveedit", "--repeats", "1",
+          "--out", str(out), "model.random_init=true", "model.dtype=float32", "model.device=cpu",
+          "model.device_map=null", "model.vision.image_size=null", shrink, f"data.root={tmp_path}/data",
+          "data.toy.n_eval=40", "data.toy.n_train=20", "grace.n_iter=5"])
+    saved = json.loads((out / "speed.json").read_text())
+    assert saved["model_config"]["random_init"] is True and not saved["errors"]
+    assert "untrained" in saved["editors"]["liveedit"]["note"]
+    assert saved["latency"]["liveedit"]["5"]["fill"] == "synthetic"

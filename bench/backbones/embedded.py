@@ -26,7 +26,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .base import Backbone
-from .vision import DiskFeatureCache, EfficientNetLite0, FeatureCache, ImageLoader, RandomConvEncoder, fill_from_disk, weights_fingerprint
+from .vision import (
+    DiskFeatureCache,
+    EfficientNetLite0,
+    FeatureCache,
+    ImageLoader,
+    RandomConvEncoder,
+    fill_from_disk,
+    weights_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
