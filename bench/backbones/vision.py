@@ -288,15 +288,18 @@ class DiskFeatureCache:
             logging.getLogger(__name__).info("caching image features on disk in %s (model.feature_disk_cache=false "
                                              "turns it off)", self.folder)
             self._announced = True
-        f.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
-            save_file({"features": value.detach().contiguous().cpu()}, tmp, metadata={"image": os.path.abspath(path)})
+            f.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({"features": value.detach().cpu().contiguous().clone()}, tmp,
+                      metadata={"image": os.path.abspath(path)})
             os.replace(tmp, f)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be written must not stop a run
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            logging.getLogger(__name__).warning("image feature cache: could not write %s (%s)", f, e)
 
 
 def fill_from_disk(memory: FeatureCache, disk: DiskFeatureCache | None, paths: list[str], to=None) -> list[str]:
