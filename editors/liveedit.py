@@ -27,7 +27,8 @@ Mechanics
   the phi the input extractor gives for the sentinel); textual scores ``s`` likewise from
   psi; coefficients ``c = softmax_kept(s) * sigmoid(s)``; residual
   ``dh = sum_m c_m ReLU(LN(h) U_m^T) V_m`` added to the layer output at every position of
-  the sample. A sample that keeps no expert, or has no image (the reference skips inputs
+  the sample (two matmuls per block of experts, no [n, L, M, d] tensor; 10,000 experts run).
+  A sample that keeps no expert, or has no image (the reference skips inputs
   without vision tokens), gets its layer output back bit for bit.
 * **Ablations** (config): ``hard_routing: false`` keeps every stored expert (no sentinel
   filter); ``soft_routing: false`` replaces the soft weights by a plain mean over the kept
@@ -177,10 +178,33 @@ class LiveEditNet(nn.Module):
         masked = s.masked_fill(~keep, float("-inf")).masked_fill(~any_kept, 0.0)
         return torch.softmax(masked, 1) * torch.sigmoid(s) * keep_f
 
+    #: at most this many elements in one [n, L, m * r] block of low-rank activations (64 MB in float32)
+    RESIDUAL_BLOCK = 1 << 24
+
     def residual(self, h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """dh[n, l] = sum_m c[n, m] ReLU(LN(h[n, l]) U_m^T) V_m (all experts in one einsum)."""
-        a = torch.relu(torch.einsum("nld,mrd->nlmr", self.res_norm(h), U))
-        return torch.einsum("nlmr,mrd,nm->nld", a, V, c)
+        """dh[n, l] = sum_m c[n, m] ReLU(LN(h[n, l]) U_m^T) V_m, as two matmuls per block of experts:
+        ``a = ReLU(LN(h) @ U.reshape(M*r, d)^T)`` [n, L, M*r], weighted by c per expert, then
+        ``@ V.reshape(M*r, d)``. No [n, L, M, d] tensor: memory O(n L (m r + d)) with m the block
+        size (blocks keep n L m r under RESIDUAL_BLOCK elements). Without autograd on ``c``, experts
+        whose weight is 0 for every row (dropped by the hard routing) are skipped: they add nothing."""
+        x = self.res_norm(h)
+        n, L, d = x.shape
+        if not c.requires_grad:
+            cols = c.ne(0).any(0).nonzero()[:, 0]
+            if cols.numel() < c.shape[1]:
+                U, V, c = U[cols], V[cols], c[:, cols]
+        M, r = U.shape[0], U.shape[1]
+        out = x.new_zeros(n, L, d)
+        if M == 0:
+            return out
+        step = max(1, self.RESIDUAL_BLOCK // max(1, n * L * r))
+        for s in range(0, M, step):
+            u, v, cc = U[s : s + step], V[s : s + step], c[:, s : s + step]
+            m = u.shape[0]
+            a = torch.relu(x @ u.reshape(m * r, d).T.to(x.dtype))  # [n, L, m*r]
+            a = (a.view(n, L, m, r) * cc[:, None, :, None].to(a.dtype)).view(n, L, m * r)
+            out = out + a @ v.reshape(m * r, d).to(a.dtype)
+        return out
 
 
 # ----- token groups -------------------------------------------------------------------------------

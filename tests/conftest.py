@@ -17,6 +17,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MIN_EDIT_GAIN = 0.5
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory):
+    """Image features the tests encode are cached on disk in a session folder, not in the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
+        yield
+
+
 def make_cfg(*overrides: str):
     """The config ``python -m bench <overrides>`` runs (``+editor=``/``+model=`` accepted)."""
     return compose(*overrides, config_dir=CONF)

@@ -290,3 +290,25 @@ def test_prefix_forward_from_and_label_head(kind, saved, images):
 
     bb = build_backbone(model_cfg(kind, saved[kind]))
     assert_prefix_path_matches(bb, probes(images))
+
+
+@pytest.mark.parametrize("kind", ["blip2", "llava"])
+def test_image_features_cached_on_disk(kind, saved, images, tmp_path, monkeypatch):
+    """A second backbone (a second run) reads the first one's image features from disk:
+    identical embeddings, get_image_features not called; the LM's weights are not in the key."""
+    monkeypatch.setenv("BENCH_FEATURE_CACHE", str(tmp_path / "features"))
+    first = build_backbone(model_cfg(kind, saved[kind]))
+    a = first.image_embeds(images)
+    second = build_backbone(model_cfg(kind, saved[kind]))
+    calls = []
+    orig = second.vlm.get_image_features
+    monkeypatch.setattr(second.vlm, "get_image_features", lambda **kw: calls.append(1) or orig(**kw))
+    assert torch.equal(second.image_embeds(images), a) and not calls
+    with torch.no_grad():
+        next(second.lm.parameters()).add_(1.0)  # an edit of the LM does not change the key
+    second._disk, second.features = None, type(second.features)()
+    assert torch.equal(second.image_embeds(images), a) and not calls
+    off = build_backbone(model_cfg(kind, saved[kind], feature_disk_cache=False))
+    monkeypatch.setattr(off.vlm, "get_image_features", lambda **kw: calls.append(1) or orig(**kw))
+    off.image_embeds(images[:1])
+    assert calls == [1]

@@ -228,3 +228,69 @@ def test_warmup_logs_its_own_axis(tiny, toy_root, tmp_path):
         ed.remove()
     assert [m["warmup/step"] for m, _ in rec.calls] == [110, 120] and all(s is None for _, s in rec.calls)
     assert {"warmup/hard_neighbour", "warmup/hard_sentinel", "warmup/soft_rel"} <= set(rec.calls[0][0])
+
+
+def _residual_einsum(net, h, U, V, c):
+    """The former formula (builds an [n, L, M, r] and an [n, L, M, d] intermediate)."""
+    a = torch.relu(torch.einsum("nld,mrd->nlmr", net.res_norm(h), U))
+    return torch.einsum("nlmr,mrd,nm->nld", a, V, c)
+
+
+@pytest.mark.parametrize("block", [1 << 24, 7])  # one block / many blocks of experts
+def test_residual_two_matmuls_equal_einsum(block, monkeypatch):
+    from editors.liveedit import LiveEditNet
+
+    torch.manual_seed(0)
+    net = LiveEditNet(48, 16, 2, 2, 4, 5.0, 1)
+    monkeypatch.setattr(LiveEditNet, "RESIDUAL_BLOCK", block)
+    h, U, V = torch.randn(3, 11, 48), torch.randn(13, 4, 48), torch.randn(13, 4, 48)
+    keep = torch.rand(3, 13) > 0.5
+    keep[:, 5] = False  # an expert no row keeps: skipped
+    c = net.coefficients(torch.randn(3, 13), keep)
+    torch.testing.assert_close(net.residual(h, U, V, c), _residual_einsum(net, h, U, V, c), rtol=1e-5, atol=1e-5)
+    # with autograd (training): same values and same gradients
+    U1, V1, c1 = (t.clone().requires_grad_(True) for t in (U, V, c))
+    U2, V2, c2 = (t.clone().requires_grad_(True) for t in (U, V, c))
+    net.residual(h, U1, V1, c1).square().sum().backward()
+    _residual_einsum(net, h, U2, V2, c2).square().sum().backward()
+    for a, b in ((U1, U2), (V1, V2), (c1, c2)):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_residual_on_tiny_equals_einsum_and_10k_experts_run(make, tiny, toy_eval):
+    """Edited logits on tiny equal those of the former einsum residual; a forward with 10,000
+    stored experts (filled through load_state_dict, every one kept) runs."""
+    from editors.liveedit import LiveEditNet
+
+    ed = make(hard_routing=False)  # every expert reaches the residual
+    ed.edit_batch([toy_eval.request(i) for i in range(4)])
+    probes = [p for i in (0, 1, 7) for p in toy_eval.probes(i)]
+    new = logits_of(tiny, probes)
+    orig = LiveEditNet.residual
+    try:
+        LiveEditNet.residual = _residual_einsum
+        old = logits_of(tiny, probes)
+    finally:
+        LiveEditNet.residual = orig
+    torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4)
+    st = ed.state_dict()
+    base = logits_of_base(ed, tiny, probes)
+    assert not torch.equal(new, base)
+    # 10,000 synthetic experts: copies of the 4 real ones plus noise
+    g = torch.Generator().manual_seed(0)
+    M = 10_000
+    big = {k: st[k].repeat((M // 4,) + (1,) * (st[k].dim() - 1)) for k in ("psi", "phi", "U", "V")}
+    big = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in big.items()}
+    ed.load_state_dict(big)
+    assert ed.n_experts == M
+    out = logits_of(tiny, probes)
+    assert torch.isfinite(out).all() and not torch.equal(out, base)
+
+
+def logits_of_base(ed, backbone, probes):
+    st = ed.state_dict()
+    ed.reset()
+    try:
+        return logits_of(backbone, probes)
+    finally:
+        ed.load_state_dict(st)

@@ -26,7 +26,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .base import Backbone
-from .vision import EfficientNetLite0, FeatureCache, ImageLoader, RandomConvEncoder
+from .vision import (
+    DiskFeatureCache,
+    EfficientNetLite0,
+    FeatureCache,
+    ImageLoader,
+    RandomConvEncoder,
+    fill_from_disk,
+    weights_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +174,7 @@ class EmbeddedVLLM(Backbone):
                     nn.init.normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
         self.features = FeatureCache(int(cfg.get("feature_cache", 50_000)))
+        self._disk_on, self._disk = bool(cfg.get("feature_disk_cache", True)), None
         self.freeze()
         self.eval()
 
@@ -177,6 +186,7 @@ class EmbeddedVLLM(Backbone):
     def vision_features(self, images: Sequence[str]) -> torch.Tensor:
         """[N, pool*pool, C] frozen features (cached per path)."""
         missing = [p for p in dict.fromkeys(images) if self.features.get(p) is None]
+        missing = fill_from_disk(self.features, self.disk_features(), missing)
         for i in range(0, len(missing), 32):
             chunk = missing[i : i + 32]
             x = torch.stack([self.loader(p) for p in chunk])
@@ -185,7 +195,20 @@ class EmbeddedVLLM(Backbone):
             pooled = pooled.flatten(2).transpose(1, 2)
             for p, f in zip(chunk, pooled, strict=True):
                 self.features.put(p, f.clone())
+                if self._disk is not None:
+                    self._disk.put(p, f)
         return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]
+
+    def disk_features(self) -> DiskFeatureCache | None:
+        """The on-disk feature cache (``model.feature_disk_cache``, default true), keyed by the
+        encoder's class, weights fingerprint, taps, pooling and image preprocessing."""
+        if self._disk is None and self._disk_on:
+            ld = self.loader
+            enc = (f"embedded|{type(self.vision).__name__}|w={weights_fingerprint(self.vision)}|taps={list(self.taps)}"
+                   f"|pool={self.pool}|size={ld.size}|resize={ld.resize}|mean={ld.mean.flatten().tolist()}"
+                   f"|std={ld.std.flatten().tolist()}|v1")
+            self._disk = DiskFeatureCache(enc)
+        return self._disk
 
     def image_embeds(self, images: Sequence[str]) -> torch.Tensor:
         feats = self.vision_features(images).to(self.device, self.dtype)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .base import Backbone, _get_path
-from .vision import FeatureCache, ImageLoader
+from .vision import DiskFeatureCache, FeatureCache, ImageLoader, fill_from_disk, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,85 @@ def load_pretrained(cfg, dtype: torch.dtype):
     return vlm.eval(), tok
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def standin_tokenizer(vocab_size: int):
+    """A tokenizer that fits a ``vocab_size``-token embedding, built locally (nothing to download):
+    SmolLM2's byte-level BPE (49,152 tokens), cut to its first ``vocab_size`` tokens and the merges
+    that produce them when the model's vocabulary is smaller (LLaMA's 32,000). Token counts are
+    close to a real BPE's; the ids mean nothing to a randomly initialised model anyway."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    from .embedded import smollm2_tokenizer
+
+    tok = smollm2_tokenizer()
+    if len(tok) <= vocab_size:
+        return tok
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < vocab_size}
+    spec["model"]["vocab"] = vocab
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
+                               if ("".join(m) if isinstance(m, list) else m.replace(" ", "")) in vocab]
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < vocab_size]
+    special = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if getattr(tok, k)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **special)
+
+
+def random_config(cfg):
+    """The transformers config of ``model.random_config`` (a JSON under ``bench/backbones/configs``
+    or a path) with ``model.random_config_overrides`` merged in (e.g. fewer layers for a test)."""
+    import json
+
+    import transformers
+    from omegaconf import OmegaConf
+
+    name = str(cfg.get("random_config") or "")
+    path = Path(name) if Path(name).is_absolute() else CONFIGS / name
+    if not name or not path.is_file():
+        raise FileNotFoundError(f"model.random_config: no config {path} (shipped: "
+                                f"{', '.join(sorted(p.name for p in CONFIGS.glob('*.json')))})")
+    d = json.loads(path.read_text())["config"]
+    over = cfg.get("random_config_overrides")
+    if over:
+        d = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(d), over), resolve=True)
+    cls = getattr(transformers, str(cfg.hf_class))
+    return cls, cls.config_class.from_dict(d), path
+
+
+def build_random(cfg, dtype: torch.dtype, device: str | torch.device | None = None):
+    """``(vlm, tokenizer)``: the model's real architecture with random weights (seed
+    ``model.seed``, default 0) on ``device`` (default: ``model.device``, falling back to CPU when
+    CUDA is absent) and a stand-in tokenizer (:func:`standin_tokenizer`). Nothing is downloaded."""
+    cls, config, path = random_config(cfg)
+    if device is None:
+        device = str(cfg.get("device", "cpu"))
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+    torch.manual_seed(int(cfg.get("seed", 0) or 0))
+    with torch.device(device):
+        vlm = cls._from_config(config, dtype=dtype)
+    n = sum(p.numel() for p in vlm.parameters())
+    tok = standin_tokenizer(int(config.text_config.vocab_size))
+    log.warning("model %s: RANDOM weights (model.random_init=true; %s, %.2fB parameters, %s on %s) and a stand-in "
+                "tokenizer (SmolLM2's BPE, %d tokens): for timing and memory only, metrics mean nothing",
+                cfg.name, path.name, n / 1e9, dtype, device, len(tok))
+    return vlm.eval(), tok
+
+
 class HFVLLM(Backbone):
     """A transformers VLLM (BLIP-2 / LLaVA / MiniGPT-4 family) behind the backbone interface."""
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg, default_batch_size=8)
-        self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.get("dtype", "float32")))
+        if cfg.get("random_init"):
+            self.vlm, self.tokenizer = build_random(cfg, _dtype(cfg.get("dtype", "float32")))
+        else:
+            self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.get("dtype", "float32")))
         lm_body = _get_path(self.vlm, str(cfg.lm.module))
         head = cfg.lm.get("head")
         self.lm = CausalLMView(lm_body, _get_path(self.vlm, str(head))) if head else lm_body
@@ -134,13 +208,29 @@ class HFVLLM(Backbone):
         size = vis.get("image_size") or self.vlm.config.vision_config.image_size
         self.loader = ImageLoader(int(size), list(vis.mean), list(vis.std), str(vis.get("resize", "squash")))
         self.features = FeatureCache(int(cfg.get("feature_cache", 1024)))
+        self._disk_on, self._disk = bool(cfg.get("feature_disk_cache", True)), None
         self.freeze()
         self.eval()
+
+    def disk_features(self) -> DiskFeatureCache | None:
+        """The on-disk feature cache (``model.feature_disk_cache``, default true), keyed by the
+        class, the weights fingerprint of every VLLM tensor outside the language model (vision
+        tower, Q-Former, projector), dtype, feature selection and image preprocessing."""
+        if self._disk is None and self._disk_on:
+            ld, cfg = self.loader, self.vlm.config
+            sel = (getattr(cfg, "vision_feature_layer", None), getattr(cfg, "vision_feature_select_strategy", None))
+            lm = {id(t) for t in (*self.lm.parameters(), *self.lm.buffers())}
+            enc = (f"hf|{type(self.vlm).__name__}|w={weights_fingerprint(self.vlm, exclude=lm)}|dtype={self.dtype}"
+                   f"|select={sel}|size={ld.size}|resize={ld.resize}|mean={ld.mean.flatten().tolist()}"
+                   f"|std={ld.std.flatten().tolist()}|v1")
+            self._disk = DiskFeatureCache(enc)
+        return self._disk
 
     @torch.no_grad()
     def image_embeds(self, images: Sequence[str]) -> torch.Tensor:
         """[N, T_img, hidden] on the LM's device: the VLLM's own image features (cached per path)."""
         todo = [p for p in dict.fromkeys(images) if self.features.get(p) is None]
+        todo = fill_from_disk(self.features, self.disk_features(), todo, lambda t: t.to(self.device, self.dtype))
         tower = next(_get_path(self.vlm, self.vision_module).parameters())
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i : i + self.batch_size]
@@ -149,4 +239,7 @@ class HFVLLM(Backbone):
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
             for p, f in zip(chunk, feats, strict=True):
                 self.features.put(p, f.to(self.device, self.dtype))
+                if self._disk is not None:
+                    self._disk.put(p, f)
         return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]
+

@@ -189,3 +189,129 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._d)
+
+
+def weights_fingerprint(*modules: nn.Module, exclude: set[int] = frozenset(), sample: int = 4096) -> str:
+    """A short hash of modules' weights (parameters and buffers, those whose ``id`` is in
+    ``exclude`` left out): names, shapes, dtypes and up to ``sample`` evenly spaced values of
+    every tensor (cheap at 7B scale; another checkpoint or any retraining changes it)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for mod in modules:
+        named = sorted([*mod.named_parameters(), *mod.named_buffers()], key=lambda kv: kv[0])
+        for name, t in named:
+            if id(t) in exclude:
+                continue
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            if t.is_meta or not t.numel():
+                continue
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // sample)
+            h.update(flat[::step][:sample].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def feature_cache_dir() -> Path:
+    """``$BENCH_FEATURE_CACHE`` if set, else ``<cache root>/features``."""
+    import os
+
+    from .embedded import cache_root
+
+    env = os.environ.get("BENCH_FEATURE_CACHE")
+    return Path(env) if env else cache_root() / "features"
+
+
+class DiskFeatureCache:
+    """Frozen image features on disk, one safetensors file per image, under
+    ``feature_cache_dir()/<encoder key>/``. The file name hashes the image's absolute path,
+    size and modification time (an edited image is re-encoded); ``encoder`` is a string
+    naming the encoder, its weights fingerprint and its preprocessing (another encoder or
+    preprocessing never reads these files). Writes are atomic (temp file + rename); an
+    unreadable file counts as a miss and is rewritten."""
+
+    def __init__(self, encoder: str) -> None:
+        import hashlib
+
+        self.encoder = encoder
+        self.key = hashlib.sha1(encoder.encode()).hexdigest()[:20]
+        self.hits = self.misses = 0
+        self._announced = False
+
+    @property
+    def folder(self) -> Path:
+        return feature_cache_dir() / self.key
+
+    def _file(self, path: str) -> Path | None:
+        import hashlib
+        import os
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # the loader reports a missing image
+        ident = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+        name = hashlib.sha1(ident.encode()).hexdigest()
+        return self.folder / name[:2] / f"{name}.safetensors"
+
+    def get(self, path: str) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        f = self._file(path)
+        if f is None or not f.is_file():
+            self.misses += 1
+            return None
+        try:
+            t = load_file(str(f))["features"]
+        except Exception as e:  # noqa: BLE001 - a damaged cache file is only a miss
+            import logging
+
+            logging.getLogger(__name__).warning("image feature cache: unreadable %s (%s); re-encoding", f, e)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return t
+
+    def put(self, path: str, value: torch.Tensor) -> None:
+        import logging
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        f = self._file(path)
+        if f is None:
+            return
+        if not self._announced:
+            (self.folder).mkdir(parents=True, exist_ok=True)
+            (self.folder / "encoder.txt").write_text(self.encoder + "\n")
+            logging.getLogger(__name__).info("caching image features on disk in %s (model.feature_disk_cache=false "
+                                             "turns it off)", self.folder)
+            self._announced = True
+        tmp = None
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({"features": value.detach().cpu().contiguous().clone()}, tmp,
+                      metadata={"image": os.path.abspath(path)})
+            os.replace(tmp, f)
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be written must not stop a run
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            logging.getLogger(__name__).warning("image feature cache: could not write %s (%s)", f, e)
+
+
+def fill_from_disk(memory: FeatureCache, disk: DiskFeatureCache | None, paths: list[str], to=None) -> list[str]:
+    """Move the disk-cached features of ``paths`` into ``memory`` (through ``to``, e.g. a
+    device/dtype move); returns the paths still to encode."""
+    if disk is None:
+        return paths
+    todo = []
+    for p in paths:
+        t = disk.get(p)
+        if t is None:
+            todo.append(p)
+        else:
+            memory.put(p, to(t) if to else t)
+    return todo

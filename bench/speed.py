@@ -1,0 +1,485 @@
+"""``python -m bench.speed``: the harness's speed figures side by side, in one run.
+
+Measured on one backbone and one edit stream (default ``smol_llava`` + ``toy_evqa``):
+
+1. **Scoring**: batched (``backbone.score``) against a per-sample loop over the stream's
+   probes; identical predictions are asserted (the run fails after writing its results if not).
+2. **s/edit** of every editor on the same stream of ``--edits`` requests (one request per
+   ``edit`` call, as ``protocol.edit_batch_size=1``); an editor's ``fit`` (WISE reads the train
+   split) is timed apart. Also the editor's bytes per stored edit after the stream.
+3. **Forward latency** of one fixed batch (``--batch`` probes of the stream) with 0, 100, 1,000
+   and 10,000 stored edits (``--stored``) for the retrieval editors GRACE, MELO, WISE (Merge and
+   Retrieve), ELDER and LiveEdit, as a ratio to the unedited backbone. A count up to the number
+   of real edits uses the real memory; larger counts load **synthetic memories** through
+   ``load_state_dict``, built from the real state by :func:`synthetic_state` (per editor, the
+   ``fill`` column says how); the marginal bytes per stored edit come from these states.
+4. **Peak memory**: process peak RSS on CPU (cumulative over the run), peak allocated memory per
+   stage on CUDA.
+
+Writes ``speed.json`` and ``speed.md`` into ``--out`` (default ``results/speed/<timestamp>``),
+partial results after every stage, and prints the Markdown. Overrides after the options are
+Hydra overrides of the run config (``model.random_init=true``, ``data=toy_vlkeb``, ...);
+``<editor>.<key>=value`` sets one editor's key (``liveedit.checkpoint=...``). Example::
+
+    OMP_NUM_THREADS=1 python -m bench.speed --edits 5 --stored 0,100,1000,10000
+    python -m bench.speed --model llava model.random_init=true model.dtype=float16 --editors grace,wise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("bench.speed")
+
+EDITORS = ("ft_l", "grace", "melo", "wise", "elder", "ultraedit", "liveedit", "none")
+#: editors whose inference cost grows with stored edits (latency rows); WISE also as WISE-Retrieve
+LATENCY = ("grace", "melo", "wise", "wise_retrieve", "elder", "liveedit")
+FILL = {
+    "grace": "keys/values/eps/labels: the real entries repeated, keys + N(0, 0.01 std) noise",
+    "melo": "one cluster per edit: the real keys repeated + noise, real radii/labels/blocks; LoRA pool as edited",
+    "wise": "Merge: n_merges = N // merge_freq; merged memory and pending shards = the real side memory + noise",
+    "wise_retrieve": "Retrieve: N // merge_freq merged + (N % merge_freq) // save_freq shards, each the real side "
+                     "memory + noise, with the real threshold",
+    "elder": "codes of N random distinct top-k allocations (random presets), routers/LoRAs as edited",
+    "liveedit": "psi/phi/U/V: the real experts repeated + N(0, 0.01 std) noise",
+}
+
+
+# ----- synthetic memories ------------------------------------------------------------------------
+def _grow(t: torch.Tensor, n: int, g: torch.Generator, noise: float = 0.0) -> torch.Tensor:
+    """``t``'s rows repeated to ``n`` rows, plus Gaussian noise of ``noise`` x its std."""
+    idx = torch.arange(n) % max(1, t.shape[0])
+    out = t.cpu()[idx].clone()
+    if noise and out.is_floating_point() and out.numel():
+        std = float(t.float().std()) if t.numel() > 1 else 1.0
+        out = out + noise * (std or 1.0) * torch.randn(out.shape, generator=g).to(out.dtype)
+    return out
+
+
+def synthetic_state(name: str, editor, real: dict[str, torch.Tensor], n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state_dict of ``editor`` holding ``n`` stored edits, grown from its ``real`` state
+    (at least one real edit); see :data:`FILL` for what each editor gets."""
+    g = torch.Generator().manual_seed(seed + n)
+    s = {k: v.clone() for k, v in real.items()}
+    if name == "grace":
+        for k in ("keys", "values", "eps", "labels"):
+            s[k] = _grow(real[k], n, g, 0.01 if k == "keys" else 0.0)
+    elif name == "liveedit":
+        for k in ("psi", "phi", "U", "V"):
+            s[k] = _grow(real[k], n, g, 0.01)
+        s["n_edits"] = torch.tensor([n], dtype=torch.long)
+    elif name == "melo":
+        cl = real["db.point_cluster"].cpu()
+        keys = _grow(real["db.point_keys"], n, g, 0.01)
+        pick = torch.arange(n) % max(1, cl.shape[0])
+        s.update({"db.centers": keys, "db.point_keys": keys.clone(), "db.radii": real["db.radii"].cpu()[cl[pick]],
+                  "db.labels": real["db.labels"].cpu()[cl[pick]], "db.point_cluster": torch.arange(n),
+                  "db.point_block": real["db.point_block"].cpu()[pick],
+                  "next_block": real["next_block"].clone(), "n_edits": torch.tensor(n, dtype=torch.long)})
+    elif name == "elder":
+        L, E, k = len(editor.layers), editor.num_experts, editor.top_k
+        presets = torch.stack([torch.rand(n, E, generator=g).argsort(-1)[:, :k].sort(-1).values for _ in range(L)], 1)
+        s.update({"presets": presets, "codes": editor.codes_of(presets.to(editor.device)).cpu(),
+                  "preset_keys": torch.randint(2**40, 2**50, (n,), generator=g),
+                  "n_edits": torch.tensor(n, dtype=torch.long)})
+    elif name in ("wise", "wise_retrieve"):
+        S, F = editor.save_freq, editor.merge_freq
+        cur, thr = real["cur"], float(real["min_act"][0])
+
+        def memory():
+            return cur + 1e-3 * torch.randn(cur.shape, generator=g).to(cur.dtype)
+
+        merged = n // F
+        if name == "wise_retrieve":
+            n_shards, s["merged"] = merged + (n % F) // S, cur.new_zeros((0, *cur.shape))
+        else:
+            n_shards = (n % F) // S
+            s["merged"] = memory() if merged else cur.new_zeros((0, *cur.shape))
+        s["shards"] = torch.stack([memory() for _ in range(n_shards)]) if n_shards else cur.new_zeros((0, *cur.shape))
+        s["shard_min_act"] = torch.full((n_shards,), thr)
+        s["cur"] = memory() if n % S else cur.clone()
+        s["min_act"] = torch.tensor([thr, thr if n % S else math.inf], dtype=torch.float64)
+        s["counters"] = torch.tensor([n, n % S, merged], dtype=torch.long)
+    else:
+        raise ValueError(f"no synthetic memory for editor {name!r}")
+    return s
+
+
+# ----- helpers ---------------------------------------------------------------------------------------
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _peak_mb(dev: torch.device) -> float:
+    from .protocol import peak_memory_mb
+
+    return round(peak_memory_mb(dev), 1)
+
+
+@torch.no_grad()
+def forward_seconds(backbone, batch, repeats: int) -> float:
+    """Best wall time of ``backbone.forward(batch)`` over ``repeats`` runs (after one warm-up):
+    the minimum, as other processes on a shared machine only ever add time."""
+    dev = backbone.device
+    backbone.forward(batch)
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        backbone.forward(batch)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def compose(model: str, data: str, editor: str | None, overrides: list[str]):
+    """The run config ``+model=... [+editor=...]`` with the user's overrides, specialised."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from .run import CONF_DIR
+    from .specialize import specialize
+
+    mine = [f"+model={model}", f"data={data}"] + ([f"+editor={editor}"] if editor else [])
+    ed_over = []
+    general = []
+    for o in overrides:
+        head = o.split("=", 1)[0].lstrip("+~")
+        first = head.split(".", 1)[0]
+        if first in EDITORS or first == "wise_retrieve":
+            if editor and first == editor:
+                ed_over.append("editor." + o.split(".", 1)[1])
+        else:
+            general.append(o)
+    ovr = mine + general + ed_over
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hcompose(config_name="config", overrides=ovr)
+    return specialize(cfg, ovr) if editor else cfg
+
+
+def _discard(editor) -> None:
+    try:
+        editor.reset()
+    finally:
+        if hasattr(editor, "remove"):
+            editor.remove()
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+# ----- the benchmark ---------------------------------------------------------------------------------
+class SpeedRun:
+    def __init__(self, args, overrides: list[str]) -> None:
+        self.args, self.overrides = args, overrides
+        self.out = Path(args.out)
+        self.res: dict = {"command": " ".join(["python -m bench.speed", *sys.argv[1:]]),
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "data": args.data,
+                          "edits": args.edits, "stored": args.stored, "batch": args.batch,
+                          "threads": torch.get_num_threads(), "overrides": overrides,
+                          "scoring": None, "editors": {}, "latency": {}, "fill": {}, "errors": {}}
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, text in (("speed.json", json.dumps(self.res, indent=1, default=str) + "\n"),
+                           ("speed.md", markdown(self.res))):
+            tmp = self.out / (name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
+
+    def run(self) -> dict:
+        import editors as editor_registry
+
+        from .backbones import build_backbone
+        from .data import build_data, with_images
+        from .run import seed_everything, select_stream, versions
+
+        a = self.args
+        base_cfg = compose(a.model, a.data, None, self.overrides)
+        self.res["model_config"] = {k: base_cfg.model.get(k) for k in ("name", "dtype", "device", "random_init")}
+        self.res["versions"] = versions()
+        seed_everything(int(base_cfg.seed))
+        data = build_data(base_cfg.data, ("eval",))
+        stream, _ = with_images(select_stream(data["eval"], a.edits, False, int(base_cfg.seed)), skip_missing=False)
+        requests = [stream.request(i) for i in range(len(stream))]
+        probes = [p for i in range(len(stream)) for p in stream.probes(i)]
+        log.info("backbone %s, %d edits of %s, %d probes", a.model, len(requests), a.data, len(probes))
+        t0 = time.time()
+        bb = build_backbone(base_cfg.model)
+        self.res["backbone_load_seconds"] = round(time.time() - t0, 2)
+        dev = bb.device
+        self.res["device"] = str(dev)
+
+        # 1. scoring: batched vs per-sample
+        bb.score(probes[: min(len(probes), 4)])  # warm-up (image features, allocator)
+        _sync(dev)
+        t0 = time.perf_counter()
+        batched = bb.score(probes)
+        _sync(dev)
+        t_b = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = [bb.score([p])[0] for p in probes]
+        _sync(dev)
+        t_s = time.perf_counter() - t0
+        diff = sum(x.pred_ids != y.pred_ids for x, y in zip(batched, single, strict=True))
+        self.res["scoring"] = {"probes": len(probes), "batch_size": bb.batch_size, "batched_s": round(t_b, 3),
+                               "per_sample_s": round(t_s, 3), "speedup": round(t_s / t_b, 2),
+                               "identical_predictions": diff == 0, "differing": diff}
+        log.info("scoring: batched %.2f s, per-sample %.2f s (%.2fx), %d differing", t_b, t_s, t_s / t_b, diff)
+        self.save()
+
+        # 2./3. base forward latency, then every editor
+        batch = bb.prepare(probes[: a.batch])
+        base = forward_seconds(bb, batch, a.repeats)
+        self.res["latency"]["base_ms"] = round(base * 1e3, 2)  # at the start; each editor has its own below
+        train = None
+        for name in a.editors:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            row: dict = {"status": "running"}
+            self.res["editors"][name] = row
+            editor = None
+            try:
+                if name in LATENCY:  # the unedited backbone just before (and again just after) this editor
+                    base = forward_seconds(bb, batch, a.repeats)
+                cfg = compose(a.model, a.data, name, self.overrides)
+                seed_everything(int(cfg.seed))
+                editor = self._build(name, cfg, bb, requests, row)
+                if editor_registry.get(name).needs_training:
+                    if train is None:
+                        train = build_data(base_cfg.data, ("train",))["train"]
+                    t0 = time.time()
+                    editor.fit(train)
+                    row["fit_s"] = round(time.time() - t0, 2)
+                secs = []
+                for r in requests:
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    editor.edit(r)
+                    _sync(dev)
+                    secs.append(time.perf_counter() - t0)
+                row.update(s_per_edit=round(sum(secs) / len(secs), 3), edit_s=[round(s, 3) for s in secs],
+                           memory_bytes=editor.memory_bytes(),
+                           bytes_per_edit=round(editor.memory_bytes() / len(secs)), status="ok")
+                log.info("%s: %.2f s/edit over %d edits", name, row["s_per_edit"], len(secs))
+                if name in LATENCY:
+                    self._latency(name, editor, batch, len(secs))
+                if name == "wise" and "wise_retrieve" in LATENCY:
+                    self._wise_retrieve(editor, cfg, batch, len(secs))
+            except Exception as e:  # noqa: BLE001 - one editor's failure must not lose the others
+                row.update(status="failed", error=f"{type(e).__name__}: {e}")
+                self.res["errors"][name] = traceback.format_exc()
+                log.error("%s failed: %s", name, e)
+            finally:
+                row["peak_mem_mb"] = _peak_mb(dev)
+                if editor is not None:
+                    try:
+                        _discard(editor)
+                    except Exception as e:  # noqa: BLE001
+                        log.error("%s: reset failed: %s", name, e)
+                for n in (name, "wise_retrieve" if name == "wise" else None):
+                    if n in self.res["latency"]:
+                        self._ratios(n, base, forward_seconds(bb, batch, a.repeats))
+                self.save()
+        self.res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.save()
+        return self.res
+
+    @staticmethod
+    def _build(name: str, cfg, bb, requests, row: dict):
+        """The editor; for LiveEdit on a randomly initialised backbone without a checkpoint, an
+        untrained generator of the configured architecture (timing and memory only)."""
+        import editors as editor_registry
+
+        if name == "liveedit" and not cfg.editor.get("checkpoint") and cfg.model.get("random_init"):
+            from editors.liveedit import ARCH_KEYS, LiveEdit, build_net, resolve_layer
+
+            arch = {k: cfg.editor.get(k) for k in ARCH_KEYS}
+            img = next((r for r in requests if r.image is not None), None)
+            if img is None:
+                raise ValueError("LiveEdit needs image edits")
+            arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or bb.prepare([img]).image_mask[0].sum())
+            meta = {**arch, "layer": resolve_layer(cfg.editor.layer, bb.num_layers), "backbone": bb.name,
+                    "hidden_size": bb.hidden_size}
+            torch.manual_seed(int(cfg.seed))
+            net = build_net(bb, arch).requires_grad_(False).eval()
+            row["note"] = "untrained random generator (model.random_init, no checkpoint): timing and memory only"
+            log.warning("liveedit: %s", row["note"])
+            return LiveEdit.with_net(bb, cfg.editor, net, meta)
+        return editor_registry.build(cfg.editor, bb)
+
+    def _ratios(self, name: str, before: float, after: float) -> None:
+        """Ratios to the unedited backbone timed just before and just after the editor (the faster)."""
+        base = min(before, after)
+        lat = self.res["latency"][name]
+        for k, c in list(lat.items()):
+            if isinstance(c, dict):
+                c["ratio"] = round(c["ms"] / 1e3 / base, 3)
+        lat["base_ms"] = round(base * 1e3, 2)
+        log.info("%s: latency ratios to the unedited backbone (%.1f ms): %s", name, base * 1e3,
+                 ", ".join(f"{k}: {c['ratio']:.2f}x" for k, c in lat.items() if isinstance(c, dict)))
+
+    def _latency(self, name: str, editor, batch, n_real: int) -> None:
+        real = editor.state_dict()
+        rows = {}
+        self.res["latency"][name] = rows
+        self.res["fill"][name] = FILL[name]
+        for n in self.args.stored:
+            if n == 0:
+                editor.reset()
+                how = "empty"
+            elif n == n_real:
+                editor.load_state_dict(real)
+                how = "real"
+            else:
+                editor.load_state_dict(synthetic_state(name, editor, real, n))
+                how = "synthetic"
+            t = forward_seconds(editor.backbone, batch, self.args.repeats)
+            rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
+            log.info("%s with %d stored edits (%s): %.1f ms", name, n, how, t * 1e3)
+            self.save()
+        self._marginal(name, rows)
+        editor.load_state_dict(real)
+
+    def _marginal(self, name: str, rows: dict) -> None:
+        """Bytes per stored edit beyond the fixed part: between the two largest positive counts
+        (or between 0 and the one positive count)."""
+        ns = sorted(int(n) for n in rows if n.isdigit())
+        pos = [n for n in ns if n > 0]
+        pair = pos[-2:] if len(pos) >= 2 else ([0, pos[0]] if pos and 0 in ns else None)
+        if pair:
+            lo, hi = pair
+            b = (rows[str(hi)]["memory_bytes"] - rows[str(lo)]["memory_bytes"]) / (hi - lo)
+            self.res["editors"].setdefault(name, {})["marginal_bytes_per_edit"] = round(b)
+
+    def _wise_retrieve(self, merge_editor, cfg, batch, n_real: int) -> None:
+        import editors as editor_registry
+
+        name = "wise_retrieve"
+        real = merge_editor.state_dict()
+        merge_editor.reset()  # one WISE hook at a time
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.editor.retrieve = True
+        ed = editor_registry.build(cfg.editor, merge_editor.backbone)
+        self.res["editors"][name] = {"status": "ok (latency only: memories from WISE-Merge's real edits)"}
+        try:
+            ed.load_state_dict(real)
+            self._latency(name, ed, batch, n_real)
+        finally:
+            _discard(ed)
+            merge_editor.load_state_dict(real)
+
+
+# ----- report -----------------------------------------------------------------------------------------
+def markdown(res: dict) -> str:
+    out = [(f"### Speed: `{res['model']}` + `{res['data']}`, {res['edits']} edits, device {res.get('device', '?')}, "
+            f"{res['threads']} thread(s)\n"), f"Command: `{res['command']}`\n"]
+    sc = res.get("scoring")
+    if sc:
+        out += ["| scoring | probes | batched s | per-sample s | batched speed-up | identical predictions |",
+                "|---|---|---|---|---|---|",
+                (f"| teacher-forced | {sc['probes']} | {sc['batched_s']} | {sc['per_sample_s']} | {sc['speedup']}x | "
+                 f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |"), ""]
+    eds = res.get("editors", {})
+    if eds:
+        peak = "peak MB (process RSS so far)" if res.get("device") == "cpu" else "peak MB (this editor)"
+        out += [f"| editor | s/edit | fit s | bytes/edit (stream) | marginal bytes/stored edit | {peak} | status |",
+                "|---|---|---|---|---|---|---|"]
+        for name, r in eds.items():
+            out.append(f"| {name} | {r.get('s_per_edit', '-')} | {r.get('fit_s', '-')} | {r.get('bytes_per_edit', '-')} | "
+                       f"{r.get('marginal_bytes_per_edit', '-')} | {r.get('peak_mem_mb', '-')} | "
+                       f"{str(r.get('status', '')).replace('|', '/')[:80]}"
+                       f"{' ' + r['error'].replace('|', '/')[:120] if 'error' in r else ''} |")
+        out.append("")
+    lat = res.get("latency", {})
+    stored = [str(n) for n in res.get("stored", [])]
+    names = [n for n in lat if n != "base_ms"]
+    if names:
+        out += [(f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
+                 "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n"),
+                "| editor | base ms | " + " | ".join(stored) + " |",
+                "|---|---|" + "---|" * len(stored)]
+        for n in names:
+            cells = []
+            for k in stored:
+                c = lat[n].get(k)
+                r = "?" if c is None or "ratio" not in c else f"{c['ratio']:.2f}x"
+                cells.append("-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})")
+            out.append(f"| {n} | {lat[n].get('base_ms', '?')} | " + " | ".join(cells) + " |")
+        out += ["", ("Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
+                     "the stream):"), ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
+    if res.get("errors"):
+        out.append("Failed: " + ", ".join(res["errors"]) + " (tracebacks in speed.json)\n")
+    return "\n".join(out) + "\n"
+
+
+def parse(argv: list[str]):
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smol_llava", help="conf/model/<name>.yaml (default smol_llava)")
+    p.add_argument("--data", default="toy_evqa", help="conf/data/<name>.yaml (default toy_evqa)")
+    p.add_argument("--edits", type=int, default=20, help="edit stream length (default 20)")
+    p.add_argument("--editors", default=",".join(EDITORS), help=f"comma list (default {','.join(EDITORS)})")
+    p.add_argument("--stored", default="0,100,1000,10000", help="stored-edit counts for the latency table")
+    p.add_argument("--batch", type=int, default=8, help="probes in the fixed latency batch (default 8)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per latency cell, median (default 5)")
+    p.add_argument("--out", default=None, help="output folder (default results/speed/<timestamp>)")
+    args, rest = p.parse_known_args(argv)
+    bad = [r for r in rest if r.startswith("-")]
+    if bad:
+        p.error(f"unknown options {bad}")
+    overrides = []
+    for o in rest:
+        if o.startswith(("model=", "+model=")):
+            args.model = o.split("=", 1)[1]
+        elif o.startswith("data="):
+            args.data = o.split("=", 1)[1]
+        else:
+            overrides.append(o)
+    args.editors = [e.strip() for e in args.editors.split(",") if e.strip()]
+    unknown = sorted(set(args.editors) - set(EDITORS))
+    if unknown:
+        p.error(f"--editors: unknown {unknown}; valid: {', '.join(EDITORS)}")
+    args.stored = sorted({int(x) for x in args.stored.split(",") if x.strip()})
+    if args.edits < 1 or any(n < 0 for n in args.stored):
+        p.error("--edits must be >= 1 and --stored counts >= 0")
+    if args.out is None:
+        from .data import PROJECT_ROOT
+
+        args.out = str(PROJECT_ROOT / "results" / "speed" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("bench").setLevel(logging.INFO)
+    args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    run = SpeedRun(args, overrides)
+    try:
+        res = run.run()
+    finally:
+        run.save()
+    print(markdown(res))
+    print(f"written: {Path(args.out) / 'speed.json'} and speed.md")
+    sc = res.get("scoring") or {}
+    if sc and not sc.get("identical_predictions"):
+        raise SystemExit(f"batched and per-sample scoring disagree on {sc.get('differing')} probes")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""``python -m bench.speed`` on the tiny backbone: every editor, scoring check, latency with synthetic memories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.speed import EDITORS, LATENCY, main, parse, synthetic_state
+
+# the tiny backbone has 4 layers (editor layers as in the per-editor tests); fewer steps keep it fast
+TINY = ["melo.key_layer=1", "melo.lora_layers=[2,3]", "elder.num_layers=2", "grace.n_iter=10", "melo.num_iter=5",
+        "elder.num_iter=5", "ft_l.steps=5"]
+
+
+def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
+    out = tmp_path / "speed"
+    res = main(["--model", "tiny", "--edits", "3", "--stored", "0,10", "--batch", "4", "--repeats", "1",
+                "--out", str(out), f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20",
+                f"liveedit.checkpoint={liveedit_tiny_checkpoint}", *TINY])
+    saved = json.loads((out / "speed.json").read_text())
+    assert saved["scoring"]["identical_predictions"] and saved["scoring"]["probes"] == 15
+    assert not saved["errors"], saved["errors"]
+    for name in EDITORS:
+        r = saved["editors"][name]
+        assert r["status"] == "ok" and len(r["edit_s"]) == 3 and r["s_per_edit"] >= 0
+    for name in LATENCY:
+        rows = saved["latency"][name]
+        assert {k for k in rows if k.isdigit()} == {"0", "10"}
+        assert rows["10"]["fill"] == "synthetic" and rows["0"]["fill"] == "empty"
+        assert rows["10"]["ratio"] > 0 and rows["base_ms"] > 0 and name in saved["fill"]
+    # stored edits cost memory where the editor keeps one entry per edit
+    for name in ("grace", "melo", "elder", "liveedit"):
+        assert saved["editors"][name]["marginal_bytes_per_edit"] > 0
+    md = (out / "speed.md").read_text()
+    assert "| grace |" in md and "batched speed-up" in md and md in capsys.readouterr().out
+    assert res["latency"]["base_ms"] > 0
+
+
+def test_synthetic_states_load_and_hold_n_edits(editor_factory, toy_eval):
+    """Each synthetic memory is accepted by its editor's load_state_dict and stores N edits."""
+    req = [toy_eval.request(i) for i in range(2)]
+    for name, over in (("grace", {"n_iter": 5}), ("elder", {"num_layers": 2, "num_iter": 3})):
+        ed = editor_factory(name, over)
+        for r in req:
+            ed.edit(r)
+        ed.load_state_dict(synthetic_state(name, ed, ed.state_dict(), 300))
+        n = ed.keys.shape[0] if name == "grace" else ed.codes.shape[0]
+        assert n == 300
+        if name == "elder":  # every code is a valid allocation: top_k experts per layer
+            assert (ed.codes.view(300, 2, -1).sum(-1) == ed.top_k).all()
+
+
+def test_cli_checks_arguments():
+    with pytest.raises(SystemExit):
+        parse(["--editors", "grace,nope"])
+    args, over = parse(["--edits", "2", "model=llava", "model.random_init=true", "--stored", "10,0"])
+    assert args.model == "llava" and over == ["model.random_init=true"] and args.stored == [0, 10]
+
+
+def test_speed_paper_backbone_random_init(tmp_path):
+    """model.random_init=true through the CLI (LLaVA's real config, shrunk): editors run, LiveEdit
+    without a checkpoint gets an untrained generator for timing."""
+    shrink = ("+model.random_config_overrides={vision_config:{hidden_size:32,intermediate_size:64,num_hidden_layers:2,"
+              "num_attention_heads:2,image_size:28},text_config:{hidden_size:32,intermediate_size:64,"
+              "num_hidden_layers:2,num_attention_heads:2,num_key_value_heads:2}}")
+    out = tmp_path / "speed"
+    main(["--model", "llava", "--edits", "2", "--stored", "0,5", "--editors", "grace,liveedit", "--repeats", "1",
+          "--out", str(out), "model.random_init=true", "model.dtype=float32", "model.device=cpu",
+          "model.device_map=null", "model.vision.image_size=null", shrink, f"data.root={tmp_path}/data",
+          "data.toy.n_eval=40", "data.toy.n_train=20", "grace.n_iter=5"])
+    saved = json.loads((out / "speed.json").read_text())
+    assert saved["model_config"]["random_init"] is True and not saved["errors"]
+    assert "untrained" in saved["editors"]["liveedit"]["note"]
+    assert saved["latency"]["liveedit"]["5"]["fill"] == "synthetic"
