@@ -145,13 +145,9 @@ def forward_seconds(backbone, batch, repeats: int) -> float:
 
 def compose(model: str, data: str, editor: str | None, overrides: list[str]):
     """The run config ``+model=... [+editor=...]`` with the user's overrides, specialised."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
+    from .config import compose as config_compose
 
-    from .run import CONF_DIR
-    from .specialize import specialize
-
-    mine = [f"+model={model}", f"data={data}"] + ([f"+editor={editor}"] if editor else [])
+    mine = [f"model={model}", f"data={data}"] + ([f"editor={editor}"] if editor else [])
     ed_over = []
     general = []
     for o in overrides:
@@ -162,10 +158,8 @@ def compose(model: str, data: str, editor: str | None, overrides: list[str]):
                 ed_over.append("editor." + o.split(".", 1)[1])
         else:
             general.append(o)
-    ovr = mine + general + ed_over
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hcompose(config_name="config", overrides=ovr)
-    return specialize(cfg, ovr) if editor else cfg
+    # per-(editor, backbone) values come from conf/editor_model through the config's defaults
+    return config_compose(*(mine + general + ed_over))
 
 
 def _discard(editor) -> None:

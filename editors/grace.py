@@ -17,8 +17,8 @@ decoder layer instead. The codebook holds
 * ``eps``    [K]: each key's radius (deferral radius);
 * ``labels`` [K, W]: the target token ids each key was trained for (-1 padded).
 
-Every forward computes each sample's query from its own key position, takes ONE
-``torch.cdist`` of the batch's queries against all keys, picks the nearest key
+Every forward computes each sample's query from its own key position, finds the
+exact nearest key of each (``torch.cdist`` values, screened by one matmul: ``nearest.py``),
 per sample, and replaces that sample's module output at the positions of
 ``replacement`` with the key's value iff the distance is <= the key's radius.
 Samples with no key in range are passed through bit for bit (``torch.where``).
@@ -63,6 +63,7 @@ import torch
 from bench.backbones.base import Probe
 
 from .base import Editor, as_sequence
+from .nearest import NearestIndex
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class GRACE(Editor):
         layer = backbone.layer_index(cfg.layer, "editor.layer")  # int index or relative depth
         self.layer_index = backbone.layer_index(layer)
         self.module = backbone.ffn(layer, str(cfg.role)) if cfg.module == "ffn" else backbone.layer(layer)
+        self._index = NearestIndex()  # cached key norms for the matmul screen of the lookup
         self._empty()
         self._train: tuple[int, torch.Tensor] | None = None  # (row, live value) while an edit trains
         self._capture: dict | None = None  # set while reading an edit's query
@@ -149,6 +151,10 @@ class GRACE(Editor):
         """[B, K] exact Euclidean distances (no matmul trick: batch-independent)."""
         return torch.cdist(queries.float(), self.keys, compute_mode="donot_use_mm_for_euclid_dist")
 
+    def _nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self._distances(queries).min(1)``, bit for bit, at matmul speed (:mod:`.nearest`)."""
+        return self._index.nearest(queries, self.keys)
+
     def _hook(self, module, args, kwargs, output):
         if self.n_keys == 0 and self._capture is None:
             return None
@@ -167,7 +173,7 @@ class GRACE(Editor):
         if self._capture is not None:
             self._capture.update(query=queries.detach(), out=out[rows, kpos].detach().float())
             raise _Captured
-        dmin, idx = self._distances(queries).min(1)
+        dmin, idx = self._nearest(queries)
         hit = dmin <= self.eps[idx]
         if not bool(hit.any()):
             return None
@@ -214,7 +220,7 @@ class GRACE(Editor):
         if self.n_keys == 0:
             inf = torch.full((n,), float("inf"), device=queries.device)
             return torch.full((n,), -1, dtype=torch.long), inf, torch.zeros(n, dtype=torch.bool)
-        dmin, idx = self._distances(queries).min(1)
+        dmin, idx = self._nearest(queries)
         return idx, dmin, dmin <= self.eps[idx]
 
     # ----- editing ---------------------------------------------------------------------------

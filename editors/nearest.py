@@ -1,0 +1,63 @@
+"""Exact nearest stored key at matmul speed (GRACE's codebook, MELO's vector database).
+
+The editors route with exact pairwise distances (``torch.cdist(...,
+compute_mode="donot_use_mm_for_euclid_dist")``): batch-independent, but no BLAS, so at
+10,000 keys the lookup costs as much as half a forward. :class:`NearestIndex` gives the
+same ``(distance, index)`` as ``cdist(q, keys, exact).min(1)``, bit for bit:
+
+1. screen: squared distances by one matmul with cached key norms (float32);
+2. keep, per query, every key whose screened distance is within a rigorous bound of
+   float32 rounding (``8 * gamma_d * (|q|^2 + max |k|^2)``) of the screened minimum:
+   the exact minimum is always among them;
+3. exact ``cdist`` on those candidates only; the first minimum wins, as in ``min``.
+
+The cache (key norms) is keyed by the keys tensor object and its in-place version
+counter, so it is rebuilt after any edit, ``load_state_dict`` or ``reset``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: float32 unit roundoff
+_U = 2.0 ** -24
+
+
+def exact_cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact (non-matmul) Euclidean distances: no batch-dependent rounding."""
+    return torch.cdist(a, b, p=2, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+class NearestIndex:
+    """Exact nearest-key lookup over a keys tensor that changes rarely."""
+
+    def __init__(self) -> None:
+        self._keys: torch.Tensor | None = None
+        self._version = -1
+        self._norms: torch.Tensor | None = None
+        self._max_norm = 0.0
+
+    def _prepare(self, keys: torch.Tensor) -> None:
+        if keys is self._keys and keys._version == self._version:
+            return
+        self._keys, self._version = keys, keys._version
+        self._norms = (keys * keys).sum(1)
+        self._max_norm = float(self._norms.max()) if keys.shape[0] else 0.0
+
+    def nearest(self, q: torch.Tensor, keys: torch.Tensor, small: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distance [B], index [B]) of each query's nearest key, equal to
+        ``exact_cdist(q, keys).min(1)``. ``q`` [B, d] and ``keys`` [K, d] float32, K >= 1."""
+        q = q.float()
+        K, d = keys.shape
+        if K <= small or not torch.isfinite(q).all():
+            return exact_cdist(q, keys).min(1)
+        self._prepare(keys)
+        q2 = (q * q).sum(1)
+        approx = (q2[:, None] + self._norms[None, :]) - 2.0 * (q @ keys.T)  # [B, K] screened squared distances
+        gamma = (d + 4) * _U / (1 - (d + 4) * _U)
+        margin = 8.0 * gamma * (q2 + self._max_norm) + 1e-30
+        lo = approx.min(1).values
+        cand = approx <= (lo + margin)[:, None]
+        cols = cand.any(0).nonzero()[:, 0]  # ascending: ties resolve to the first key, as min() does
+        dist, j = exact_cdist(q, keys[cols]).min(1)
+        return dist, cols[j]

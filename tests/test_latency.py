@@ -1,0 +1,60 @@
+"""Inference fast paths of the retrieval editors with many stored entries give today's outputs.
+
+Each test fills an editor on the tiny backbone with thousands of entries (as ``bench.speed``
+does, through ``load_state_dict``) and compares the forward against the straightforward
+computation the fast path replaced.
+"""
+
+import pytest
+import torch
+
+from editors.nearest import NearestIndex, exact_cdist
+
+
+def test_nearest_index_equals_exact_cdist_min():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(3000, 96, generator=g) * 3
+    keys[1000:1010] = keys[5]  # exact duplicates: ties go to the first index
+    keys[2000:2100] = keys[7] + 1e-4 * torch.randn(100, 96, generator=g)  # near-ties
+    q = torch.cat([keys[[5, 7, 2999]], keys[7:8] + 1e-5, torch.randn(20, 96, generator=g) * 3])
+    idx = NearestIndex()
+    for _ in range(2):  # second call from the cache
+        d, i = idx.nearest(q, keys)
+        d0, i0 = exact_cdist(q, keys).min(1)
+        assert torch.equal(i, i0) and torch.equal(d, d0)
+    assert int(i[0]) == 5
+    keys[3] = q[-1]  # an in-place change of the keys invalidates the cached norms
+    d, i = idx.nearest(q, keys)
+    assert int(i[-1]) == 3 and torch.equal(d, exact_cdist(q, keys).min(1).values)
+
+
+def _logits(bb, probes):
+    with torch.no_grad():
+        return bb.forward(bb.prepare(probes)).logits.clone()
+
+
+def _probes(toy_eval, n=6):
+    return [p for i in range(n) for p in toy_eval.probes(i)][:16]
+
+
+def test_grace_many_keys_same_outputs(editor_factory, toy_eval, tiny, monkeypatch):
+    ed = editor_factory("grace", {"n_iter": 3})
+    probes = _probes(toy_eval)
+    q, _ = ed._read_queries(tiny.prepare(probes))
+    g = torch.Generator().manual_seed(1)
+    rand = q.mean(0) + q.std() * torch.randn(4000, q.shape[1], generator=g)
+    keys = torch.cat([rand, q[::2], q[::2] + 1e-3 * torch.randn(q[::2].shape, generator=g)])  # + near-ties
+    n = keys.shape[0]
+    d_q = exact_cdist(q, q)
+    eps = torch.full((n,), float(d_q[d_q > 0].min()) / 3)
+    state = {"keys": keys, "values": torch.randn(n, ed.values.shape[1] if ed.values.numel() else tiny.hidden_size,
+                                                     generator=g),
+             "eps": eps, "labels": torch.full((n, 1), 7)}
+    ed.load_state_dict(state)
+    fast = _logits(tiny, probes)
+    routed = ed.route(probes)
+    monkeypatch.setattr(ed, "_nearest", lambda qs: ed._distances(qs).min(1))
+    slow = _logits(tiny, probes)
+    assert torch.equal(fast, slow)
+    assert routed[2].any() and not routed[2].all()  # some probes hit a key, some do not
+    assert torch.equal(routed[0], ed.route(probes)[0])
