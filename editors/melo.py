@@ -14,9 +14,10 @@ Mechanics
 * **Vector database.** Clusters (centre, radius, target label), each holding
   points (key, LoRA block id). A query routes to the nearest cluster; if it lies
   within that cluster's radius, it uses the block of the cluster's nearest point,
-  otherwise no block (exact original output). One ``torch.cdist`` of the batch's
-  queries against all stored centres and points per forward; the rest is
-  masking/gather, no loop over stored edits.
+  otherwise no block (exact original output). Exact ``torch.cdist`` distances to
+  the centres (found by one matmul screen and exact ``cdist`` on the few candidates:
+  ``nearest.py``), then to the points of the chosen cluster only; no loop over
+  stored edits.
 * **Dynamic LoRA.** Each target FFN matrix gets LoRA factors of total rank
   ``num_block * rank_per_block``; block ``k`` is ranks
   ``[k*rank_per_block, (k+1)*rank_per_block)``. Every sample of a batch gathers
@@ -58,6 +59,7 @@ from torch import nn
 from bench.backbones.base import Probe
 
 from .base import Editor, LinearWrapper, as_sequence
+from .nearest import NearestIndex
 from .registry import register
 
 NO_BLOCK = -1
@@ -124,7 +126,8 @@ class VecDB:
         self.point_block = torch.zeros(0, dtype=torch.long, **z)
         self.conflicts = 0
         self.forgotten = 0
-        self._all: torch.Tensor | None = None
+        self._all: tuple | None = None  # cached grouping of the points by cluster
+        self._index = NearestIndex()  # cached centre norms for the matmul screen
 
     def __len__(self) -> int:
         return self.centers.shape[0]
@@ -135,14 +138,22 @@ class VecDB:
         C = len(self)
         if C == 0:
             return torch.full((q.shape[0],), NO_BLOCK, dtype=torch.long, device=q.device)
-        if self._all is None:
-            self._all = torch.cat([self.centers, self.point_keys])
-        dist = _cdist(q, self._all)  # [B, C + P]: the one distance computation
-        dmin, near = dist[:, :C].min(1)
+        if self._all is None:  # points grouped by cluster (ascending index within each), rebuilt after changes
+            order = torch.sort(self.point_cluster, stable=True).indices
+            ends = torch.bincount(self.point_cluster, minlength=C).cumsum(0).tolist()
+            self._all = (order, [0] + ends[:-1], ends)
+        order, starts, ends = self._all
+        # the same (distance, index) as the exact cdist's min, screened by one matmul
+        dmin, near = self._index.nearest(q, self.centers)
         inside = dmin <= self.radii[near]
-        dp = dist[:, C:].masked_fill(self.point_cluster[None, :] != near[:, None], math.inf)
-        block = self.point_block[dp.argmin(1)]
-        return torch.where(inside, block, torch.full_like(block, NO_BLOCK))
+        block = torch.full((q.shape[0],), NO_BLOCK, dtype=torch.long, device=q.device)
+        for b in inside.nonzero()[:, 0].tolist():  # only the queries inside a cluster read its points
+            c = int(near[b])
+            members = order[starts[c]:ends[c]]
+            if members.numel():
+                j = _cdist(q[b : b + 1].float(), self.point_keys[members])[0].argmin()
+                block[b] = self.point_block[members[j]]
+        return block
 
     # ----- updates (at edit time) -----------------------------------------------------
     def nearest(self, q: torch.Tensor) -> tuple[float, int]:

@@ -5,13 +5,14 @@ compute_mode="donot_use_mm_for_euclid_dist")``): batch-independent, but no BLAS,
 10,000 keys the lookup costs as much as half a forward. :class:`NearestIndex` gives the
 same ``(distance, index)`` as ``cdist(q, keys, exact).min(1)``, bit for bit:
 
-1. screen: squared distances by one matmul with cached key norms (float32);
+1. screen: squared distances by one matmul of query and keys centred on the keys' mean
+   (float32, cached);
 2. keep, per query, every key whose screened distance is within a rigorous bound of
-   float32 rounding (``8 * gamma_d * (|q|^2 + max |k|^2)``) of the screened minimum:
+   float32 rounding (``8 gamma_d (|q-m|^2 + max |k-m|^2) + 4 gamma_d d_min^2``) of the screened minimum:
    the exact minimum is always among them;
 3. exact ``cdist`` on those candidates only; the first minimum wins, as in ``min``.
 
-The cache (key norms) is keyed by the keys tensor object and its in-place version
+The cache (keys centred on their mean, their norms) is keyed by the keys tensor object and its in-place version
 counter, so it is rebuilt after any edit, ``load_state_dict`` or ``reset``.
 """
 
@@ -41,7 +42,9 @@ class NearestIndex:
         if keys is self._keys and keys._version == self._version:
             return
         self._keys, self._version = keys, keys._version
-        self._norms = (keys * keys).sum(1)
+        self._mean = keys.mean(0)
+        self._centred = keys - self._mean
+        self._norms = (self._centred * self._centred).sum(1)
         self._max_norm = float(self._norms.max()) if keys.shape[0] else 0.0
 
     def nearest(self, q: torch.Tensor, keys: torch.Tensor, small: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +55,18 @@ class NearestIndex:
         if K <= small or not torch.isfinite(q).all():
             return exact_cdist(q, keys).min(1)
         self._prepare(keys)
-        q2 = (q * q).sum(1)
-        approx = (q2[:, None] + self._norms[None, :]) - 2.0 * (q @ keys.T)  # [B, K] screened squared distances
+        # centred on the keys' mean: the screen's rounding scales with |q - mean| |k - mean|, not |q| |k|
+        qc = q - self._mean
+        q2 = (qc * qc).sum(1)
+        approx = (q2[:, None] + self._norms[None, :]) - 2.0 * (qc @ self._centred.T)  # [B, K] squared distances
         gamma = (d + 4) * _U / (1 - (d + 4) * _U)
-        margin = 8.0 * gamma * (q2 + self._max_norm) + 1e-30
         lo = approx.min(1).values
+        # screen error <= 2 gamma (|qc|^2 + |kc|^2) twice over, + the exact cdist's own relative rounding
+        margin = 8.0 * gamma * (q2 + self._max_norm) + 4.0 * gamma * lo.abs() + 1e-30
         cand = approx <= (lo + margin)[:, None]
-        cols = cand.any(0).nonzero()[:, 0]  # ascending: ties resolve to the first key, as min() does
-        dist, j = exact_cdist(q, keys[cols]).min(1)
-        return dist, cols[j]
+        dist, idx = lo.new_empty(q.shape[0]), torch.empty(q.shape[0], dtype=torch.long, device=q.device)
+        for b in range(q.shape[0]):  # exact distances to each query's own candidates only
+            cols = cand[b].nonzero()[:, 0]  # ascending: ties resolve to the first key, as min() does
+            db, j = exact_cdist(q[b : b + 1], keys[cols])[0].min(0)
+            dist[b], idx[b] = db, cols[j]
+        return dist, idx

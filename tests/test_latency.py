@@ -58,3 +58,42 @@ def test_grace_many_keys_same_outputs(editor_factory, toy_eval, tiny, monkeypatc
     assert torch.equal(fast, slow)
     assert routed[2].any() and not routed[2].all()  # some probes hit a key, some do not
     assert torch.equal(routed[0], ed.route(probes)[0])
+
+
+def _melo_route_reference(db, q):
+    """MELO's lookup before the fast path: one exact cdist against every centre and point."""
+    import math
+
+    C = len(db)
+    dist = exact_cdist(q, torch.cat([db.centers, db.point_keys]))
+    dmin, near = dist[:, :C].min(1)
+    inside = dmin <= db.radii[near]
+    dp = dist[:, C:].masked_fill(db.point_cluster[None, :] != near[:, None], math.inf)
+    block = db.point_block[dp.argmin(1)]
+    return torch.where(inside, block, torch.full_like(block, -1))
+
+
+def test_melo_route_many_clusters_same_blocks():
+    from editors.melo import VecDB
+
+    g = torch.Generator().manual_seed(2)
+    db = VecDB(64, 1.0, torch.device("cpu"))
+    C, P = 3000, 6000
+    centers = torch.randn(C, 64, generator=g) * 4
+    cluster = torch.cat([torch.arange(C), torch.randint(0, C, (P - C,), generator=g)])
+    points = centers[cluster] + 0.3 * torch.randn(P, 64, generator=g)
+    points[P - 5:] = points[cluster == cluster[P - 1]][0]  # duplicate points: ties
+    db.load({"db.centers": centers, "db.radii": torch.rand(C, generator=g) * 3,
+             "db.labels": torch.zeros(C, 1, dtype=torch.long), "db.point_keys": points,
+             "db.point_cluster": cluster, "db.point_block": torch.randint(0, 50, (P,), generator=g),
+             "db.counts": torch.zeros(2, dtype=torch.long)})
+    q = torch.cat([points[::300] + 0.05 * torch.randn(20, 64, generator=g), points[P - 3:],
+                   torch.randn(10, 64, generator=g) * 4])
+    got = db.route(q)
+    assert torch.equal(got, _melo_route_reference(db, q))
+    assert (got >= 0).any() and (got < 0).any()
+    db.centers[0] = q[-1]  # in-place edit (join moves a centre): the cache follows
+    db.radii[0] = 1.0
+    db._all = None
+    got = db.route(q)
+    assert torch.equal(got, _melo_route_reference(db, q)) and int(got[-1]) == int(db.point_block[0])
