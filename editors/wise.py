@@ -297,7 +297,8 @@ class WISE(Editor):
         if cand is None:
             return torch.zeros(B, dtype=torch.long, device=x.device), None
         mems, thr = cand
-        side = torch.matmul(x.unsqueeze(0), mems.transpose(-1, -2).unsqueeze(1))  # [K, B, L, out]
+        # [K, B, L, out], one matmul per memory (a broadcast matmul would copy every memory B times)
+        side = torch.stack([F.linear(x, m) for m in mems])
         if self.module.bias is not None:
             side = side + self.module.bias
         d = self._dist(orig, side, self._token_mask(x), infer=True)  # [K, B]
@@ -315,8 +316,10 @@ class WISE(Editor):
         idx, side = self.route(x, out)
         if side is None or not bool(idx.any()):
             return None  # nobody routed: the original output object, untouched
-        stacked = torch.cat([out.unsqueeze(0), side.to(out.dtype)], 0)  # [K+1, B, L, out]
-        return stacked[idx, torch.arange(x.shape[0], device=x.device)].reshape(output.shape)
+        # each sample's chosen memory output (gathered, not all K stacked with the original), else the original
+        chosen = side[(idx - 1).clamp(min=0), torch.arange(x.shape[0], device=x.device)].to(out.dtype)
+        routed = (idx > 0).view(-1, *([1] * (out.dim() - 1)))
+        return torch.where(routed, chosen, out).reshape(output.shape)
 
     @torch.no_grad()
     def routes(self, probes: Sequence[Probe]) -> list[int]:

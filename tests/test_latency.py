@@ -5,6 +5,8 @@ does, through ``load_state_dict``) and compares the forward against the straight
 computation the fast path replaced.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -97,3 +99,55 @@ def test_melo_route_many_clusters_same_blocks():
     db._all = None
     got = db.route(q)
     assert torch.equal(got, _melo_route_reference(db, q)) and int(got[-1]) == int(db.point_block[0])
+
+
+def _wise_hook_reference(ed, x, out):
+    """WISE's inference before the fast path: broadcast matmul over all memories, stacked select."""
+    from editors.base import as_sequence
+
+    x, out = as_sequence(x, ed.backbone), as_sequence(out, ed.backbone)
+    mems, thr = ed._candidates()
+    side = torch.matmul(x.unsqueeze(0), mems.transpose(-1, -2).unsqueeze(1))
+    d = ed._dist(out, side, ed._token_mask(x), infer=True)
+    ok = d > thr[:, None]
+    best = torch.where(ok, d, torch.full_like(d, float("-inf"))).argmax(0)
+    idx = torch.where(ok.any(0), best + 1, torch.zeros_like(best))
+    stacked = torch.cat([out.unsqueeze(0), side.to(out.dtype)], 0)
+    return idx, stacked[idx, torch.arange(x.shape[0])]
+
+
+@pytest.mark.parametrize("retrieve", [True, False])
+def test_wise_many_memories_same_outputs(editor_factory, toy_eval, tiny, retrieve):
+    ed = editor_factory("wise", {"layer": -1, "n_iter": 5, "edit_lr": 50.0, "retrieve": retrieve})
+    ed.edit(toy_eval.request(0))
+    state = ed.state_dict()
+    w0 = ed.weight.detach()
+    g = torch.Generator().manual_seed(3)
+    n = 40 if retrieve else 1
+    delta = torch.randn(n, *w0.shape, generator=g) * 0.05 * w0.std()
+    mems = w0 + delta * torch.linspace(0.5, 3.0, n)[:, None, None]
+    probes = _probes(toy_eval)
+    seen = []
+    h = ed.module.register_forward_hook(lambda m, i, o: seen.append((i[0], o)), prepend=True)
+    try:
+        with torch.no_grad():
+            tiny.forward(tiny.prepare(probes))
+    finally:
+        h.remove()
+    x, o = seen[0]
+    # thresholds between the samples' activations: some samples route, some do not
+    d = ed._dist(o, torch.matmul(x.unsqueeze(0), mems.transpose(-1, -2).unsqueeze(1)), ed._token_mask(x), True)
+    thr = d.median(1).values / float(ed.cfg.act_ratio)
+    if retrieve:
+        state.update(shards=mems, shard_min_act=thr, counters=torch.tensor([n, 0, 0]))
+    else:
+        state.update(merged=mems[0], min_act=torch.tensor([float(thr[0]), math.inf], dtype=torch.float64),
+                     counters=torch.tensor([1000, 0, 1]))
+    ed.load_state_dict(state)
+    with torch.no_grad():
+        idx_ref, new_ref = _wise_hook_reference(ed, x, o)
+        idx, _ = ed.route(x, o)
+        new = ed._forward_hook(ed.module, (x,), o)
+    assert torch.equal(idx, idx_ref) and idx.any() and (idx == 0).any()
+    torch.testing.assert_close(new.reshape(new_ref.shape), new_ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(new.reshape(new_ref.shape)[idx == 0], o[idx == 0])  # unrouted: bit for bit
