@@ -152,7 +152,9 @@ class LiveEditNet(nn.Module):
 
     def sim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """[N, e, d] x [M, e, d] -> [N, M]: mean over the e feature tokens of <a, b> / sqrt(d_m)."""
-        return torch.einsum("ned,med->nm", a, b) * (self.scale / a.shape[1])
+        # one [N, e*d] x [e*d, M] matmul on views (an einsum here copied all M stored features per call)
+        n, e, d = a.shape
+        return (a.reshape(n, e * d) @ b.reshape(b.shape[0], e * d).T) * (self.scale / e)
 
     def new_experts(self, vision, vmask, query, qmask, edit, emask):
         """Edit features and expert: (psi [N,e,dm], phi [N,e,dm], U [N,r,d], V [N,r,d])."""

@@ -151,3 +151,38 @@ def test_wise_many_memories_same_outputs(editor_factory, toy_eval, tiny, retriev
     assert torch.equal(idx, idx_ref) and idx.any() and (idx == 0).any()
     torch.testing.assert_close(new.reshape(new_ref.shape), new_ref, rtol=1e-5, atol=1e-6)
     assert torch.equal(new.reshape(new_ref.shape)[idx == 0], o[idx == 0])  # unrouted: bit for bit
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_liveedit_many_experts_same_outputs(editor_factory, liveedit_tiny_checkpoint, toy_eval, tiny, monkeypatch,
+                                            hard):
+    from bench.speed import synthetic_state
+
+    ed = editor_factory("liveedit", {"checkpoint": liveedit_tiny_checkpoint, "hard_routing": hard})
+    for i in range(3):
+        ed.edit(toy_eval.request(i))
+    ed.load_state_dict(synthetic_state("liveedit", ed, ed.state_dict(), 3000))
+    probes = _probes(toy_eval)
+    with torch.no_grad():
+        rows, c, keep, s_vis, _ = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
+    fast = _logits(tiny, probes)
+    monkeypatch.setattr(ed.net, "sim", lambda a, b: torch.einsum("ned,med->nm", a, b) * (ed.net.scale / a.shape[1]))
+    with torch.no_grad():
+        ref = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
+    slow = _logits(tiny, probes)
+    if not hard:  # without hard routing every stored expert is applied
+        assert keep.all()
+    assert torch.equal(keep, ref[2])
+    torch.testing.assert_close(s_vis, ref[3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    if not hard:
+        assert not torch.equal(fast, _logits_unedited(ed, tiny, probes))
+
+
+def _logits_unedited(ed, bb, probes):
+    state = ed.state_dict()
+    ed.reset()
+    try:
+        return _logits(bb, probes)
+    finally:
+        ed.load_state_dict(state)
