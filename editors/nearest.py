@@ -55,6 +55,8 @@ class NearestIndex:
         if K <= small or not torch.isfinite(q).all():
             return exact_cdist(q, keys).min(1)
         self._prepare(keys)
+        if not self._max_norm < float("inf"):  # non-finite keys: no rounding bound, exact path
+            return exact_cdist(q, keys).min(1)
         # centred on the keys' mean: the screen's rounding scales with |q - mean| |k - mean|, not |q| |k|
         qc = q - self._mean
         q2 = (qc * qc).sum(1)
