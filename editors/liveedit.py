@@ -182,6 +182,8 @@ class LiveEditNet(nn.Module):
 
     #: at most this many elements in one [n, L, m * r] block of low-rank activations (64 MB in float32)
     RESIDUAL_BLOCK = 1 << 24
+    #: kept experts gathered per block at inference (U and V rows of a block stay in cache for their matmuls)
+    GATHER_BLOCK = 128
 
     def residual(self, h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """dh[n, l] = sum_m c[n, m] ReLU(LN(h[n, l]) U_m^T) V_m, as two matmuls per block of experts:
@@ -191,17 +193,24 @@ class LiveEditNet(nn.Module):
         whose weight is 0 for every row (dropped by the hard routing) are skipped: they add nothing."""
         x = self.res_norm(h)
         n, L, d = x.shape
+        cols = None
         if not c.requires_grad:
             cols = c.ne(0).any(0).nonzero()[:, 0]
-            if cols.numel() < c.shape[1]:
-                U, V, c = U[cols], V[cols], c[:, cols]
-        M, r = U.shape[0], U.shape[1]
+            if cols.numel() == c.shape[1]:
+                cols = None
+        M, r = (U.shape[0] if cols is None else cols.numel()), U.shape[1]
         out = x.new_zeros(n, L, d)
         if M == 0:
             return out
         step = max(1, self.RESIDUAL_BLOCK // max(1, n * L * r))
+        if cols is not None:  # kept experts gathered a cache-sized block at a time, right before their matmuls
+            step = min(step, self.GATHER_BLOCK)
         for s in range(0, M, step):
-            u, v, cc = U[s : s + step], V[s : s + step], c[:, s : s + step]
+            if cols is None:
+                u, v, cc = U[s : s + step], V[s : s + step], c[:, s : s + step]
+            else:
+                sel = cols[s : s + step]
+                u, v, cc = U.index_select(0, sel), V.index_select(0, sel), c.index_select(1, sel)
             m = u.shape[0]
             a = torch.relu(x @ u.reshape(m * r, d).T.to(x.dtype))  # [n, L, m*r]
             a = (a.view(n, L, m, r) * cc[:, None, :, None].to(a.dtype)).view(n, L, m * r)
