@@ -106,6 +106,8 @@ class GRACE(Editor):
 
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:
+        if hasattr(self, "_index"):
+            self._index.clear()
         dev = self.backbone.device
         self.keys = torch.zeros(0, 0, device=dev)
         self.values = torch.zeros(0, 0, device=dev)
@@ -300,6 +302,7 @@ class GRACE(Editor):
         if len(n) != 1:
             raise ValueError(f"grace state_dict: keys/values/eps/labels disagree on the number of keys {sorted(n)}")
         dev = self.backbone.device
+        self._index.clear()
         self.keys = state["keys"].to(dev, torch.float32).clone()
         self.values = state["values"].to(dev, torch.float32).clone()
         self.eps = state["eps"].to(dev, torch.float32).clone()

@@ -127,7 +127,9 @@ class VecDB:
         self.conflicts = 0
         self.forgotten = 0
         self._all: tuple | None = None  # cached grouping of the points by cluster
-        self._index = NearestIndex()  # cached centre norms for the matmul screen
+        if not hasattr(self, "_index"):
+            self._index = NearestIndex()  # cached centres for the matmul screen
+        self._index.clear()
 
     def __len__(self) -> int:
         return self.centers.shape[0]
@@ -231,6 +233,7 @@ class VecDB:
         self.point_keys = s["db.point_keys"].to(dev, torch.float32).clone()
         self.point_cluster = s["db.point_cluster"].to(dev).clone()
         self.point_block = s["db.point_block"].to(dev).clone()
+        self._index.clear()
         self.conflicts, self.forgotten = (int(x) for x in s["db.counts"])
         self._all = None
 

@@ -5,15 +5,16 @@ compute_mode="donot_use_mm_for_euclid_dist")``): batch-independent, but no BLAS,
 10,000 keys the lookup costs as much as half a forward. :class:`NearestIndex` gives the
 same ``(distance, index)`` as ``cdist(q, keys, exact).min(1)``, bit for bit:
 
-1. screen: squared distances by one matmul of query and keys centred on the keys' mean
-   (float32, cached);
-2. keep, per query, every key whose screened distance is within a rigorous bound of
-   float32 rounding (``8 gamma_d (|q-m|^2 + max |k-m|^2) + 4 gamma_d d_min^2``) of the screened minimum:
+1. screen: squared distances by one float64 matmul of query and keys centred on the
+   keys' mean (cached: a float64 copy of the keys);
+2. keep, per query, every key whose screened distance is within a rigorous rounding
+   bound (float64 screen + the float32 cdist's relative error) of the screened minimum:
    the exact minimum is always among them;
 3. exact ``cdist`` on those candidates only; the first minimum wins, as in ``min``.
 
-The cache (keys centred on their mean, their norms) is keyed by the keys tensor object and its in-place version
-counter, so it is rebuilt after any edit, ``load_state_dict`` or ``reset``.
+The cache (keys centred on their mean in float64, their norms) is keyed by the keys
+tensor object and its in-place version counter, so it is rebuilt after any edit,
+``load_state_dict`` or ``reset``; :meth:`NearestIndex.clear` frees it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ class NearestIndex:
     """Exact nearest-key lookup over a keys tensor that changes rarely."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop the cache (it is rebuilt on the next lookup)."""
         self._keys: torch.Tensor | None = None
+        self._mean = self._centred = None
         self._version = -1
         self._norms: torch.Tensor | None = None
         self._max_norm = 0.0
@@ -42,8 +48,9 @@ class NearestIndex:
         if keys is self._keys and keys._version == self._version:
             return
         self._keys, self._version = keys, keys._version
-        self._mean = keys.mean(0)
-        self._centred = keys - self._mean
+        k = keys.double()
+        self._mean = k.mean(0)
+        self._centred = k - self._mean
         self._norms = (self._centred * self._centred).sum(1)
         self._max_norm = float(self._norms.max()) if keys.shape[0] else 0.0
 
@@ -57,18 +64,21 @@ class NearestIndex:
         self._prepare(keys)
         if not self._max_norm < float("inf"):  # non-finite keys: no rounding bound, exact path
             return exact_cdist(q, keys).min(1)
-        # centred on the keys' mean: the screen's rounding scales with |q - mean| |k - mean|, not |q| |k|
-        qc = q - self._mean
+        # float64, centred on the keys' mean: the screen's own rounding is negligible, so the
+        # candidates are the keys within the exact float32 cdist's relative rounding of the minimum
+        qc = q.double() - self._mean
         q2 = (qc * qc).sum(1)
         approx = (q2[:, None] + self._norms[None, :]) - 2.0 * (qc @ self._centred.T)  # [B, K] squared distances
-        gamma = (d + 4) * _U / (1 - (d + 4) * _U)
+        g64 = (d + 4) * 2.0 ** -53 / (1 - (d + 4) * 2.0 ** -53)
+        g32 = (d + 4) * _U / (1 - (d + 4) * _U)
         lo = approx.min(1).values
-        # screen error <= 2 gamma (|qc|^2 + |kc|^2) twice over, + the exact cdist's own relative rounding
-        margin = 8.0 * gamma * (q2 + self._max_norm) + 4.0 * gamma * lo.abs() + 1e-30
+        # screen error <= 2 g64 (|qc|^2 + |kc|^2), on both sides; cdist's float32 result is within
+        # a relative g32 (+ sqrt rounding) of the true distance, on both sides
+        margin = 8.0 * g64 * (q2 + self._max_norm) + 8.0 * g32 * lo.abs() + 1e-30
         cand = approx <= (lo + margin)[:, None]
-        dist, idx = lo.new_empty(q.shape[0]), torch.empty(q.shape[0], dtype=torch.long, device=q.device)
+        dist, idx = q.new_empty(q.shape[0]), torch.empty(q.shape[0], dtype=torch.long, device=q.device)
         for b in range(q.shape[0]):  # exact distances to each query's own candidates only
             cols = cand[b].nonzero()[:, 0]  # ascending: ties resolve to the first key, as min() does
-            db, j = exact_cdist(q[b : b + 1], keys[cols])[0].min(0)
+            db, j = exact_cdist(q[b : b + 1], keys.index_select(0, cols))[0].min(0)
             dist[b], idx[b] = db, cols[j]
         return dist, idx
