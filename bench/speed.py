@@ -144,7 +144,8 @@ def forward_seconds(backbone, batch, repeats: int) -> float:
 
 
 def compose(model: str, data: str, editor: str | None, overrides: list[str]):
-    """The run config ``+model=... [+editor=...]`` with the user's overrides, specialised."""
+    """The run config ``model=... [editor=...]`` with the user's overrides (per-backbone editor values
+    from conf/editor_model, as ``python -m bench`` composes them)."""
     from .config import compose as config_compose
 
     mine = [f"model={model}", f"data={data}"] + ([f"editor={editor}"] if editor else [])

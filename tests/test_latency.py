@@ -164,7 +164,7 @@ def test_liveedit_many_experts_same_outputs(editor_factory, liveedit_tiny_checkp
     ed.load_state_dict(synthetic_state("liveedit", ed, ed.state_dict(), 3000))
     probes = _probes(toy_eval)
     with torch.no_grad():
-        rows, c, keep, s_vis, _ = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
+        _, _, keep, s_vis, _ = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
     fast = _logits(tiny, probes)
     monkeypatch.setattr(ed.net, "sim", lambda a, b: torch.einsum("ned,med->nm", a, b) * (ed.net.scale / a.shape[1]))
     with torch.no_grad():
