@@ -35,10 +35,21 @@ PKG_PREFIX = "pkg://bench/"
 _GROUP_APPEND = re.compile(r"^\+(editor|model)=")
 
 
+def _is_sweep(value: str) -> bool:
+    return "," in value or value.split("(", 1)[0] in ("choice", "glob", "range")
+
+
 def normalize_overrides(overrides: Iterable[str]) -> list[str]:
     """``+editor=x`` -> ``editor=x`` and ``+model=y`` -> ``model=y`` (both groups are in the
-    primary defaults list, as ``null``); everything else unchanged."""
-    return [o[1:] if _GROUP_APPEND.match(str(o)) else str(o) for o in overrides]
+    primary defaults list, as ``null``). When a multirun sweeps a group (``editor=grace,melo``),
+    Hydra first composes the sweep's config without that group, where a plain ``editor.lr=...``
+    has no key to override; such values become ``++editor.lr=...`` (set or add; an unknown key
+    is still refused by :func:`bench.run.check_editor_keys`). Everything else is unchanged."""
+    out = [o[1:] if _GROUP_APPEND.match(str(o)) else str(o) for o in overrides]
+    swept = {o.split("=", 1)[0] for o in out if o.split("=", 1)[0] in ("editor", "model")
+             and "=" in o and _is_sweep(o.split("=", 1)[1])}
+    return [f"++{o}" if o.split(".", 1)[0] in swept and "=" in o and not o.startswith(("+", "~")) else o
+            for o in out]
 
 
 def compose(*overrides: str, config_name: str = "config", config_dir: str | Path | None = None) -> DictConfig:

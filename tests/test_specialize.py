@@ -139,3 +139,14 @@ def test_primary_config_path_option(tmp_path, capsys, monkeypatch):
     shown = cfg_job(capsys, monkeypatch, "editor=grace", "model=tiny", "-cp", str(cp))
     assert shown["editor"]["eps_init"] == 7.5
     assert cfg_job(capsys, monkeypatch, "editor=grace", "model=tiny")["editor"]["eps_init"] != 7.5
+
+
+def test_editor_values_in_an_editor_sweep_become_force_adds():
+    """`-m editor=grace,melo editor.early_stop_loss=0.01`: Hydra composes the sweep config without
+    the editor group first, so the value must be `++` (set or add) to reach every job."""
+    from bench.config import normalize_overrides
+
+    out = normalize_overrides(["+editor=grace,melo", "+model=smol_llava", "editor.early_stop_loss=0.01", "model.dtype=x"])
+    assert out == ["editor=grace,melo", "model=smol_llava", "++editor.early_stop_loss=0.01", "model.dtype=x"]
+    assert normalize_overrides(["editor=grace", "editor.lr=1"]) == ["editor=grace", "editor.lr=1"]
+    assert normalize_overrides(["editor=glob(*)", "+editor.x=1"]) == ["editor=glob(*)", "+editor.x=1"]
