@@ -146,7 +146,8 @@ def test_editor_values_in_an_editor_sweep_become_force_adds():
     the editor group first, so the value must be `++` (set or add) to reach every job."""
     from bench.config import normalize_overrides
 
-    out = normalize_overrides(["+editor=grace,melo", "+model=smol_llava", "editor.early_stop_loss=0.01", "model.dtype=x"])
+    out = normalize_overrides(["+editor=grace,melo", "+model=smol_llava", "editor.early_stop_loss=0.01",
+                               "model.dtype=x"])
     assert out == ["editor=grace,melo", "model=smol_llava", "++editor.early_stop_loss=0.01", "model.dtype=x"]
     assert normalize_overrides(["editor=grace", "editor.lr=1"]) == ["editor=grace", "editor.lr=1"]
     assert normalize_overrides(["editor=glob(*)", "+editor.x=1"]) == ["editor=glob(*)", "+editor.x=1"]
