@@ -117,8 +117,9 @@ def synthetic_state(name: str, editor, real: dict[str, torch.Tensor], n: int, se
 
 # ----- helpers ---------------------------------------------------------------------------------------
 def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    from .protocol import _sync as sync
+
+    sync(dev)
 
 
 def _peak_mb(dev: torch.device) -> float:

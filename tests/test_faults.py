@@ -129,6 +129,20 @@ def test_killed_run_resumes_to_the_same_scores(tmp_path, data_root, reference, s
     assert not (out / "progress").exists() and not list(out.glob(".*.tmp"))
 
 
+def _interrupt_at(monkeypatch, n: int):
+    """Make the protocol raise RunInterrupted (as on SIGTERM) before edit ``n + 1``; returns the
+    original ``Lifelong._edit`` to put back."""
+    orig = Lifelong._edit
+
+    def edit(self, pos, bar):
+        if self.n_edited == n:
+            raise RunInterrupted(signal.SIGTERM)
+        return orig(self, pos, bar)
+
+    monkeypatch.setattr(Lifelong, "_edit", edit)
+    return orig
+
+
 RESUME_EDITORS = ["ft_l", "grace", "melo", "ultraedit", "elder", "wise", "none"]
 
 
@@ -139,14 +153,7 @@ def test_resume_every_editor_in_process(tmp_path, data_root, reference, monkeypa
     """SIGTERM (as RunInterrupted) at edit 5, then resume: the same scores as an uninterrupted run."""
     ref = reference(name)
     cfg = _inproc_cfg(tmp_path, data_root, name)
-    orig = Lifelong._edit
-
-    def edit(self, pos, bar):
-        if self.n_edited == 5:
-            raise RunInterrupted(signal.SIGTERM)
-        return orig(self, pos, bar)
-
-    monkeypatch.setattr(Lifelong, "_edit", edit)
+    orig = _interrupt_at(monkeypatch, 5)
     with pytest.raises(RunInterrupted):
         run(cfg)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
@@ -161,14 +168,7 @@ def test_resume_every_editor_in_process(tmp_path, data_root, reference, monkeypa
 def test_resume_chunked_mode(tmp_path, data_root, monkeypatch):
     extra = ("protocol.mode=chunked", "protocol.chunk_size=2", "protocol.checkpoints=[]")
     full = run(_inproc_cfg(tmp_path / "a", data_root, "ft_l", *extra))
-    orig = Lifelong._edit
-
-    def edit(self, pos, bar):
-        if self.n_edited == 5:
-            raise RunInterrupted(signal.SIGTERM)
-        return orig(self, pos, bar)
-
-    monkeypatch.setattr(Lifelong, "_edit", edit)
+    orig = _interrupt_at(monkeypatch, 5)
     with pytest.raises(RunInterrupted):
         run(_inproc_cfg(tmp_path / "b", data_root, "ft_l", *extra))
     monkeypatch.setattr(Lifelong, "_edit", orig)
