@@ -19,7 +19,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import SOURCE_ROOT as PROJECT_ROOT  # noqa: F401  (the source tree, or site-packages)
 from .config import resolve  # (relative paths: the working directory; pkg://bench/...: the package)
 from .errors import UserError, report_user_errors
 from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, read_json, validate

@@ -34,11 +34,8 @@ class RunInterrupted(BaseException):
 
 
 @contextmanager
-def signals_raise(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
-    """Within the block, the signals raise :class:`RunInterrupted` (restored afterwards)."""
-    def handler(signum, frame):
-        raise RunInterrupted(signum)
-
+def _handling(signums, handler) -> Iterator[None]:
+    """Within the block, ``handler`` handles the signals (the old handlers come back afterwards)."""
     old = {}
     try:
         for s in signums:
@@ -52,20 +49,18 @@ def signals_raise(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextmanager
-def hold_signals(signums=(signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+def _raise_interrupted(signum, frame):
+    raise RunInterrupted(signum)
+
+
+def signals_raise(signums=(signal.SIGTERM, signal.SIGINT)):
+    """Within the block, the signals raise :class:`RunInterrupted` (restored afterwards)."""
+    return _handling(signums, _raise_interrupted)
+
+
+def hold_signals(signums=(signal.SIGTERM, signal.SIGINT)):
     """Within the block the signals are ignored (while what is kept is being written)."""
-    old = {}
-    try:
-        for s in signums:
-            try:
-                old[s] = signal.signal(s, signal.SIG_IGN)
-            except ValueError:
-                pass
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return _handling(signums, signal.SIG_IGN)
 
 
 def full_errors() -> bool:

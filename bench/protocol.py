@@ -215,7 +215,7 @@ class Lifelong:
         t0 = time.perf_counter()
         # chunked/single modes reset the editor before each chunk: its state is not needed
         state = self.editor.state_dict() if self.cfg.mode == "sequential" else {}
-        tensors = {f"editor/{n}": t.detach().cpu().clone() for n, t in state.items()}
+        tensors = {f"editor/{n}": t for n, t in state.items()}  # copied to the CPU by the writer
         tensors["rng/torch"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             for d, st in enumerate(torch.cuda.get_rng_state_all()):

@@ -43,17 +43,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_save_tensors(path: Path, tensors: dict) -> None:
-    """safetensors file written to a temporary name and renamed (removed on failure)."""
+def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written to a unique temporary name and renamed (removed on failure).
+    Every tensor is copied to the CPU first (views of one storage are saved as separate tensors)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -123,6 +127,11 @@ def prepare_run_dir(out_dir: Path, config: dict, resume, overwrite: bool) -> boo
             p = out_dir / n
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     return False
+
+
+def read_progress(out_dir: Path) -> dict:
+    """The ``progress/progress.json`` a run saved (see :meth:`RunWriter.save_progress`)."""
+    return json.loads((Path(out_dir) / PROGRESS_DIR / "progress.json").read_text(encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -210,7 +219,7 @@ class RunWriter:
             atomic_save_tensors(d / name, editor_state)
             atomic_write_json(d / "progress.json", progress)
         except BaseException:  # the previous save stays the one to resume from
-            if not (d / "progress.json").is_file() or json.loads((d / "progress.json").read_text())["editor_state"] != name:
+            if not (d / "progress.json").is_file() or read_progress(self.dir)["editor_state"] != name:
                 (d / name).unlink(missing_ok=True)
             raise
         for old in d.glob("editor_*.safetensors"):
@@ -222,7 +231,7 @@ class RunWriter:
         from safetensors.torch import load_file
 
         d = self.progress_dir
-        progress = json.loads((d / "progress.json").read_text(encoding="utf-8"))
+        progress = read_progress(self.dir)
         state = load_file(str(d / progress["editor_state"]))
         pre = {(int(i), int(j)): list(ids) for i, j, ids in json.loads((d / "pre.json").read_text(encoding="utf-8"))}
         return progress, state, pre

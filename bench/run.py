@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import platform
 import random
@@ -21,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
-from .config import CONF_DIR, available, resolve
-from .data import PROJECT_ROOT, build_data, check_prompt_lengths, dedupe, with_images
+from .config import CONF_DIR, SOURCE_ROOT, available, resolve
+from .data import build_data, check_prompt_lengths, dedupe, with_images
 from .errors import RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
-from .results import RunWriter, prepare_run_dir
+from .results import RunWriter, prepare_run_dir, read_progress
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
 from .tracking import make_tracker
 
@@ -145,8 +144,8 @@ def seed_everything(seed: int) -> None:
 
 def git_hash() -> str:
     try:
-        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
-        d = subprocess.run(["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
+        d = subprocess.run(["git", "status", "--porcelain"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
         return h.stdout.strip() + ("-dirty" if d.stdout.strip() else "") if h.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -191,10 +190,6 @@ def _sweep_group() -> str | None:
         return None
 
 
-def _load_progress(out_dir: Path) -> dict:
-    return json.loads((out_dir / "progress" / "progress.json").read_text(encoding="utf-8"))
-
-
 def run(cfg: DictConfig) -> dict:
     """Run one edit stream as configured; returns the summary (also in summary.json)."""
     check_config(cfg)
@@ -235,7 +230,7 @@ def run(cfg: DictConfig) -> dict:
         editor = editors.build(cfg.editor, backbone)
     log.info("editor %s (%s) on backbone %s", label, type(editor).__name__, backbone.name)
     check_prompt_lengths(stream, backbone)  # before pre-edit scoring: a too-long prompt would hang there
-    writer = RunWriter(out_dir, resume=_load_progress(out_dir) if resuming else None)
+    writer = RunWriter(out_dir, resume=read_progress(out_dir) if resuming else None)
     tracker = make_tracker(cfg.get("logger"), resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir))
     summary = {
         "editor": label,
@@ -289,12 +284,10 @@ def run(cfg: DictConfig) -> dict:
             summary["edits_done"] = proto.n_edited
             if proto.curve:
                 summary["last_checkpoint"] = proto.curve[-1]
-        prog = out_dir / "progress" / "progress.json"
-        if prog.is_file():
-            try:
-                summary["resumable_from_edit"] = json.loads(prog.read_text(encoding="utf-8"))["edits_done"]
-            except (OSError, ValueError, KeyError):
-                pass
+        try:
+            summary["resumable_from_edit"] = read_progress(out_dir)["edits_done"]
+        except (OSError, ValueError, KeyError):  # no (readable) saved progress
+            pass
         with hold_signals():  # nothing interrupts writing what is kept
             try:
                 writer.close(complete=False)

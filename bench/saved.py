@@ -26,11 +26,11 @@ EDITOR_FILE = "editor.safetensors"
 
 def save_editor(editor, out_dir: str | Path) -> Path:
     """``editor.state_dict()`` as safetensors in ``out_dir/editor.safetensors``."""
-    from safetensors.torch import save_file
+    from .results import atomic_save_tensors
 
     path = Path(out_dir) / EDITOR_FILE
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in editor.state_dict().items()}
-    save_file(state, str(path), metadata={"editor": str(editor.name), "n_edits": str(int(editor.n_edits))})
+    state = editor.state_dict()
+    atomic_save_tensors(path, state, {"editor": str(editor.name), "n_edits": str(int(editor.n_edits))})
     log.info("edited state (%d tensors, %.1f MB) written to %s", len(state),
              sum(t.numel() * t.element_size() for t in state.values()) / 1e6, path)
     return path

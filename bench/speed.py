@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from .protocol import _sync, peak_memory_mb
+
 log = logging.getLogger("bench.speed")
 
 EDITORS = ("ft_l", "grace", "melo", "wise", "elder", "ultraedit", "liveedit", "none")
@@ -116,15 +118,7 @@ def synthetic_state(name: str, editor, real: dict[str, torch.Tensor], n: int, se
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
-def _sync(dev: torch.device) -> None:
-    from .protocol import _sync as sync
-
-    sync(dev)
-
-
 def _peak_mb(dev: torch.device) -> float:
-    from .protocol import peak_memory_mb
-
     return round(peak_memory_mb(dev), 1)
 
 
@@ -454,9 +448,10 @@ def parse(argv: list[str]):
     if args.edits < 1 or any(n < 0 for n in args.stored):
         p.error("--edits must be >= 1 and --stored counts >= 0")
     if args.out is None:
-        from .data import PROJECT_ROOT
+        from .config import resolve
 
-        args.out = str(PROJECT_ROOT / "results" / "speed" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        # relative to the working directory, as run dirs are (never inside an installed package)
+        args.out = str(resolve("results/speed") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     return args, overrides
 
 

@@ -63,7 +63,7 @@ import torch
 from bench.backbones.base import Probe
 
 from .base import Editor, as_sequence
-from .nearest import NearestIndex
+from .nearest import NearestIndex, exact_cdist
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ class GRACE(Editor):
 
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:
-        if hasattr(self, "_index"):
-            self._index.clear()
+        self._index.clear()
         dev = self.backbone.device
         self.keys = torch.zeros(0, 0, device=dev)
         self.values = torch.zeros(0, 0, device=dev)
@@ -151,7 +150,7 @@ class GRACE(Editor):
     # ----- the hook: one vectorised lookup per forward -----------------------------------
     def _distances(self, queries: torch.Tensor) -> torch.Tensor:
         """[B, K] exact Euclidean distances (no matmul trick: batch-independent)."""
-        return torch.cdist(queries.float(), self.keys, compute_mode="donot_use_mm_for_euclid_dist")
+        return exact_cdist(queries.float(), self.keys)
 
     def _nearest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``self._distances(queries).min(1)``, bit for bit, at matmul speed (:mod:`.nearest`)."""

@@ -59,16 +59,12 @@ from torch import nn
 from bench.backbones.base import Probe
 
 from .base import Editor, LinearWrapper, as_sequence
-from .nearest import NearestIndex
+from .nearest import NearestIndex, exact_cdist
 from .registry import register
 
 NO_BLOCK = -1
 _SPLIT_EPS = 1e-5  # reference split_cluster_radii_in_half: d/2 -/+ 1e-5
 
-
-def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # exact (non-matmul) Euclidean distance, as the reference: no batch-dependent rounding
-    return torch.cdist(a, b, p=2, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 class MeloLinear(LinearWrapper):
@@ -114,6 +110,7 @@ class VecDB:
 
     def __init__(self, dim: int, init_radius: float, device: torch.device) -> None:
         self.dim, self.init_radius, self.device = dim, float(init_radius), device
+        self._index = NearestIndex()  # cached centres for the matmul screen
         self.clear()
 
     def clear(self) -> None:
@@ -127,8 +124,6 @@ class VecDB:
         self.conflicts = 0
         self.forgotten = 0
         self._all: tuple | None = None  # cached grouping of the points by cluster
-        if not hasattr(self, "_index"):
-            self._index = NearestIndex()  # cached centres for the matmul screen
         self._index.clear()
 
     def __len__(self) -> int:
@@ -153,13 +148,13 @@ class VecDB:
             c = int(near[b])
             members = order[starts[c]:ends[c]]
             if members.numel():
-                j = _cdist(q[b : b + 1].float(), self.point_keys[members])[0].argmin()
+                j = exact_cdist(q[b : b + 1].float(), self.point_keys[members])[0].argmin()
                 block[b] = self.point_block[members[j]]
         return block
 
     # ----- updates (at edit time) -----------------------------------------------------
     def nearest(self, q: torch.Tensor) -> tuple[float, int]:
-        d = _cdist(q[None], self.centers)[0]
+        d = exact_cdist(q[None], self.centers)[0]
         i = int(d.argmin())
         return float(d[i]), i
 
@@ -186,7 +181,7 @@ class VecDB:
         keys = self.point_keys[self.point_cluster == c]
         center = keys.mean(0)
         self.centers[c] = center
-        far = float(_cdist(keys, center[None]).max())
+        far = float(exact_cdist(keys, center[None]).max())
         self.radii[c] = max(far, self.init_radius)
         self._all = None
 
@@ -195,7 +190,7 @@ class VecDB:
         self.radii[old] = dist / 2 - _SPLIT_EPS
         self.radii[new] = dist / 2 + _SPLIT_EPS
         mine = self.point_cluster == old
-        d = _cdist(self.point_keys, self.centers[old][None])[:, 0]
+        d = exact_cdist(self.point_keys, self.centers[old][None])[:, 0]
         drop = mine & (d > self.radii[old])
         n_drop = int(drop.sum())
         if n_drop:

@@ -203,10 +203,8 @@ class EmbeddedVLLM(Backbone):
         """The on-disk feature cache (``model.feature_disk_cache``, default true), keyed by the
         encoder's class, weights fingerprint, taps, pooling and image preprocessing."""
         if self._disk is None and self._disk_on:
-            ld = self.loader
             enc = (f"embedded|{type(self.vision).__name__}|w={weights_fingerprint(self.vision)}|taps={list(self.taps)}"
-                   f"|pool={self.pool}|size={ld.size}|resize={ld.resize}|mean={ld.mean.flatten().tolist()}"
-                   f"|std={ld.std.flatten().tolist()}|v1")
+                   f"|pool={self.pool}|{self.loader.describe()}|v1")
             self._disk = DiskFeatureCache(enc)
         return self._disk
 

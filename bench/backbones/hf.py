@@ -217,12 +217,11 @@ class HFVLLM(Backbone):
         class, the weights fingerprint of every VLLM tensor outside the language model (vision
         tower, Q-Former, projector), dtype, feature selection and image preprocessing."""
         if self._disk is None and self._disk_on:
-            ld, cfg = self.loader, self.vlm.config
+            cfg = self.vlm.config
             sel = (getattr(cfg, "vision_feature_layer", None), getattr(cfg, "vision_feature_select_strategy", None))
             lm = {id(t) for t in (*self.lm.parameters(), *self.lm.buffers())}
             enc = (f"hf|{type(self.vlm).__name__}|w={weights_fingerprint(self.vlm, exclude=lm)}|dtype={self.dtype}"
-                   f"|select={sel}|size={ld.size}|resize={ld.resize}|mean={ld.mean.flatten().tolist()}"
-                   f"|std={ld.std.flatten().tolist()}|v1")
+                   f"|select={sel}|{self.loader.describe()}|v1")
             self._disk = DiskFeatureCache(enc)
         return self._disk
 

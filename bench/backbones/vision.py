@@ -143,6 +143,11 @@ class ImageLoader:
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
+    def describe(self) -> str:
+        """The preprocessing, for cache keys: size, resize mode, normalisation."""
+        return (f"size={self.size}|resize={self.resize}|mean={self.mean.flatten().tolist()}"
+                f"|std={self.std.flatten().tolist()}")
+
     def _square(self, im: Image.Image) -> Image.Image:
         s, (w, h) = self.size, im.size
         if self.resize == "crop":
@@ -275,9 +280,8 @@ class DiskFeatureCache:
     def put(self, path: str, value: torch.Tensor) -> None:
         import logging
         import os
-        import tempfile
 
-        from safetensors.torch import save_file
+        from ..results import atomic_save_tensors
 
         f = self._file(path)
         if f is None:
@@ -288,17 +292,9 @@ class DiskFeatureCache:
             logging.getLogger(__name__).info("caching image features on disk in %s (model.feature_disk_cache=false "
                                              "turns it off)", self.folder)
             self._announced = True
-        tmp = None
         try:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"features": value.detach().cpu().contiguous().clone()}, tmp,
-                      metadata={"image": os.path.abspath(path)})
-            os.replace(tmp, f)
+            atomic_save_tensors(f, {"features": value}, {"image": os.path.abspath(path)})
         except Exception as e:  # noqa: BLE001 - a cache that cannot be written must not stop a run
-            if tmp:
-                Path(tmp).unlink(missing_ok=True)
             logging.getLogger(__name__).warning("image feature cache: could not write %s (%s)", f, e)
 
 
