@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from test_liveedit import logits_of, logits_of_base
 
 from editors.nearest import NearestIndex, exact_cdist
 
@@ -30,11 +31,6 @@ def test_nearest_index_equals_exact_cdist_min():
     assert int(i[-1]) == 3 and torch.equal(d, exact_cdist(q, keys).min(1).values)
 
 
-def _logits(bb, probes):
-    with torch.no_grad():
-        return bb.forward(bb.prepare(probes)).logits.clone()
-
-
 def _probes(toy_eval, n=6):
     return [p for i in range(n) for p in toy_eval.probes(i)][:16]
 
@@ -53,10 +49,10 @@ def test_grace_many_keys_same_outputs(editor_factory, toy_eval, tiny, monkeypatc
                                                      generator=g),
              "eps": eps, "labels": torch.full((n, 1), 7)}
     ed.load_state_dict(state)
-    fast = _logits(tiny, probes)
+    fast = logits_of(tiny, probes)
     routed = ed.route(probes)
     monkeypatch.setattr(ed, "_nearest", lambda qs: ed._distances(qs).min(1))
-    slow = _logits(tiny, probes)
+    slow = logits_of(tiny, probes)
     assert torch.equal(fast, slow)
     assert routed[2].any() and not routed[2].all()  # some probes hit a key, some do not
     assert torch.equal(routed[0], ed.route(probes)[0])
@@ -165,24 +161,15 @@ def test_liveedit_many_experts_same_outputs(editor_factory, liveedit_tiny_checkp
     probes = _probes(toy_eval)
     with torch.no_grad():
         _, _, keep, s_vis, _ = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
-    fast = _logits(tiny, probes)
+    fast = logits_of(tiny, probes)
     monkeypatch.setattr(ed.net, "sim", lambda a, b: torch.einsum("ned,med->nm", a, b) * (ed.net.scale / a.shape[1]))
     with torch.no_grad():
         ref = ed.route(tiny.prepare(probes), ed.layer_reps(tiny.prepare(probes)).float())
-    slow = _logits(tiny, probes)
+    slow = logits_of(tiny, probes)
     if not hard:  # without hard routing every stored expert is applied
         assert keep.all()
     assert torch.equal(keep, ref[2])
     torch.testing.assert_close(s_vis, ref[3], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     if not hard:
-        assert not torch.equal(fast, _logits_unedited(ed, tiny, probes))
-
-
-def _logits_unedited(ed, bb, probes):
-    state = ed.state_dict()
-    ed.reset()
-    try:
-        return _logits(bb, probes)
-    finally:
-        ed.load_state_dict(state)
+        assert not torch.equal(fast, logits_of_base(ed, tiny, probes))
