@@ -44,7 +44,9 @@ def listing() -> str:
         shipped = [m for m in pairs.get(e, []) if "checkpoint" in OmegaConf.load(CONF_DIR / "editor_model" / e / f"{m}.yaml")]
         need = ("yes (editor.checkpoint" + (f"; shipped for {', '.join(shipped)})" if shipped else ")")) if ckpt else "no"
         lines.append(f"  {e:<14} {cls.__name__:<16} trains: {trains}; needs a checkpoint: {need}; "
-                     f"batch-edits: {_yes(cls.can_batch_edit)}; per-backbone values: {', '.join(pairs.get(e, [])) or '-'}")
+                     f"batch-edits: {_yes(cls.can_batch_edit)}"
+                     + (f" ({c.edit_batch_size} per turn by default)" if c.get("edit_batch_size") else "")
+                     + f"; per-backbone values: {', '.join(pairs.get(e, [])) or '-'}")
     lines.append("models (model=<name>):")
     for m in available("model"):
         c = OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml")

@@ -43,13 +43,17 @@ class ProtocolConfig:
     mode: str = "sequential"
     chunk_size: int = 100
     checkpoints: list[int] = field(default_factory=list)
-    edit_batch_size: int = 1
+    edit_batch_size: int = 1  # resolved: protocol.edit_batch_size, else the editor YAML's edit_batch_size, else 1
     score_batch_size: int | None = None
     progress: bool = True
     save_every: int = 10  # save resumable progress every N edits (0: never)
 
     @classmethod
-    def from_cfg(cls, cfg) -> ProtocolConfig:
+    def from_cfg(cls, cfg, editor_cfg=None) -> ProtocolConfig:
+        """``cfg``: the ``protocol`` node. ``protocol.edit_batch_size: null`` (the default) takes the
+        editor's own ``edit_batch_size`` (its reference setting, e.g. ELDER 4, UltraEdit 100) from
+        ``editor_cfg`` when it has one, else 1; an integer on the command line wins."""
+
         def whole(key: str, v):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"protocol.{key}: expected an integer, got {v!r}")
@@ -59,7 +63,7 @@ class ProtocolConfig:
             mode=str(cfg.get("mode", "sequential")),
             chunk_size=whole("chunk_size", cfg.get("chunk_size", 100)),
             checkpoints=sorted(whole("checkpoints", x) for x in (cfg.get("checkpoints") or [])),
-            edit_batch_size=whole("edit_batch_size", cfg.get("edit_batch_size", 1)),
+            edit_batch_size=whole("edit_batch_size", resolve_edit_batch_size(cfg, editor_cfg)),
             score_batch_size=cfg.get("score_batch_size"),
             progress=bool(cfg.get("progress", True)),
             save_every=whole("save_every", cfg.get("save_every", 10) or 0),
@@ -73,6 +77,20 @@ class ProtocolConfig:
         if any(t < 1 for t in c.checkpoints):
             raise ValueError(f"protocol.checkpoints: edit counts must be >= 1, got {c.checkpoints}")
         return c
+
+
+def resolve_edit_batch_size(protocol_cfg, editor_cfg=None) -> int:
+    """The edit batch size a run uses: ``protocol.edit_batch_size`` when set, else the editor YAML's
+    ``edit_batch_size`` (validated as ``editor.edit_batch_size``), else 1."""
+    v = protocol_cfg.get("edit_batch_size") if protocol_cfg is not None else None
+    if v is not None:
+        return v
+    ev = editor_cfg.get("edit_batch_size") if editor_cfg is not None else None
+    if ev is None:
+        return 1
+    if isinstance(ev, bool) or not isinstance(ev, int) or ev < 1:
+        raise ValueError(f"editor.edit_batch_size: expected an integer >= 1, got {ev!r}")
+    return ev
 
 
 def _sync(dev: torch.device) -> None:

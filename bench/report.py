@@ -123,6 +123,10 @@ def settings(summary: dict, by: list[str] = ()) -> dict:
     flat = {k: v for k, v in _flatten(summary.get("config", {}), "", {}).items() if not _ignored(k)}
     for k, v in (summary.get("protocol") or {}).items():  # what the protocol recorded (e.g. scoring)
         flat.setdefault(f"protocol.{k}", json.dumps(v) if isinstance(v, list) else v)
+    eb = (summary.get("protocol") or {}).get("edit_batch_size")
+    if eb is not None:  # the batch size that ran (protocol.edit_batch_size: null takes the editor's own)
+        flat["protocol.edit_batch_size"] = eb
+        flat.pop("editor.edit_batch_size", None)
     flat.pop("edits", None)
     flat.update(editor=summary["editor"], model=summary["model"], data=summary["data"], edits=summary["n_edits"])
     for k in by:  # --by keys split rows even when they are not settings (e.g. seed)

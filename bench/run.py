@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> dict:
     label = str(cfg.editor.get("label") or cfg.editor.name)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     with _UserErrors(""):
-        pcfg = ProtocolConfig.from_cfg(cfg.protocol)
+        pcfg = ProtocolConfig.from_cfg(cfg.protocol, cfg.editor)
     if int(cfg.protocol.get("loc_topk", 1)) != 1:
         raise UserError("protocol.loc_topk: only top-1 agreement (protocol.md) is implemented")
     # the results dir is checked (and a resume found) before data and model load

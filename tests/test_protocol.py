@@ -145,3 +145,17 @@ def test_portability_metric_on_vlkeb_style_data(tmp_path):
     assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "port"}
     kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
     assert kinds.count("port") == 3
+
+
+def test_edit_batch_size_null_takes_the_editors_reference_batch():
+    from bench.protocol import resolve_edit_batch_size
+
+    assert ProtocolConfig.from_cfg({"edit_batch_size": None}, {"name": "elder", "edit_batch_size": 4}).edit_batch_size == 4
+    assert ProtocolConfig.from_cfg({"edit_batch_size": None}, {"name": "ft_l"}).edit_batch_size == 1
+    assert ProtocolConfig.from_cfg({}, None).edit_batch_size == 1
+    # the command line (an integer in protocol.edit_batch_size) wins over the editor's value
+    assert ProtocolConfig.from_cfg({"edit_batch_size": 10}, {"edit_batch_size": 100}).edit_batch_size == 10
+    with pytest.raises(ValueError, match="editor.edit_batch_size"):
+        resolve_edit_batch_size({"edit_batch_size": None}, {"edit_batch_size": 0})
+    with pytest.raises(ValueError, match="protocol.edit_batch_size"):
+        ProtocolConfig.from_cfg({"edit_batch_size": 2.5}, {})

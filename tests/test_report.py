@@ -137,3 +137,16 @@ def test_main_writes_three_tables_from_run_dirs(tmp_path):
     (bad / "summary.json").write_text("{oops")
     with pytest.raises(ValueError, match="summary.json"):
         main([str(bad)])
+
+
+def test_rows_use_the_edit_batch_size_that_ran():
+    """protocol.edit_batch_size: null (the editor's own batch) and the same value given explicitly are one row."""
+    a = summ(editor="elder", seed=0, rel=0.4, protocol__edit_batch_size=None, editor__edit_batch_size=4)
+    a["protocol"] = {"edit_batch_size": 4}
+    b = summ(editor="elder", seed=1, rel=0.6, protocol__edit_batch_size=4, editor__edit_batch_size=4)
+    b["protocol"] = {"edit_batch_size": 4}
+    c = summ(editor="elder", seed=0, rel=0.1, protocol__edit_batch_size=1, editor__edit_batch_size=4)
+    c["protocol"] = {"edit_batch_size": 1}
+    df = table([a, b, c])
+    assert list(df.index.names) == ["editor", "protocol.edit_batch_size"]
+    assert df.loc[("elder", "4"), "runs"] == 2 and df.loc[("elder", "1"), "runs"] == 1
