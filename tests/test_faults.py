@@ -22,7 +22,7 @@ from bench.results import RunWriter
 from bench.run import run
 
 T = 8
-COMMON = ("edits=8", "protocol.save_every=2", "protocol.checkpoints=[3,6]")
+COMMON = ("edits=8", "protocol.save_every=2", "protocol.checkpoints=[3,6]", "protocol.edit_batch_size=1")  # one edit per call: interrupts land at edit 5
 
 
 def cases_of(out: Path) -> dict[tuple, tuple]:
