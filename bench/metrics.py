@@ -27,9 +27,20 @@ def agreement(post: Sequence[int], pre: Sequence[int]) -> float:
     return sum(int(a == b) for a, b in zip(post, pre, strict=True)) / len(pre)
 
 
+#: metrics that also get an exact-match twin ``<metric>_em``: the share of probes whose WHOLE target is
+#: predicted (token accuracy 1), so the partial credit token accuracy gives (e.g. the predictable
+#: leading-space token of a two-token number) is visible beside it
+EM_METRICS = ("rel", "t_gen", "m_gen", "port")
+
+
 def aggregate(cases: Iterable[dict]) -> dict[str, float]:
-    """Mean score per metric over case dicts with ``kind`` and ``score``."""
+    """Mean score per metric over case dicts with ``kind`` and ``score``, plus ``<metric>_em`` (exact
+    match: share of probes scored 1.0) for the edit-side metrics (:data:`EM_METRICS`)."""
     sums: dict[str, list[float]] = {}
     for c in cases:
         sums.setdefault(METRIC_OF_KIND[c["kind"]], []).append(float(c["score"]))
-    return {m: sum(v) / len(v) for m in METRICS if (v := sums.get(m))}
+    out = {m: sum(v) / len(v) for m in METRICS if (v := sums.get(m))}
+    for m in EM_METRICS:
+        if v := sums.get(m):
+            out[f"{m}_em"] = sum(x == 1.0 for x in v) / len(v)
+    return out

@@ -4,8 +4,9 @@
         [--out DIR] [--format markdown|csv|latex] [--by editor.lr seed ...]
 
 Reads only ``summary.json`` files (found recursively); columns Rel, T-Gen, M-Gen, T-Loc,
-M-Loc (and Port where present) in percent, plus s/edit and KB/edit (memory the editor
-stores beside the model, per edit).
+M-Loc (and Port where present) in percent, Rel-EM (exact match: share of edit prompts whose
+whole target is predicted; token accuracy credits partly right answers), plus s/edit and
+KB/edit (memory the editor stores beside the model, per edit).
 
 Rows: runs are averaged only when every setting that can change the measurement is the
 same, i.e. they differ only in ``seed`` (and in where and how they were logged:
@@ -42,7 +43,10 @@ import pandas as pd
 
 #: row order of tables: the baseline first, then the editors as editors.md lists them
 EDITOR_ORDER = ["none", "ft_l", "ft_l_easyedit", "grace", "melo", "wise", "elder", "ultraedit", "liveedit"]
-COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port"}
+COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port",
+           "rel_em": "Rel-EM"}
+#: columns every table has (a run without Port or without Rel-EM, recorded before it existed, shows '-')
+MAIN_COLUMNS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc")
 #: config keys (dotted prefixes) that do not change what is measured: averaged over / ignored
 NOT_SETTINGS = ("seed", "out_dir", "logger", "protocol.progress", "hydra")
 #: key prefixes that belong to a named component: they count as differing only among runs of one name
@@ -201,7 +205,7 @@ def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
         row = dict(zip(keys, kv))
         for k, name in COLUMNS.items():
             vals = [100.0 * s["metrics"][k] for s in runs if k in s.get("metrics", {})]
-            if vals or k != "port":
+            if vals or k in MAIN_COLUMNS:
                 row[name], row[f"{name}_std"], row[f"{name}_ci95"] = spread(vals)
         row["s/edit"] = spread([s["timing"]["s_per_edit"] for s in runs])[0]
         row["KB/edit"] = spread([s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024 for s in runs])[0]

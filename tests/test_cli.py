@@ -26,12 +26,14 @@ def test_single_run_writes_result_files(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "ok" and s["editor"] == "ft_l" and s["model"] == "tiny" and s["data"] == "toy_evqa"
     assert s["n_edits"] == 3 and s["seed"] == 1 and s["git"]
-    assert set(s["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc"}
+    assert set(s["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "rel_em", "t_gen_em", "m_gen_em"}
     assert all(0.0 <= v <= 1.0 for v in s["metrics"].values())
     assert s["timing"]["s_per_edit"] > 0 and s["timing"]["total_seconds"] > 0
     assert s["versions"]["torch"] and s["config"]["edits"] == 3
     cases = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
     assert len(cases) == 15 and {"score", "pred", "target", "kind"} <= set(cases[0])
+    rel = [c["score"] for c in cases if c["kind"] == "rel"]
+    assert s["metrics"]["rel_em"] == sum(x == 1.0 for x in rel) / len(rel)  # exact match: whole target right
     logs = r.stdout + r.stderr  # Hydra sends log lines to stdout
     assert "loading backbone tiny" in logs and "editor ft_l" in logs
 

@@ -142,7 +142,8 @@ def test_crash_keeps_results_already_computed(tmp_path, monkeypatch):
 
 def test_portability_metric_on_vlkeb_style_data(tmp_path):
     summary = run(tiny_cfg(tmp_path, "data=toy_vlkeb", "edits=3"))
-    assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "port"}
+    assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "port",
+                                                                          "rel_em", "t_gen_em", "m_gen_em", "port_em"}
     kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
     assert kinds.count("port") == 3
 
