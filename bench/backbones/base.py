@@ -11,7 +11,8 @@ image becomes prefix embeddings and gives editors:
   teacher-forced path used for scoring and for editors' losses;
 * ``score(probes)``: batched, padding-correct scoring of probes.
 
-Sequences are laid out ``[template prefix][image tokens][prompt][target]`` and
+Sequences are laid out ``[template prefix][image tokens][prompt][target]``, the
+prompt and target tokens being one joint encoding (:meth:`Backbone.encode_joint`), and
 right-padded, so a real token never attends to padding and its position id does
 not depend on the other members of the batch: a probe's score is the same alone
 and inside any batch.
