@@ -24,7 +24,7 @@ def test_prepare_layout(tiny, toy_eval):
     probes = toy_eval.probes(0)
     batch = tiny.prepare(probes)
     for b, p in enumerate(probes):
-        tgt = tiny.encode_target(p.target)
+        tgt = tiny.encode_target(p)
         start = int(batch.prompt_last[b]) + 1
         assert batch.input_ids[b, start : start + len(tgt)].tolist() == tgt
         assert int(batch.lengths[b]) == start + len(tgt)
@@ -32,7 +32,7 @@ def test_prepare_layout(tiny, toy_eval):
         n_img = int(batch.image_mask[b].sum())
         assert n_img == (4 if p.image else 0)
     # target tokens carry a leading space and no special tokens
-    assert tiny.tokenizer.decode(tiny.encode_target("blue")) == " blue"
+    assert tiny.tokenizer.decode(tiny.encode_target(Probe("The sky is", "blue"))) == " blue"
 
 
 def test_score_is_independent_of_batch_company(tiny, toy_eval):

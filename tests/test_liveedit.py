@@ -116,7 +116,7 @@ def test_hand_built_expert_raises_score(make, tiny, toy_eval):
     req = toy_eval.request(0)
     before = tiny.score([req])[0].logprob
     ed.edit(req)
-    tgt = tiny.encode_target(req.target)
+    tgt = tiny.encode_target(req)
     w = tiny.lm.get_output_embeddings().weight[tgt[0]]
     ed.U = torch.zeros_like(ed.U)
     ed.U[0, 0] = 1.0  # LN(h) . 1 = sum of LN's bias (the normalised part sums to 0): a constant 64 > 0

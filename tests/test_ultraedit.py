@@ -91,7 +91,7 @@ def test_statistics_persist_across_turns_and_pool_same_shape(make, tiny, toy_eva
     assert len(ed.norms) == 1  # gate and up have the same (in, out): one shared normaliser (reference)
     norm = next(iter(ed.norms.values()))
     reqs = [toy_eval.request(i) for i in range(4)]
-    tokens = [sum(len(tiny.encode_target(r.target)) for r in reqs[:2]), sum(len(tiny.encode_target(r.target)) for r in reqs[2:])]
+    tokens = [sum(len(tiny.encode_target(r)) for r in reqs[:2]), sum(len(tiny.encode_target(r)) for r in reqs[2:])]
     ed.edit_batch(reqs[:2])
     assert float(norm.n) == 3 * tokens[0]  # 3 matrices x target tokens
     ed.edit_batch(reqs[2:])
@@ -167,7 +167,7 @@ def test_edit_raises_edited_probes(make, tiny, toy_eval):
     stats = ed.edit_batch(reqs)
     after = [s.logprob for s in tiny.score(reqs)]
     assert sum(after) > sum(before) + 1.0, (before, after)
-    assert stats["tokens"] == sum(len(tiny.encode_target(r.target)) for r in reqs)
+    assert stats["tokens"] == sum(len(tiny.encode_target(r)) for r in reqs)
 
 
 def test_score_alone_equals_score_in_batch(make, tiny, toy_eval):

@@ -11,7 +11,8 @@ image becomes prefix embeddings and gives editors:
   teacher-forced path used for scoring and for editors' losses;
 * ``score(probes)``: batched, padding-correct scoring of probes.
 
-Sequences are laid out ``[template prefix][image tokens][prompt][target]`` and
+Sequences are laid out ``[template prefix][image tokens][prompt][target]``, the
+prompt and target tokens being one joint encoding (:meth:`Backbone.encode_joint`), and
 right-padded, so a real token never attends to padding and its position id does
 not depend on the other members of the batch: a probe's score is the same alone
 and inside any batch.
@@ -267,13 +268,49 @@ class Backbone(nn.Module):
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_target(self, target: str) -> list[int]:
-        """Target tokens: leading space, no special tokens (protocol.md)."""
+    def encode_joint(self, context: str, target: str) -> tuple[list[int], list[int]]:
+        """``(context tokens, target tokens)`` of ``context`` and ``target`` encoded as ONE string.
+
+        The one place target tokens are made (scoring, every editor's loss, LiveEdit training,
+        UltraEdit, bench.speed: all go through :meth:`prepare`, which calls this). The text is
+        ``context + target``, the target with a leading space unless it has one, no special
+        tokens (protocol.md). As the reference evaluators do (LiveEdit's
+        ``BaseVLLMForEdit.prompts_imgs_target_to_xym`` encodes prompt + target and masks the
+        prompt's tokens; EasyEdit's BLIP-2/MiniGPT-4 ``text_encoding`` likewise), the target is
+        the tail of the joint encoding, never a separate encoding of ``" " + target``: a LLaMA
+        SentencePiece tokenizer with the dummy prefix (slow, or fast with the legacy
+        normaliser) encodes a lone ``" x"`` as ``["▁", "▁x"]``, one bare ``▁`` too many.
+
+        Boundary rule: the context keeps the longest common prefix of its own encoding and the
+        joint encoding; the target is the rest of the joint encoding. With no merge across the
+        boundary (the usual case: the target starts a new word) this is the joint encoding cut
+        after ``len(encode(context))`` tokens, exactly the reference's mask. If the tokenizer
+        merges the context's last characters and the target's first into one token, the cut
+        falls before that token: it is scored as the target's first token (so no target
+        character goes unscored) and the context's last token in the sequence is the one
+        before it. The sequence fed to the model is always the joint encoding.
+        """
         text = target if target.startswith(" ") else " " + target
-        ids = self._encode(text)
-        if not ids:
-            raise ValueError(f"target {target!r} tokenises to nothing")
-        return ids
+        ctx = self._encode(context) if context else []
+        ids = self._encode(context + text)
+        k, n = 0, min(len(ctx), len(ids))
+        while k < n and ctx[k] == ids[k]:
+            k += 1
+        if k == len(ids):
+            raise ValueError(f"target {target!r} tokenises to nothing after {context!r}")
+        return ids[:k], ids[k:]
+
+    def probe_context(self, probe: Probe) -> str:
+        """The text encoded together with ``probe``'s target: the template around the prompt,
+        from the image mark (or the start) to the target."""
+        _, mid, tail = self._split_template(probe.image is not None)
+        return mid + probe.prompt + tail
+
+    def encode_target(self, probe: Probe) -> list[int]:
+        """``probe``'s target tokens exactly as :meth:`prepare` lays them out (:meth:`encode_joint`)."""
+        if not isinstance(probe, Probe):
+            raise TypeError(f"encode_target takes a Probe (target tokens depend on the prompt), got {type(probe).__name__}")
+        return self.encode_joint(self.probe_context(probe), probe.target)[1]
 
     def _split_template(self, has_image: bool) -> tuple[str, str, str]:
         tpl = self.image_template if has_image else self.text_template
@@ -297,20 +334,23 @@ class Backbone(nn.Module):
         pieces: list[list[tuple[str, object]]] = []
         targets: list[list[int]] = []
         for p in probes:
-            head, mid, tail = self._split_template(p.image is not None)
+            head = self._split_template(p.image is not None)[0]
             seq: list[tuple[str, object]] = []
             ids = ([bos] if bos is not None else []) + (self._encode(head) if head else [])
             if ids:
                 seq.append(("ids", ids))
             if p.image is not None:
                 seq.append(("img", None))
-            seq.append(("ids", self._encode(mid + p.prompt + tail)))
+            ctx, tgt = self.encode_joint(self.probe_context(p), p.target)
+            seq.append(("ids", ctx))
             pieces.append(seq)
-            targets.append(self.encode_target(p.target))
+            targets.append(tgt)
         n_img = img_emb.shape[1] if img_emb is not None else 0
         lengths, prompt_last = [], []
-        for seq, tgt in zip(pieces, targets, strict=True):
+        for p, seq, tgt in zip(probes, pieces, targets, strict=True):
             n = sum(len(x) if kind == "ids" else n_img for kind, x in seq)
+            if n == 0:
+                raise ValueError(f"{self.name}: no token precedes the target of probe {p.prompt!r} -> {p.target!r}")
             prompt_last.append(n - 1)
             lengths.append(n + len(tgt))
         B, L = len(probes), max(lengths)
@@ -480,8 +520,7 @@ class Backbone(nn.Module):
         # sort by token count so batches pad little; results go back in input order
         if len(probes) > bs:
             n_img = self.num_image_tokens if hasattr(self, "num_image_tokens") else 1
-            size = [len(self._encode(p.prompt)) + len(self.encode_target(p.target)) + (n_img if p.image else 0)
-                    for p in probes]
+            size = [sum(map(len, self.encode_joint(p.prompt, p.target))) + (n_img if p.image else 0) for p in probes]
             order = sorted(range(len(probes)), key=lambda i: size[i])
         else:
             order = list(range(len(probes)))
