@@ -22,39 +22,40 @@ Mechanics
   with ``g_e`` the (un-renormalised) softmax score, as the reference ``Gate``.
   Router logits are computed by an elementwise product and a sum over the
   hidden dimension, so a sample's routing does not depend on its batch.
-* **Guided loss.** Each distinct edit request gets a random preset allocation
-  (``top_k`` distinct LoRA indices per layer, drawn from a seeded generator and
-  distinct from earlier presets); while training, routing follows the routers'
-  own top-k (the reference's "soft" mode) and the loss
-  ``CE + guided_weight * mean_b( -sum_l sum_j log p_l[preset_lj] )`` pushes the
-  routers towards the preset. The paper also gives rephrases of one fact the
-  same preset ("semantically equivalent edits"); at edit time the harness only
-  passes the edit request, so only identical requests (same image, prompt and
-  target) share a preset here.
-* **Deferral.** An input's allocation code is the concatenated top-k one-hot
-  vectors of all layers (``num_layers * num_loras`` bits). After an edit the
-  codes of its requests (with the trained routers) are stored. At inference the
-  batch's codes are compared with all stored codes in one ``torch.cdist(p=0)``
-  (Hamming distance); a sample whose minimum distance exceeds ``threshold`` gets
-  the mixture switched off (masking: exactly the original output). During an
-  edit the mixture is on for every request (reference: ``IN_EDIT_SCOPE`` all
-  True). With no stored code the mixture is off for everyone.
-* **Edit.** ``num_iter`` Adam steps (lr ``lr``) on all LoRAs and routers together,
-  fresh optimiser state per edit (batch). ``edit_batch`` trains a batch of
-  requests jointly, each with its own preset.
+* **Guided loss.** Each distinct edit LABEL (the target answer, whitespace-normalised:
+  :func:`label_of`) gets a random preset allocation (``top_k`` distinct LoRA indices per
+  layer, drawn from a seeded generator and distinct from the presets of other labels); the
+  paper: "identically labeled edits receive the same allocation distinct from others". So
+  two edits with the same answer share a preset whatever their image and question. While
+  training, routing follows the routers' own top-k (the reference's "soft" mode) and the loss
+  ``CE + guided_weight * mean_b( -sum_l sum_j log p_l[preset_lj] )`` pushes the routers
+  towards the preset.
+* **Deferral.** An input's allocation code is the concatenated top-k one-hot vectors of all
+  layers (``num_layers * num_loras`` bits). The codes of an edit's inputs are recorded during
+  its training: the routing of the last training forward (reference: ``get_bin_code`` on the
+  last iteration, before that iteration's update; paper: "precomputed and stored during
+  training"). At inference the batch's codes are compared with all stored codes in one
+  ``torch.cdist(p=0)`` (Hamming distance); the mixture is on for a sample iff its minimum
+  distance is strictly below ``threshold`` (paper Alg. 1; reference ``discriminate``:
+  ``distance < threshold``), else off (masking: exactly the original output). During an edit
+  the mixture is on for every request (reference: ``IN_EDIT_SCOPE`` all True). With no stored
+  code the mixture is off for everyone.
+* **Edit.** ``num_iter`` Adam steps (lr ``lr``) on all LoRAs and routers together, fresh
+  optimiser state per edit (batch). ``edit_batch`` trains a batch of requests jointly, each
+  with its label's preset (the paper trains 4 edits per batch: ``edit_batch_size`` in the
+  YAML).
 
 Departures from the reference (deliberate)
 ------------------------------------------
-* The query is the decoder-layer input at the first mixture layer (the
-  reference reads the input of a separate ``grace_layer`` module and its
-  ``key_id``, the last input token); here per sample at its last prompt token.
-* One router per layer shared by the layer's wrapped matrices (the reference has
-  one gate per wrapped matrix; with the default single role these coincide).
-* Deferral: off iff min distance > ``threshold`` (paper: "exceeds a threshold");
-  the reference keeps the mixture on iff distance < threshold, i.e. its
-  threshold t equals t - 1 here (distances are even integers).
-* Codes are recorded with the routers after the last step (the reference records
-  them during the last iteration's forward, before that step's update).
+* The query is the decoder-layer input at the first mixture layer (the reference reads the
+  input of a separate ``grace_layer`` module and its ``key_id``, the last input token); here
+  per sample at its last prompt token.
+* One router per layer shared by the layer's wrapped matrices (the reference has one gate per
+  wrapped matrix; with the default single role these coincide).
+* The reference ships no training loop, so how it builds its presets (``set_target``,
+  ``hash_initialization``) is not visible; the keying on the whitespace-normalised target
+  string follows the paper's wording. Rephrases of an edit are never edited by the harness,
+  so the paper's "semantically equivalent edits" share a preset only through their label.
 """
 
 from __future__ import annotations
@@ -72,9 +73,16 @@ from .base import Editor, LinearWrapper
 from .registry import register
 
 
-def _request_key(p: Probe) -> int:
-    """Stable 63-bit id of an edit request (identical requests share a preset allocation)."""
-    h = hashlib.sha1(f"{p.image}\x00{p.prompt}\x00{p.target}".encode()).digest()
+def label_of(p: Probe) -> str:
+    """An edit's label: its target answer, whitespace-normalised (outer whitespace dropped, inner runs
+    collapsed), case kept. The backbone trains on ``" " + target`` tokens, so targets that differ only in
+    outer spacing are the same label tokens; case changes the tokens, so it is kept."""
+    return " ".join(p.target.split())
+
+
+def label_key(p: Probe) -> int:
+    """Stable 63-bit id of an edit's label (identically labelled edits share a preset allocation)."""
+    h = hashlib.sha1(label_of(p).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
 
 
@@ -247,7 +255,7 @@ class ELDER(Editor):
                 p = probs.gather(-1, preset.to(h.device))  # [B, L, k]
                 self._guided = -torch.log(p).sum(dim=(1, 2)).mean()
         else:
-            active = dist <= self.threshold
+            active = dist < self.threshold  # paper Alg. 1 / reference discriminate(): strictly below
         self._route = (idx, gates, active)
         self.last = {"query": q, "idx": idx.detach(), "probs": probs.detach(), "codes": codes, "dist": dist, "active": active}
         return None
@@ -261,9 +269,9 @@ class ELDER(Editor):
 
     # ----- presets ----------------------------------------------------------------------------------
     def _preset_for(self, request: Probe) -> torch.Tensor:
-        """The request's preset allocation [L, k]: reused for an identical request, else a new random
-        one distinct from every earlier preset (when the allocation space allows)."""
-        key = _request_key(request)
+        """The preset allocation [L, k] of the request's label: reused for an identically labelled edit,
+        else a new random one distinct from every earlier preset (when the allocation space allows)."""
+        key = label_key(request)
         hit = (self.preset_keys == key).nonzero()
         if hit.numel():
             return self.presets[int(hit[0, 0])]
@@ -299,6 +307,7 @@ class ELDER(Editor):
         ce_v = guided_v = float("nan")
         steps = 0
         self._editing, self._train_presets = True, presets
+        self.last = {}
         try:
             # layers below the first mixture layer are frozen: run them once; the routers' pre-hook
             # on the first mixture layer fires in every step
@@ -320,14 +329,14 @@ class ELDER(Editor):
             for p in params:
                 p.requires_grad_(False)
                 p.grad = None
-        with torch.no_grad():  # the query precedes every mixture layer: route it with the trained routers
-            q = self.last.get("query")
-            if q is None or q.shape[0] != len(requests):  # num_iter = 0: read the queries once
-                q = self.route(requests)["query"]
-            idx = self.router_probs(q).topk(self.top_k, dim=-1).indices
-            codes = self.codes_of(idx)
-            self.codes = torch.cat([self.codes, codes])
-            hit = (idx.sort(-1).values == presets.sort(-1).values).all(-1)  # [B, L]
+        # codes of the edit inputs as recorded during training: the routing of the last training forward
+        # (reference: get_bin_code in the forward of the last iteration, before that iteration's update;
+        # paper: "precomputed and stored during training")
+        if "codes" not in self.last:  # num_iter = 0: no training forward, route once
+            self.route(requests)
+        idx, codes = self.last["idx"], self.last["codes"].clone()
+        self.codes = torch.cat([self.codes, codes])
+        hit = (idx.sort(-1).values == presets.sort(-1).values).all(-1)  # [B, L]
         self._route = None
         self.n_edits += len(requests)
         return {

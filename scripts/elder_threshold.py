@@ -1,15 +1,18 @@
 """ELDER's deferral threshold, swept after one edit stream (inference-time only).
 
 The threshold only decides, per input, whether the mixture of LoRAs is on (min Hamming
-distance of its allocation code to the stored codes <= threshold) or off (the original
-model, bit for bit). Edits do not depend on it. So one stream is edited once, every probe
-is scored with the mixture on and with it off, and each probe's distance is recorded; the
-metrics for any threshold t follow exactly: a probe scores its "on" value if dist <= t,
-else its "off" value.
+distance of its allocation code to the stored codes strictly below the threshold) or off
+(the original model, bit for bit). Edits do not depend on it. So one stream is edited once,
+every probe is scored with the mixture on and with it off, and each probe's distance is
+recorded; the metrics for any threshold t follow exactly: a probe scores its "on" value if
+dist < t, else its "off" value.
 
-    python scripts/elder_threshold.py +model=smol_llava edits=100 shuffle=true seed=1 [editor.x=...]
+    python scripts/elder_threshold.py +model=smol_llava edits=100 shuffle=true seed=1 \
+        protocol.edit_batch_size=4 [editor.x=...]
 
-Prints one row per threshold (0..num_layers*num_loras) and writes them as CSV to
+protocol.edit_batch_size null takes the editor YAML's edit_batch_size (else 1). Prints one
+row per even threshold 0..num_layers*num_loras+2 (distances are even: 0 = every input off,
+code length + 2 = every input on) and writes them as CSV to
 results/tune/elder_threshold_<model>_<data>_<edits>_s<seed>.csv.
 """
 
@@ -53,9 +56,9 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     bs = int(cfg.protocol.score_batch_size or bb.batch_size)
     dist = torch.cat([ed.route(probes[s : s + bs])["dist"].cpu() for s in range(0, len(probes), bs)]).tolist()
     rows = []
-    for t in range(0, ed.codes.shape[1] + 1, 2):  # distances are even integers
-        cases = [dict(a, score=(a if d <= t else b)["score"]) for a, b, d in zip(on, off, dist, strict=True)]
-        kinds = {k: sum(d <= t for c, d in zip(on, dist, strict=True) if c["kind"] == k)
+    for t in range(0, ed.codes.shape[1] + 3, 2):  # distances are even integers; on iff dist < t
+        cases = [dict(a, score=(a if d < t else b)["score"]) for a, b, d in zip(on, off, dist, strict=True)]
+        kinds = {k: sum(d < t for c, d in zip(on, dist, strict=True) if c["kind"] == k)
                  / max(1, sum(c["kind"] == k for c in on)) for k in ("rel", "t_gen", "m_gen", "t_loc", "m_loc")}
         rows.append({"threshold": t, **{k: round(100 * v, 2) for k, v in aggregate(cases).items()
                                         if isinstance(v, float)},

@@ -85,15 +85,39 @@ def test_guided_loss_pushes_the_preset_allocation(elder, toy_eval):
     assert mass[1.0] > mass[0.0] + 0.5  # same seed -> same preset; only the guided loss pulls it
 
 
-def test_presets_reused_for_identical_request_and_distinct_otherwise(elder, toy_eval):
+def test_presets_keyed_on_the_edit_label(elder, toy_eval):
+    """Paper: "identically labeled edits receive the same allocation distinct from others"."""
+    import dataclasses
+
     ed = elder()
-    a = ed._preset_for(toy_eval.request(0))
-    b = ed._preset_for(toy_eval.request(1))
-    assert torch.equal(ed._preset_for(toy_eval.request(0)), a)
+    r0, r1 = toy_eval.request(0), toy_eval.request(1)
+    assert r0.target != r1.target and r0.image != r1.image and r0.prompt != r1.prompt
+    a = ed._preset_for(r0)
+    b = ed._preset_for(r1)
     assert not torch.equal(a, b)
-    assert ed.presets.shape == (2, 2, 2)
-    for p in (a, b):  # top_k distinct LoRAs per layer
+    # another image and question, same answer (outer/inner whitespace aside): the same preset
+    same_label = dataclasses.replace(r1, target="  " + r0.target.replace(" ", "   ") + " ")
+    assert torch.equal(ed._preset_for(same_label), a)
+    # the same image and question with another answer: a new preset, distinct from both
+    other = dataclasses.replace(r0, target=r0.target + " x")
+    c = ed._preset_for(other)
+    assert not torch.equal(c, a) and not torch.equal(c, b)
+    # case changes the label's tokens: another label
+    assert not torch.equal(ed._preset_for(dataclasses.replace(r0, target=r0.target.upper())), a) or \
+        r0.target == r0.target.upper()
+    assert ed.presets.shape[1:] == (2, 2) and ed.presets.shape[0] in (3, 4)
+    for p in (a, b, c):  # top_k distinct LoRAs per layer
         assert all(len(set(row.tolist())) == ed.top_k for row in p)
+
+
+def test_identically_labelled_edits_in_one_batch_share_the_preset(elder, toy_eval):
+    import dataclasses
+
+    ed = elder(num_iter=2)
+    r0, r1, r2 = (toy_eval.request(i) for i in range(3))
+    ed.edit_batch([r0, dataclasses.replace(r1, target=r0.target), r2])
+    assert ed.presets.shape[0] == 2  # two labels
+    assert ed.codes.shape[0] == 3  # but one code per edit input
 
 
 def test_codes_stored_per_edit(elder, toy_eval):
@@ -101,11 +125,34 @@ def test_codes_stored_per_edit(elder, toy_eval):
     for n, i in enumerate((0, 1, 2), start=1):
         ed.edit(toy_eval.request(i))
         assert ed.codes.shape == (n, ed.code_bits)
-        assert torch.equal(ed.codes[-1], ed.route([toy_eval.request(i)])["codes"][0])
     ed.edit_batch([toy_eval.request(3), toy_eval.request(4)])
     assert ed.codes.shape == (5, ed.code_bits)
     per_layer = ed.codes.view(5, len(ed.layers), ed.num_experts).sum(-1)
     assert bool((per_layer == ed.top_k).all())  # k-hot per layer
+
+
+def test_codes_recorded_during_training(elder, toy_eval):
+    """The stored code is the routing of the last training forward (reference: get_bin_code on the last
+    iteration, before its update), not a routing with the routers after the last step."""
+    req = toy_eval.request(1)
+    ed = elder(num_iter=1, lr=1.0, guided_weight=10.0)  # one large step moves the routing to the preset
+    before = ed.route([req])["codes"][0]
+    preset_code = ed.codes_of(ed._preset_for(req)[None])[0]
+    assert not torch.equal(before, preset_code), "pick a request whose initial routing is not its preset"
+    ed.edit(req)
+    after = ed.route([req])["codes"][0]
+    assert not torch.equal(after, before), "the step must change the routing for this test to discriminate"
+    assert torch.equal(ed.codes[-1], before)
+    ed.reset()
+    # with more steps the last training forward already routes to the preset: the stored code is it
+    ed2 = elder(num_iter=20, lr=1e-1, guided_weight=10.0)
+    ed2.edit(req)
+    assert torch.equal(ed2.codes[-1], preset_code)
+    ed2.reset()
+    # early stop: the last forward is the one that stopped (after every update so far)
+    ed3 = elder(num_iter=20, early_stop_loss=1e9)
+    st = ed3.edit(req)
+    assert st["steps"] == 1 and torch.equal(ed3.codes[-1], ed3.route([req])["codes"][0])
 
 
 def test_deferral_by_hamming_threshold(elder, tiny, toy_eval):
@@ -120,7 +167,7 @@ def test_deferral_by_hamming_threshold(elder, tiny, toy_eval):
     d0 = ed.route([toy_eval.request(0)])
     assert float(d0["dist"][0]) == 0 and bool(d0["active"][0])
     for b in range(len(probes)):
-        on = float(r["dist"][b]) <= ed.threshold
+        on = float(r["dist"][b]) < ed.threshold
         assert bool(r["active"][b]) == on
         if not on:
             assert torch.equal(post[b], ref[b])
@@ -138,6 +185,16 @@ def test_deferral_by_hamming_threshold(elder, tiny, toy_eval):
     ed.codes = code[None].clone()
     assert bool(ed.route(probes[:1])["active"][0])
     assert not torch.equal(logits_of(tiny, probes[:1]), ref1)
+    # strictly below (paper Alg. 1, reference discriminate): a stored code at exactly the threshold defers
+    near = code.clone()
+    flip = torch.cat([near.nonzero()[:2, 0], (~near).nonzero()[:2, 0]])  # move 2 LoRAs: distance 4
+    near[flip] = ~near[flip]
+    ed.codes = near[None].clone()
+    for t, on in ((4.0, False), (5.0, True), (3.0, False)):
+        ed.threshold = t
+        r = ed.route(probes[:1])
+        assert float(r["dist"][0]) == 4 and bool(r["active"][0]) == on, t
+        assert torch.equal(logits_of(tiny, probes[:1]), ref1) != on, t
 
 
 def test_hamming_is_one_vectorised_distance(elder):
@@ -162,7 +219,7 @@ def test_batch_consistency_alone_vs_batch(elder, tiny, toy_eval):
     r = ed.route(probes)
     d = r["dist"]
     assert float(d.min()) < float(d.max())
-    ed.threshold = float(d.min())
+    ed.threshold = float(d.min()) + 1  # on iff strictly below: the nearest probes on, the farthest off
     active = ed.route(probes)["active"]
     assert bool(active.any()) and not bool(active.all())
     assert_batch_consistent(tiny, probes)
@@ -198,10 +255,11 @@ def test_threshold_sweep_script(tmp_path):
     spec.loader.exec_module(mod)
     df = mod.main(["+model=tiny", "edits=3", "editor.num_layers=2", "editor.num_iter=3", "protocol.progress=false",
                    f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=10"], out_dir=tmp_path)
-    assert df["threshold"].tolist() == [0, 2, 4, 6, 8]  # 2 layers x 4 LoRAs = 8-bit codes
+    assert df["threshold"].tolist() == [0, 2, 4, 6, 8, 10]  # 2 layers x 4 LoRAs = 8-bit codes
     for k in ("on_rel", "on_t_loc", "on_m_loc"):
         assert df[k].is_monotonic_increasing
-    assert df["on_rel"].iloc[-1] == 100.0  # at the code length every input is within range
+    assert df[["on_rel", "on_t_loc", "on_m_loc"]].iloc[0].eq(0.0).all()  # strictly below 0: nobody is on
+    assert df["on_rel"].iloc[-1] == 100.0  # above the code length every input is within range
     assert (tmp_path / "elder_threshold_tiny_toy_evqa_3_s0.csv").is_file()
 
 
