@@ -1,6 +1,6 @@
 """Separate training stage of editors that learn before editing (LiveEdit).
 
-    python -m bench.train +editor=liveedit +model=smol_llava data=toy_evqa [editor.train.steps=N]
+    python -m bench.train +editor=liveedit +model=smol_llava data=toy_evqa [editor.train.epochs=E] [editor.train.max_steps=N]
         [out_dir=checkpoints/my_run] [resume=true | --resume] [logger=wandb]
 
 Writes a safetensors checkpoint plus the config it was trained with into ``out_dir`` (default

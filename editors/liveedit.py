@@ -18,6 +18,9 @@ Mechanics
   cross-attends to the vision reps, giving the visual feature phi. Two expert generators
   (``rank`` learned tokens cross-attending to LN([vision; query; answer]) reps) give the
   expert ``U`` and ``V`` (``rank x d_llm``, scaled by ``1 / (lora_scale * sqrt(rank))``).
+  The learned tokens (query tokens, sentinel, generator tokens) start as the reference's
+  (``modules.py``: ``nn.init.kaiming_normal_``, std ``sqrt(2 / (n * d))`` for an ``[1, n, d]``
+  tensor), or N(0, 1) with ``editor.train.token_init: standard_normal`` (:func:`learned_tokens`).
 * **Edit.** One forward pass (stopped at layer ``l_e``) per batch of requests; each
   request adds ``(psi, phi, U, V)`` to four tensors. No gradient steps at edit time.
 * **Inference** (forward hook on ``backbone.layer(l_e)``), per sample from its own tokens
@@ -43,6 +46,10 @@ Departures from the reference
 * Locality KL and the routing contrasts use the train split's m_loc samples (image
   locality), as the reference keeps only locality samples with an image.
 * The checkpoint stores the backbone name, hidden size and layer index; a mismatch stops.
+* The locality KL runs KL(unedited || edited) (the paper's Eq. 11 as the project reads it); the
+  reference code computes KL(edited || unedited) (:mod:`editors.liveedit_train` module doc).
+* Training length: ``editor.train.epochs`` as the reference's README, each epoch
+  ``ceil(N / batch_size)`` steps of randomly drawn batches; ``max_steps`` caps it.
 """
 
 from __future__ import annotations
@@ -95,20 +102,39 @@ class CrossAttention(nn.Module):
         return torch.einsum("nhqk,nkhd->nqhd", a, vh).reshape(N, Lq, -1)
 
 
+#: how learned tokens (query tokens, vision sentinel, expert-generator tokens) start: ``editor.train.token_init``
+TOKEN_INITS = ("kaiming_normal", "standard_normal")
+
+
+def learned_tokens(shape: tuple[int, ...], init: str) -> nn.Parameter:
+    """A learned-token tensor ``[1, n, d]``. ``kaiming_normal`` (the reference: ``nn.init.kaiming_normal_``
+    with its defaults, fan_in = n * d for this shape, gain sqrt(2)): N(0, 2 / (n d)); ``standard_normal``:
+    N(0, 1), the harness's init before issue 10 (the shipped smol_llava checkpoint was trained from it)."""
+    if init == "kaiming_normal":
+        t = torch.empty(shape)
+        nn.init.kaiming_normal_(t)
+    elif init == "standard_normal":
+        t = torch.randn(shape)
+    else:
+        raise ValueError(f"editor.train.token_init: {init!r} is not one of {list(TOKEN_INITS)}")
+    return nn.Parameter(t)
+
+
 class FeatureExtractor(nn.Module):
     """Textual feature psi (query tokens -> query reps) and visual feature phi (-> vision reps)."""
 
-    def __init__(self, d_llm: int, d_m: int, heads: int, n_query: int, sentinel_tokens: int = 0) -> None:
+    def __init__(self, d_llm: int, d_m: int, heads: int, n_query: int, sentinel_tokens: int = 0,
+                 token_init: str = "kaiming_normal") -> None:
         super().__init__()
         self.norm_v = nn.LayerNorm(d_llm)
-        self.tok_v = nn.Parameter(torch.randn(1, n_query, d_m))
+        self.tok_v = learned_tokens((1, n_query, d_m), token_init)
         self.att_vq = CrossAttention(d_m, d_llm, d_m, d_m, heads)
         self.att_vv = CrossAttention(d_m, d_llm, d_m, d_m, heads)
         self.norm_t = nn.LayerNorm(d_llm)
-        self.tok_t = nn.Parameter(torch.randn(1, n_query, d_m))
+        self.tok_t = learned_tokens((1, n_query, d_m), token_init)
         self.att_t = CrossAttention(d_m, d_llm, d_m, d_m, heads)
         if sentinel_tokens:
-            self.sentinel = nn.Parameter(torch.randn(1, sentinel_tokens, d_llm))
+            self.sentinel = learned_tokens((1, sentinel_tokens, d_llm), token_init)
 
     def textual(self, query: torch.Tensor, qmask: torch.Tensor | None = None) -> torch.Tensor:
         return self.att_t(self.tok_t, self.norm_t(query), qmask)
@@ -126,9 +152,10 @@ class FeatureExtractor(nn.Module):
 class ExpertGenerator(nn.Module):
     """``rank`` learned tokens attend to LN(edit reps): one rank x d_llm factor of an expert."""
 
-    def __init__(self, d_llm: int, d_m: int, heads: int, rank: int, lora_scale: float) -> None:
+    def __init__(self, d_llm: int, d_m: int, heads: int, rank: int, lora_scale: float,
+                 token_init: str = "kaiming_normal") -> None:
         super().__init__()
-        self.tok = nn.Parameter(torch.randn(1, rank, d_m))
+        self.tok = learned_tokens((1, rank, d_m), token_init)
         self.norm = nn.LayerNorm(d_llm)
         self.att = CrossAttention(d_m, d_llm, d_m, d_llm, heads)
         self.scale = 1.0 / (lora_scale * math.sqrt(rank))
@@ -139,15 +166,15 @@ class ExpertGenerator(nn.Module):
 
 class LiveEditNet(nn.Module):
     def __init__(self, d_llm: int, module_dim: int, heads: int, n_query: int, rank: int, lora_scale: float,
-                 sentinel_tokens: int) -> None:
+                 sentinel_tokens: int, token_init: str = "kaiming_normal") -> None:
         super().__init__()
         if sentinel_tokens < 1:
             raise ValueError(f"sentinel_tokens must be >= 1, got {sentinel_tokens}")
         self.scale = 1.0 / math.sqrt(module_dim)
-        self.edit_ext = FeatureExtractor(d_llm, module_dim, heads, n_query)
-        self.inpt_ext = FeatureExtractor(d_llm, module_dim, heads, n_query, sentinel_tokens)
-        self.gen_u = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale)
-        self.gen_v = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale)
+        self.edit_ext = FeatureExtractor(d_llm, module_dim, heads, n_query, token_init=token_init)
+        self.inpt_ext = FeatureExtractor(d_llm, module_dim, heads, n_query, sentinel_tokens, token_init)
+        self.gen_u = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale, token_init)
+        self.gen_v = ExpertGenerator(d_llm, module_dim, heads, rank, lora_scale, token_init)
         self.res_norm = nn.LayerNorm(d_llm)
 
     def sim(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -473,7 +500,9 @@ class LiveEdit(Editor):
         return out
 
 
-def build_net(backbone, arch: dict) -> LiveEditNet:
+def build_net(backbone, arch: dict, token_init: str = "kaiming_normal") -> LiveEditNet:
+    """The network of ``arch``; ``token_init`` only matters when training from scratch (a checkpoint
+    overwrites every parameter)."""
     return LiveEditNet(backbone.hidden_size, int(arch["module_dim"]), int(arch["heads"]), int(arch["n_query"]),
-                       int(arch["rank"]), float(arch["lora_scale"]), int(arch["sentinel_tokens"])
+                       int(arch["rank"]), float(arch["lora_scale"]), int(arch["sentinel_tokens"]), token_init
                        ).to(backbone.device)

@@ -10,12 +10,27 @@ One step on a batch of ``B`` train records (paper: B = 8, Adam lr 1e-4):
    as the reference does, so an edit must work beside others and locality must survive them;
 3. a second forward with the residual added at layer l_e; losses:
    reliability / text-generality / image-generality cross-entropy on the targets, locality
-   KL(unedited || edited) on the m_loc targets;
+   KL(unedited || edited) on the m_loc targets (see *KL direction* below);
 4. routing losses on ``h`` (pairs of samples of one record: (rel/gen, rel/gen) or (m_loc, m_loc)):
    soft routing = -log softmax of the matching textual score + binary terms
    -log sigmoid(s+) - log(1 - sigmoid(s-)); hard routing "neighbour" = the matching edit must win a
    softmax over the batch's visual scores and the sentinel's score, "prototype" = for pairs
    (rel/gen, m_loc) of one record the sentinel must win.
+
+Training length (``editor.train``): ``epochs`` as the reference's README (``train_vllm_editor.py -eps 50
+-bs 8``); one epoch is ``ceil(N / batch_size)`` steps for a train split of ``N`` records (the reference's
+``ParallelDataset`` with ``drop_last=False`` yields that many batches an epoch, topping the last one up from
+the next epoch's order). ``max_steps`` caps the total (null = no cap): ``min(epochs * ceil(N / B),
+max_steps)``. The batches here are drawn at random per step from ``(seed, step)`` (resumable), not as
+shuffled passes, so an "epoch" is a number of steps, not an exact pass over the split.
+
+KL direction of the locality loss: this file follows the paper's Eq. 11, ``KL(p_pre || p_post)`` =
+``sum p_pre (log p_pre - log p_post)`` with ``p_pre`` the unedited model's next-token distribution on an m_loc
+target token and ``p_post`` the edited one's, averaged over those tokens. The reference code computes the
+other direction: ``liveedit.py`` calls ``vllm.logit_KL_loss(logits, pre_logits, ...)`` with the edited
+logits first, and ``BaseVLLMForEdit.logit_KL_loss(logits1, logits2)`` (``editor/vllms_for_edit/base.py``)
+returns ``sum p1 (log p1 - log p2)``, i.e. ``KL(p_post || p_pre)`` (averaged over a sample's target tokens,
+then over the batch).
 
 The checkpoint folder holds ``liveedit.safetensors`` (network, with backbone name, hidden size,
 layer and architecture as metadata), ``config.json`` (that metadata and the full training config),
@@ -222,23 +237,44 @@ def image_tokens(backbone, train) -> int:
     raise ValueError("the train split has no record with an image; LiveEdit trains on image edits")
 
 
+def total_steps(tc, n_train: int) -> int:
+    """Joint training steps: ``epochs * ceil(n_train / batch_size)``, capped by ``max_steps`` (module doc)."""
+    if "steps" in tc:
+        raise ValueError("editor.train.steps was replaced by editor.train.epochs (the reference's unit) and "
+                         "editor.train.max_steps (a cap; null = none)")
+    B = int(tc.batch_size)
+    if B < 1:
+        raise ValueError(f"editor.train.batch_size: {B} < 1")
+    epochs, cap = tc.get("epochs"), tc.get("max_steps")
+    if epochs is None and cap is None:
+        raise ValueError("editor.train.epochs and editor.train.max_steps are both null: set at least one")
+    for key, v in (("epochs", epochs), ("max_steps", cap)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"editor.train.{key}: expected an integer >= 0 or null, got {v!r}")
+    per_epoch = -(-n_train // B)
+    steps = int(epochs) * per_epoch if epochs is not None else int(cap)
+    return min(steps, int(cap)) if cap is not None else steps
+
+
 def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) a LiveEdit generator on ``train_set``; returns the final log entry."""
     from tqdm.auto import tqdm
 
     ecfg, tc = cfg.editor, cfg.editor.train
-    steps, B, seed = int(tc.steps), int(tc.batch_size), int(tc.seed)
+    steps, B, seed = total_steps(tc, len(train_set)), int(tc.batch_size), int(tc.seed)
     if B < 2:
         raise ValueError("editor.train.batch_size: the routing contrasts need at least 2 records per batch")
     if B > len(train_set):
         raise ValueError(f"editor.train.batch_size={B} but the train split has only {len(train_set)} records")
+    log.info("training length: %s epochs x %d steps/epoch (%d records, batch %d), max_steps %s -> %d steps",
+             tc.get("epochs"), -(-len(train_set) // B), len(train_set), B, tc.get("max_steps"), steps)
     out_dir = Path(out_dir)
     arch = {k: ecfg.get(k) for k in ("module_dim", "heads", "n_query", "rank", "lora_scale", "sentinel_tokens")}
     arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or image_tokens(backbone, train_set))
     meta = {**arch, "layer": resolve_layer(ecfg.layer, backbone.num_layers), "backbone": backbone.name,
             "hidden_size": backbone.hidden_size, "num_layers": backbone.num_layers, "data": str(cfg.data.name)}
     torch.manual_seed(seed)
-    net = build_net(backbone, arch).float()
+    net = build_net(backbone, arch, str(tc.token_init)).float()  # token_init: fresh training only (resume loads)
     opt = torch.optim.Adam(net.parameters(), lr=float(tc.lr))
     cuts, rate = [int(v) for v in tc.lr_cut_it], float(tc.lr_cut_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: rate ** sum(s > c for c in cuts))

@@ -15,10 +15,27 @@ Mechanics
   ``[d_out - alpha]_+ + [beta - d_in]_+ + [d_out - d_in + gamma]_+`` with ``(alpha, beta,
   gamma) = act_margin``. In-scope is the edit request; out-of-scope is one *unrelated*
   locality sample: from the train split when :meth:`fit` was called, else from the fixed
-  generic prompts in the YAML (never the evaluated record's own loc/m_loc probes, which
-  EasyEdit's multimodal tokeniser uses).
-* **Optimiser.** Plain SGD (``edit_lr`` 1.0, weight decay 1e-5, ``n_iter`` steps, EasyEdit's
-  early stop), the gradient multiplied by the shard's random mask, then ``W'`` clamped to
+  generic prompts in the YAML (never the evaluated record's own probes, whereas EasyEdit
+  pairs each edit with its own record's ``loc`` question). ``out_of_scope: text`` (default) takes only the text-locality questions, as EasyEdit's
+  multimodal path does: ``MultimodalEditor._prepare_requests`` fills ``locality_prompt`` /
+  ``locality_ground_truth`` from ``locality_inputs['text']`` (the record's ``loc`` /
+  ``loc_ans``) and ``blip2_multimodal_tokenize`` turns them into the out-of-scope sample
+  with ``image = None``. ``out_of_scope: text+image`` also takes the image-locality
+  (``m_loc``) questions (not in the reference).
+* **Activation distance: code vs paper.** The paper (arXiv 2405.14768, Sec. 2.3, Eq. 3)
+  scores a query by ``||A(x) (W_v' - W_v)||_2``, the norm of the *linear* difference of
+  the two value-matrix outputs for the FFN activation ``A(x)``. EasyEdit's code, which
+  this file follows (``euc`` in ``WISE.py``), instead (1) passes each output through the
+  backbone's hidden activation first, ``||act(W' x) - act(W x)||`` (``act`` = the model's
+  ``hidden_act``, e.g. SiLU; not the same number, since ``act`` is not linear), and
+  (2) reduces the per-token norms to one score per sample by the mean over its tokens (the
+  max for inputs over ``long_seq`` tokens at inference). ``act: identity`` gives the
+  paper's linear distance (still token-averaged).
+* **Optimiser.** Plain SGD (``edit_lr`` 1.0, ``n_iter`` steps, EasyEdit's early stop): the
+  gradient is multiplied by the shard's random mask, then weight decay (1e-5) is added on
+  *every* entry of ``W'`` (EasyEdit masks ``new_weight.grad`` and then calls
+  ``torch.optim.SGD(weight_decay=1e-5).step()``, which adds ``wd * W'`` to the masked
+  gradient, so entries outside the mask shrink too), then ``W'`` is clamped to
   ``W +- norm_constraint``.
 * **Knowledge sharding.** Each shard (``save_freq`` edits) trains a fresh copy of ``W``
   through its own random mask (``mask_ratio`` of the entries trainable). Every
@@ -50,6 +67,8 @@ from .base import Editor, as_sequence
 from .registry import register
 
 ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}
+#: ``out_of_scope`` -> the train-split probe kinds :meth:`WISE.fit` draws out-of-scope samples from
+OUT_OF_SCOPE = {"text": ("t_loc",), "text+image": ("t_loc", "m_loc")}
 
 
 # ----- TIES merging -------------------------------------------------------------------------------
@@ -123,6 +142,11 @@ class WISE(Editor):
         c = cfg
         if str(c.act) not in ACTS:
             raise ValueError(f"editor.act: {c.act!r} is not one of {sorted(ACTS)}")
+        if "loc_kinds" in c:
+            raise ValueError("editor.loc_kinds was replaced by editor.out_of_scope "
+                             f"(one of {sorted(OUT_OF_SCOPE)})")
+        if str(c.out_of_scope) not in OUT_OF_SCOPE:
+            raise ValueError(f"editor.out_of_scope: {c.out_of_scope!r} is not one of {sorted(OUT_OF_SCOPE)}")
         if str(c.route_tokens) not in ("all", "prompt"):
             raise ValueError(f"editor.route_tokens: {c.route_tokens!r} is not 'all' or 'prompt'")
         self.save_freq, self.merge_freq = int(c.save_freq), int(c.merge_freq)
@@ -212,16 +236,18 @@ class WISE(Editor):
 
     # ----- training data ----------------------------------------------------------------------------
     def fit(self, train) -> None:
-        """Optional: use the train split's locality questions as out-of-scope samples.
+        """Use the train split's locality questions as out-of-scope samples.
 
-        ``loc_kinds`` picks them: ``t_loc`` (text, as EasyEdit's NQ prompts) and/or ``m_loc``
-        (unrelated image questions, which teach the router to stay off for those too).
+        ``out_of_scope`` picks them: ``text`` (default) the text-locality questions only, as
+        EasyEdit's multimodal WISE (its out-of-scope sample is the record's text ``loc``
+        question, no image); ``text+image`` also the unrelated image questions (``m_loc``),
+        which teaches the router to stay off for those too (a variant, not the reference).
 
         The harness calls it before the first edit (``needs_training``: it only reads the
         train split, no learning); without it (e.g. in unit tests) the generic prompts of
         the YAML are used. Either way the pool is disjoint from the eval split.
         """
-        kinds = set(self.cfg.get("loc_kinds") or ["t_loc"])
+        kinds = set(OUT_OF_SCOPE[str(self.cfg.out_of_scope)])
         pool = []
         for i in range(min(len(train), int(self.cfg.loc_pool_size))):
             pool += [p for p in train.probes(i) if p.kind in kinds]
@@ -384,7 +410,9 @@ class WISE(Editor):
                 self.cur.grad = None
                 loss.backward()
                 with torch.no_grad():
-                    g = (self.cur.grad + wd * self.cur) * maskf  # masked SGD (weight decay masked too)
+                    # the gradient through the shard's mask, weight decay on every entry (as SGD's
+                    # weight_decay after EasyEdit's gradient masking)
+                    g = self.cur.grad * maskf + wd * self.cur
                     self.cur -= lr * g
                     torch.clamp_(self.cur, min=w0 - bound, max=w0 + bound)
                 meter.update(loss_v)

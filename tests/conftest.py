@@ -101,7 +101,7 @@ LIVEEDIT_TINY = ("editor.module_dim=32", "editor.layer=-1", "editor.lora_scale=0
 
 def liveedit_train_cfg(out_dir: Path, data_root: Path, steps: int, *extra: str):
     return make_cfg("+editor=liveedit", "+model=tiny", f"out_dir={out_dir}", f"data.root={data_root}",
-                    "data.toy.n_train=20", "data.toy.n_eval=40", f"editor.train.steps={steps}",
+                    "data.toy.n_train=20", "data.toy.n_eval=40", f"editor.train.max_steps={steps}",
                     "protocol.progress=false", *LIVEEDIT_TINY, *extra)
 
 

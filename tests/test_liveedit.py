@@ -2,14 +2,18 @@
 
 import functools
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import editors
-from conftest import CONF, assert_batch_consistent, liveedit_train_cfg
+from conftest import CONF, assert_batch_consistent, liveedit_train_cfg, make_cfg
 from editors.liveedit import load_checkpoint, token_masks
+
+SHIPPED = Path(__file__).resolve().parents[1] / "bench" / "assets" / "liveedit_smol_llava_toy_evqa"
 
 
 @pytest.fixture
@@ -39,6 +43,10 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, toy_root):
     w3, meta = load_checkpoint(out)
     assert meta["step"] == 3 and any(not torch.equal(w2[k], w3[k]) for k in w2)
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
+    # no cap: the length in epochs, 20 train records / batch 4 = 5 steps an epoch
+    r = train(liveedit_train_cfg(out, tmp_path / "data", "null", "editor.train.epochs=1", "++editor.train.resume=true"),
+              progress=False)
+    assert r["step"] == 5 and load_checkpoint(out)[1]["step"] == 5
 
 
 def test_routing_warmup_trains_only_the_extractors_once(tmp_path, toy_root):
@@ -294,3 +302,87 @@ def logits_of_base(ed, backbone, probes):
         return logits_of(backbone, probes)
     finally:
         ed.load_state_dict(st)
+
+
+# ----- initialisation, training length, shipped checkpoint ----------------------------------------------
+def _token_tensors(net):
+    return {"edit_ext.tok_v": net.edit_ext.tok_v, "edit_ext.tok_t": net.edit_ext.tok_t,
+            "inpt_ext.tok_v": net.inpt_ext.tok_v, "inpt_ext.tok_t": net.inpt_ext.tok_t,
+            "inpt_ext.sentinel": net.inpt_ext.sentinel, "gen_u.tok": net.gen_u.tok, "gen_v.tok": net.gen_v.tok}
+
+
+def test_fresh_tokens_start_kaiming_normal_as_the_reference():
+    """Reference modules.py: nn.init.kaiming_normal_ on [1, n, d] tokens -> N(0, 2 / (n d)) (fan_in = n d)."""
+    from editors.liveedit import LiveEditNet
+
+    torch.manual_seed(0)
+    # the reference's d_m 1024, 4 query tokens, rank 4; a 576-d LLM with 64 sentinel tokens
+    net = LiveEditNet(576, 1024, 8, 4, 4, 5.0, 64)
+    for name, t in _token_tensors(net).items():
+        n, d = t.shape[1:]
+        std = math.sqrt(2.0 / (n * d))
+        assert t.std().item() == pytest.approx(std, rel=0.06), name
+        assert abs(t.mean().item()) < 4 * std / math.sqrt(n * d), name
+    assert net.inpt_ext.sentinel.std().item() < 0.01  # vs 1.0 for the former N(0, 1) init
+    # the former init stays available (the shipped checkpoint's recipe): N(0, 1), drawn as torch.randn was
+    torch.manual_seed(0)
+    legacy = LiveEditNet(576, 1024, 8, 4, 4, 5.0, 64, token_init="standard_normal")
+    for name, t in _token_tensors(legacy).items():
+        assert t.std().item() == pytest.approx(1.0, rel=0.06), name
+    torch.manual_seed(0)
+    assert torch.equal(legacy.edit_ext.tok_v.detach(), torch.randn(1, 4, 1024))  # the first draw, as before
+    with pytest.raises(ValueError, match="editor.train.token_init"):
+        LiveEditNet(576, 64, 8, 4, 4, 5.0, 4, token_init="xavier")
+
+
+def test_epochs_to_steps():
+    from editors.liveedit_train import total_steps
+
+    def steps(n, **tc):
+        return total_steps(OmegaConf.create({"batch_size": 8, "epochs": None, "max_steps": None, **tc}), n)
+
+    assert steps(6345, epochs=50) == 50 * 794  # reference README: -eps 50 -bs 8 on E-VQA's train split
+    assert steps(6344, epochs=1) == 793 and steps(6345, epochs=1) == 794 and steps(8, epochs=3) == 3
+    assert steps(6345, epochs=50, max_steps=1000) == 1000 and steps(6345, epochs=1, max_steps=10**6) == 794
+    assert steps(20, max_steps=7) == 7 and steps(20, epochs=0) == 0
+    with pytest.raises(ValueError, match="both null"):
+        steps(20)
+    with pytest.raises(ValueError, match="editor.train.epochs"):
+        steps(20, epochs=-1)
+    with pytest.raises(ValueError, match="editor.train.max_steps"):
+        steps(20, epochs=1, max_steps=2.5)
+    with pytest.raises(ValueError, match="editor.train.steps was replaced"):
+        steps(20, epochs=1, steps=5)
+    # the editor default is the reference's; the smol_llava recipe keeps its 5,000-step bound
+    base = make_cfg("+editor=liveedit", "+model=tiny").editor.train
+    assert base.epochs == 50 and base.max_steps is None and base.token_init == "kaiming_normal"
+    smol = make_cfg("+editor=liveedit", "+model=smol_llava").editor.train
+    assert total_steps(smol, 600) == 5000 and smol.token_init == "standard_normal"
+
+
+def test_shipped_checkpoint_loads_whatever_the_init():
+    """bench/assets' checkpoint (trained from N(0, 1) tokens) loads into a net built with either init and
+    gives the same outputs: the init only matters for training from scratch."""
+    from editors.liveedit import LiveEditNet
+
+    state, meta = load_checkpoint(SHIPPED)
+    arch = (meta["hidden_size"], meta["module_dim"], meta["heads"], meta["n_query"], meta["rank"],
+            meta["lora_scale"], meta["sentinel_tokens"])
+    nets = []
+    for seed, init in ((0, "kaiming_normal"), (1, "standard_normal")):
+        torch.manual_seed(seed)
+        net = LiveEditNet(*arch, token_init=init)
+        net.load_state_dict(state)  # strict: every parameter comes from the file
+        nets.append(net.eval())
+    for k, v in nets[0].state_dict().items():
+        assert torch.equal(v, state[k]) and torch.equal(nets[1].state_dict()[k], state[k]), k
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 12, meta["hidden_size"], generator=g)
+    vis = torch.zeros(2, 12, dtype=torch.bool)
+    vis[:, :4] = True
+    with torch.no_grad():
+        outs = [(*n.input_features(h, vis, h, ~vis), *n.new_experts(h, vis, h, ~vis, h, None)) for n in nets]
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    # the trained tokens are not at a fresh init's scale (the file holds trained values, not the init)
+    assert state["inpt_ext.sentinel"].std().item() > 0.1

@@ -57,12 +57,12 @@ def test_ties_trimming():
 
 # ----- sharding ----------------------------------------------------------------------------------------
 def test_shard_mask_ratio_and_masked_updates(make, toy_eval):
-    ed = make()
+    ed = make(weight_decay=0.0)  # the gradient alone (weight decay reaches every entry: next test)
     ed.edit(toy_eval.request(0))
     assert abs(ed.mask.float().mean().item() - 0.2) < 0.02
     changed = ed.cur != ed.module.weight
     assert changed.any()
-    assert not (changed & ~ed.mask).any(), "an entry outside the shard's mask was updated"
+    assert not (changed & ~ed.mask).any(), "the gradient updated an entry outside the shard's mask"
     assert ((ed.cur - ed.module.weight).abs() <= 10.0 + 1e-5).all()  # norm constraint (TINY bound)
 
 
@@ -196,16 +196,46 @@ def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
     from bench.records import Prompts, RecordSet
 
     train = RecordSet(toy_root / "train.json", toy_root, Prompts())
-    ed = make(loc_kinds=["t_loc"])
+    ed = make()  # the default: out_of_scope text, as EasyEdit's multimodal path
+    assert ed.cfg.out_of_scope == "text" and type(ed).needs_training
     generic = list(ed.loc_pool)
     ed.fit(train)
     assert ed.loc_pool != generic and all(p.kind == "t_loc" and p.image is None for p in ed.loc_pool)
     assert {p.prompt for p in ed.loc_pool} <= {train.record(i)["loc"] + "?" for i in range(len(train))}
-    ed2 = make(loc_kinds=["t_loc", "m_loc"], loc_pool_size=5)
+    assert len(ed.loc_pool) == min(len(train), int(ed.cfg.loc_pool_size))
+    ed2 = make(out_of_scope="text+image", loc_pool_size=5)
     ed2.fit(train)
     assert sorted(p.kind for p in ed2.loc_pool) == ["m_loc"] * 5 + ["t_loc"] * 5
-    # the harness default: unrelated text AND image questions from the train split
-    assert list(make().cfg.loc_kinds) == ["t_loc", "m_loc"] and type(make()).needs_training
+    assert all(p.image is not None for p in ed2.loc_pool if p.kind == "m_loc")
+    # the edit pairs the request with the pool's sample: an image question only under text+image
+    seen = []
+    for e, kind in ((ed, "t_loc"), (ed2, "m_loc")):
+        e.loc_pool = [p for p in e.loc_pool if p.kind == kind] or e.loc_pool
+        seen.append(e._loc_sample().kind)
+    assert seen == ["t_loc", "m_loc"]
+    with pytest.raises(ValueError, match="editor.out_of_scope"):
+        make(out_of_scope="image")
+    with pytest.raises(ValueError, match="editor.loc_kinds was replaced by editor.out_of_scope"):
+        make(loc_kinds=["t_loc"])
+
+
+def test_weight_decay_on_every_entry(make, toy_eval):
+    """EasyEdit masks the gradient, then SGD(weight_decay) adds wd * W' on every entry: entries outside
+    the shard's mask get no gradient but still decay, W'_ij <- W'_ij (1 - lr wd) per step."""
+    lr, wd = 50.0, 1e-3
+    ed = make(weight_decay=wd, edit_lr=lr)
+    w0 = ed.weight.detach().clone()
+    steps = ed.edit(toy_eval.request(0))["steps"]
+    assert steps > 1
+    off = ~ed.mask
+    assert off.any() and ed.mask.any()
+    expect = w0.clone()
+    for _ in range(steps):
+        expect -= lr * (wd * expect)
+    torch.testing.assert_close(ed.cur[off], expect[off])
+    assert not torch.equal(ed.cur[off], w0[off])  # a masked decay would leave them at W
+    # inside the mask the gradient moves entries well beyond the decay
+    assert (ed.cur[ed.mask] - expect[ed.mask]).abs().max() > 100 * (expect - w0).abs().max()
 
 
 def test_relative_layer_and_bad_config(make, tiny):
