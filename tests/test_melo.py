@@ -1,11 +1,13 @@
 """MELO mechanics: vector database (create / expand / conflict split), routing, dynamic LoRA blocks."""
 
 import functools
+
 import pytest
 import torch
-
-from bench.backbones.base import Probe
 from conftest import assert_batch_consistent
+
+import editors
+from bench.backbones.base import Probe
 from editors.melo import NO_BLOCK, MeloLinear, VecDB
 
 TINY: dict = {}  # the YAML depths fit tiny (4 layers): key layer 2, LoRA layer 3
@@ -341,3 +343,46 @@ def test_early_stop(melo, toy_eval):
     stop = (first + full["loss"]) / 2
     s = run(num_iter=30, lr=1e-2, early_stop_loss=stop)
     assert 1 < s["steps"] < 30 and s["loss"] < stop
+
+
+def _radius_script():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("melo_radius", ROOT / "scripts" / "melo_radius.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_radius_rule_routes_rephrases_and_not_locality():
+    mod = _radius_script()
+    d_gen = torch.tensor([1.0, 2.0, 3.0, 9.0])
+    own = torch.tensor([True, True, False, True])  # the 3rd rephrase's nearest stored key is another edit's
+    loc = torch.tensor([2.5, 4.0, 5.0, 6.0])
+    # J(2) = 2/4 - 0; J(2.5) = 2/4 - 1/4; J(9) = 3/4 - 1: the best is r = 2 (ties: the smaller radius)
+    r, j, at = mod.best_radius([(d_gen, own)], [loc])
+    assert (r, j, at) == (2.0, 0.5, [0.5, 0.0])
+    r, j, _ = mod.best_radius([(d_gen, torch.ones(4, dtype=torch.bool))], [torch.tensor([3.5, 4.0, 5.0, 6.0])])
+    assert (r, j) == (3.0, 0.75)
+    assert mod.round2(3.04, loc) == 3.0 and mod.round2(7.2571, loc) == 7.3
+    assert mod.round2(2.46, torch.tensor([2.5])) == 2.4  # rounding up to 2.5 would take in 2.5
+
+
+def test_radius_script_on_tiny(tmp_path, tiny, toy_eval):
+    """scripts/melo_radius.py on the train split: keys as the editor reads them in an edit, one row per
+    distribution, a radius inside the observed range, the CSV written."""
+    mod = _radius_script()
+    res = mod.main(["+model=tiny", f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=12"],
+                   out_dir=tmp_path)
+    t = res["table"]
+    assert len(t) == 5 and (t["n"] == 12).all() and (t["q0"] <= t["q100"]).all()
+    assert t["q0"].min() <= res["radius"] <= t["q100"].max() and res["J"] >= 0
+    assert (tmp_path / "melo_radius_tiny_toy_evqa.csv").is_file()
+    # the script's keys are the editor's own (the key hook at the last prompt token)
+    ed = editors.build(mod.compose("editor=melo", "+model=tiny").editor, tiny)
+    probes = [toy_eval.request(0), toy_eval.probes(0)[1]]
+    got = mod.keys_of(ed, probes, 2)
+    assert torch.equal(got, keys_of(ed, tiny, probes).cpu())
+    ed.reset()
