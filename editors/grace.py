@@ -33,7 +33,9 @@ An edit (one request at a time, as in the reference):
    * nearest key has another target: add a key and split: the old radius
      becomes d/2 - 1e-5, the new one d/2;
 3. train the chosen value (a new key's fresh value, or the expanded key's
-   existing one) for ``n_iter`` Adam steps at lr ``edit_lr`` on the target
+   existing one; a fresh value is ``val_init``: ``cold``, the reference's
+   ``torch.rand``, uniform on [0, 1) per entry, or ``warm``, the module's
+   output at the key token) for ``n_iter`` Adam steps at lr ``edit_lr`` on the target
    cross-entropy, the model frozen.
 
 Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
@@ -46,6 +48,9 @@ Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
   over the old key (new label, value retrained); the reference's split would
   give the old key a negative radius that shadows the new key (argmin ties go
   to the older key), so such a re-edit never applied.
+* Cold values are drawn from the editor's own generator (seeded with
+  ``editor.seed``, its state saved in ``state_dict``), not the global one, so an
+  interrupted and resumed run draws the same values as an uninterrupted one.
 * Distances are exact pairwise differences (``donot_use_mm_for_euclid_dist``) in
   float32, so a probe's routing cannot depend on its batch companions.
 * ``replace_all`` replaces the sample's real tokens only (padding is never
@@ -98,6 +103,7 @@ class GRACE(Editor):
         self.layer_index = backbone.layer_index(layer)
         self.module = backbone.ffn(layer, str(cfg.role)) if cfg.module == "ffn" else backbone.layer(layer)
         self._index = NearestIndex()  # cached key norms for the matmul screen of the lookup
+        self._gen = torch.Generator()  # cold values (CPU: the same draws on every device)
         self._empty()
         self._train: tuple[int, torch.Tensor] | None = None  # (row, live value) while an edit trains
         self._capture: dict | None = None  # set while reading an edit's query
@@ -107,6 +113,7 @@ class GRACE(Editor):
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:
         self._index.clear()
+        self._gen.manual_seed(int(self.cfg.get("seed", 0)))
         dev = self.backbone.device
         self.keys = torch.zeros(0, 0, device=dev)
         self.values = torch.zeros(0, 0, device=dev)
@@ -229,8 +236,8 @@ class GRACE(Editor):
         """Add / expand / split (GRACE's rules); returns (row to train, action)."""
         if self.cfg.val_init == "warm":
             value = out.clone()
-        else:  # reference "cold": uniform [0, 1) noise
-            value = torch.rand(out.shape, device=out.device)
+        else:  # reference "cold": torch.rand, uniform on [0, 1)
+            value = torch.rand(out.shape, generator=self._gen).to(out.device)
         if self.n_keys == 0:
             return self._add_key(query, value, self.eps_init, target), "add"
         d, j = self._distances(query[None])[0].min(0)
@@ -291,7 +298,7 @@ class GRACE(Editor):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys.clone(), "values": self.values.clone(), "eps": self.eps.clone(),
-                "labels": self.labels.clone()}
+                "labels": self.labels.clone(), "rng": self._gen.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"keys", "values", "eps", "labels"} - set(state)
@@ -306,6 +313,8 @@ class GRACE(Editor):
         self.values = state["values"].to(dev, torch.float32).clone()
         self.eps = state["eps"].to(dev, torch.float32).clone()
         self.labels = state["labels"].to(dev, torch.long).clone()
+        if "rng" in state:  # states saved before cold values had their own generator lack it
+            self._gen.set_state(state["rng"].cpu().to(torch.uint8).clone())
 
     def remove(self) -> None:
         """Take the hook off the backbone (the editor stops acting; used when discarding it)."""

@@ -26,19 +26,35 @@ Mechanics
   rank, and the ``dynamic`` module multiplies A and B by
   ``sqrt(total_rank / rank_per_block)``, so the delta is
   ``num_block * x A_k B_k``.
-* **Edit** (one request, or one batch = one block, as the reference trains one
-  block per batch of ``num_edit_per_block`` edits). For each request's key:
+* **Blocks** (``num_edit_per_block``, reference 4). The reference's data loader
+  hands its trainer batches of ``num_edit_per_block`` edits and each batch gets
+  the next block (``GraceLayer.init_key_value``/``block_id += 1`` once per
+  batch, ``run.py``: ``batch_size = num_edit_per_block``), so 4 successive edits
+  of the stream share one block. Here edits fill the current block in stream
+  order until it holds ``num_edit_per_block``; an edit (batch) that would
+  overflow it opens the next block, and a batch is never split across blocks (a
+  batch larger than ``num_edit_per_block`` gets a block of its own, as a
+  reference batch does). With edit_batch_size 1 edit ``i`` of the stream is in
+  block ``i // num_edit_per_block``, so 350 blocks hold 1,400 edits.
+* **Edit.** For each new request's key:
   if the database is empty or the nearest centre is farther than
   ``radius + init_radius``: new cluster (radius ``init_radius``); else if the
   target matches the cluster's label: join (centre = mean of the cluster's keys,
   radius = max(farthest key, ``init_radius``)); else conflict: new cluster, and
   both radii set to half the distance (-/+ 1e-5); the old cluster's keys now
   outside its radius are forgotten (if none remain its centre is kept pointing
-  to no block). Then the new block is trained ``num_iter`` Adam steps
-  (StepLR halving) on the target cross-entropy, with every request of the batch
-  forced onto it.
+  to no block). Then the block is trained ``num_iter`` Adam steps (StepLR
+  halving) on the target cross-entropy of EVERY request it holds (the earlier
+  requests of the block and the new ones, all forced onto it), starting from its
+  current factors: after the block's last edit it has been trained on its
+  ``num_edit_per_block`` edits together, as the reference trains one block on its
+  batch of 4. Training on the new edit alone would move the shared block away
+  from the block's earlier edits. The requests of the block being filled are
+  kept (and saved in ``state_dict``) until it is full.
 * When all ``num_block`` blocks are used the reference indexes past the end of
   its LoRA factors (a crash); here ``edit`` raises and names ``editor.num_block``.
+* Layers are relative depths (``Backbone.layer_index``); several depths that land
+  on the same layer of a shallow model name it once.
 
 Departures: targets "match" when their token ids are equal (the reference
 compares the SUM of the label ids, which collides); the requests of one batch are
@@ -50,6 +66,7 @@ by ``reset``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -233,9 +250,20 @@ class VecDB:
         self._all = None
 
 
+def _encode_probes(probes: Sequence[Probe]) -> torch.Tensor:
+    """Probes as a uint8 tensor (UTF-8 JSON), so a state_dict of tensors can hold them."""
+    rows = [[p.prompt, p.target, p.image, p.kind, p.record] for p in probes]
+    return torch.tensor(list(json.dumps(rows).encode()), dtype=torch.uint8)
+
+
+def _decode_probes(t: torch.Tensor) -> list[Probe]:
+    rows = json.loads(bytes(t.cpu().tolist()).decode()) if t.numel() else []
+    return [Probe(prompt=a, target=b, image=c, kind=d, record=e) for a, b, c, d, e in rows]
+
+
 @register("melo")
 class MELO(Editor):
-    can_batch_edit = True  # a batch of edits trains one block (reference: num_edit_per_block per block)
+    can_batch_edit = True  # edits fill blocks num_edit_per_block at a time (reference: one block per batch of 4)
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -243,17 +271,22 @@ class MELO(Editor):
         self.rank_per_block = int(cfg.rank_per_block)
         if self.num_block < 1 or self.rank_per_block < 1:
             raise ValueError("editor.num_block and editor.rank_per_block must be >= 1")
+        self.per_block = int(cfg.num_edit_per_block)
+        if self.per_block < 1:
+            raise ValueError(f"editor.num_edit_per_block must be >= 1, got {self.per_block}")
         self.rank = self.num_block * self.rank_per_block
         lora_alpha = self.rank if cfg.get("lora_alpha") is None else float(cfg.lora_alpha)
         # reference: scaling lora_alpha / r, times sqrt(r / rank_per_block) on each of A and B
         self.scale = (lora_alpha / self.rank) * (self.rank / self.rank_per_block)
         try:
             self.key_layer = backbone.layer_index(cfg.key_layer, "editor.key_layer")
-            lora_layers = [backbone.layer_index(i, f"editor.lora_layers[{n}]") for n, i in enumerate(cfg.lora_layers)]
+            # depths that land on the same layer of a shallow model name it once
+            lora_layers = list(dict.fromkeys(
+                backbone.layer_index(i, f"editor.lora_layers[{n}]") for n, i in enumerate(cfg.lora_layers)))
         except IndexError as e:
             raise IndexError(
                 f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "
-                "set them for this backbone (e.g. tiny: editor.key_layer=1 'editor.lora_layers=[2,3]')"
+                "set them for this backbone (relative depths in [0, 1) fit every depth)"
             ) from e
         self.key_role = str(cfg.key_role)
         roles = [str(r) for r in cfg.lora_roles]
@@ -262,8 +295,9 @@ class MELO(Editor):
             raise ValueError("editor.lora_layers / editor.lora_roles select no FFN matrix")
         if min(i for i, _ in self.targets) <= self.key_layer:
             raise ValueError(
-                f"editor.key_layer ({self.key_layer}) must come before every editor.lora_layers entry "
-                f"({sorted({i for i, _ in self.targets})}), so keys do not depend on the LoRA they select"
+                f"editor.key_layer ({cfg.key_layer} -> layer {self.key_layer} of {backbone.num_layers}) must come "
+                f"before every editor.lora_layers entry ({list(cfg.lora_layers)} -> layers "
+                f"{sorted({i for i, _ in self.targets})}), so keys do not depend on the LoRA they select"
             )
         self.key_module = backbone.ffn(self.key_layer, self.key_role)
         self.originals: list[nn.Linear] = [backbone.ffn(i, r) for i, r in self.targets]
@@ -275,6 +309,7 @@ class MELO(Editor):
         self.lora_B = [torch.zeros(self.rank, m.out_features, device=dev) for m in self.originals]
         self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), dev)
         self.next_block = 0
+        self.block_requests: list[Probe] = []  # the requests of the block being filled (next_block - 1)
         self._route: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
         self._force_block: int | None = None
@@ -350,19 +385,24 @@ class MELO(Editor):
         db.split(c, new, d)
         return "conflict", d
 
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
-        requests = list(requests)
+    def _place(self, n: int) -> tuple[int, list[Probe]]:
+        """(block, earlier requests it holds) for ``n`` new requests: the block being filled if they
+        fit in it, else the next block."""
+        held = len(self.block_requests)
+        if held and held + n <= self.per_block:
+            return self.next_block - 1, list(self.block_requests)
         if self.next_block >= self.num_block:
             raise RuntimeError(
-                f"MELO: all editor.num_block={self.num_block} LoRA blocks are used (one per edit or edit batch); "
-                "raise editor.num_block or edit in batches (protocol.edit_batch_size)"
+                f"MELO: all editor.num_block={self.num_block} LoRA blocks are used ({self.n_edits} edits, "
+                f"editor.num_edit_per_block={self.per_block} per block); raise editor.num_block"
             )
+        return self.next_block, []
+
+    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+        requests = list(requests)
+        block, earlier = self._place(len(requests))
         self._install()
-        block = self.next_block
-        batch = self.backbone.prepare(requests)
-        # Only the active block is trained (the reference's Adam runs over all blocks, whose other
-        # entries get no gradient and so never move: Adam without weight decay is elementwise, the
-        # result for the block is the same). The block's ranks: columns of A, rows of B.
+        batch = self.backbone.prepare(earlier + requests)  # the block trains on every request it holds
         sl = slice(block * self.rank_per_block, (block + 1) * self.rank_per_block)
         live_A = [A[:, sl].clone().requires_grad_(True) for A in self.lora_A]
         live_B = [B[sl].clone().requires_grad_(True) for B in self.lora_B]
@@ -383,8 +423,8 @@ class MELO(Editor):
                 with torch.no_grad():
                     self.backbone.forward_from(0, prefix, batch, head=False)
             keys = self._keys.clone()
-            for b, tgt in enumerate(batch.target_ids):
-                act, d = self._insert(keys[b], tuple(tgt), block)
+            for b in range(len(earlier), len(batch.target_ids)):  # only the new requests' keys are inserted
+                act, d = self._insert(keys[b], tuple(batch.target_ids[b]), block)
                 actions.append(act)
                 if d is not None:
                     dists.append(d)
@@ -405,12 +445,16 @@ class MELO(Editor):
                     A[:, sl] = a.detach()
                 for B, b in zip(self.lora_B, live_B, strict=True):
                     B[sl] = b.detach()
-        self.next_block += 1
+        if block == self.next_block:
+            self.next_block += 1
+        held = earlier + requests
+        self.block_requests = held if len(held) < self.per_block else []  # a full block is never trained again
         self.n_edits += len(requests)
         return {
             "loss": loss_v,
             "steps": steps,
             "block": block,
+            "block_size": len(held),
             "clusters": len(self.db),
             "new": actions.count("new"),
             "join": actions.count("join"),
@@ -424,6 +468,7 @@ class MELO(Editor):
         self.db.clear()
         self._init_lora()
         self.next_block = 0
+        self.block_requests = []
         self._keys = None
         self.n_edits = 0
 
@@ -433,6 +478,7 @@ class MELO(Editor):
             s[f"lora.{k}.A"] = A.detach().clone()
             s[f"lora.{k}.B"] = B.detach().clone()
         s["next_block"] = torch.tensor(self.next_block, dtype=torch.long)
+        s["block_requests"] = _encode_probes(self.block_requests)
         s["n_edits"] = torch.tensor(self.n_edits, dtype=torch.long)
         return s
 
@@ -443,11 +489,13 @@ class MELO(Editor):
             B.copy_(state[f"lora.{k}.B"])
         self.db.load(state)
         self.next_block = int(state["next_block"])
+        self.block_requests = _decode_probes(state["block_requests"]) if "block_requests" in state else []
         self.n_edits = int(state["n_edits"])
         self._install()
 
     def memory_bytes(self) -> int:
-        """LoRA factors of all blocks (allocated up front) + the vector database."""
+        """LoRA factors of all blocks (allocated up front) + the vector database (the few held requests
+        of the block being filled are text, not counted)."""
         lora = sum(t.numel() * t.element_size() for t in self.lora_A + self.lora_B)
         db = self.db.state()
         return lora + sum(t.numel() * t.element_size() for t in db.values())

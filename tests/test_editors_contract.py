@@ -15,8 +15,6 @@ NO_OP = {"none"}
 # WISE: the tiny model's activations are ~100x smaller than a real LM's, so its margins are scaled down too.
 TINY_OVERRIDES = {
     "ft_l": {"lr": 1e-2},
-    # melo's YAML layers (key 21, LoRA 22/23) are for the 30-layer smol_llava; tiny has 4 layers
-    "melo": {"key_layer": 1, "lora_layers": [2, 3]},
     "wise": {"n_iter": 30, "edit_lr": 50.0, "act_margin": [0.5, 2.0, 1.0]},
     # elder: tiny has 4 layers (first mixture layer 2), so 2 mixture layers; codes have 2 x 4 bits, so the
     # Hamming threshold is scaled from 12 of 24 bits to 4 of 8; lr raised as for ft_l (near-uniform logits)

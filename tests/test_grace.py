@@ -216,3 +216,45 @@ def test_early_stop_runs_fewer_steps(make, toy_eval):
     stop = (first + full["loss"]) / 2
     s = make(n_iter=40, early_stop_loss=stop).edit(req)
     assert 1 < s["steps"] < 40 and s["loss"] < stop
+
+
+def test_cold_and_warm_value_init(make, toy_eval):
+    """cold (default, as the reference): a new key's value starts as uniform [0, 1) noise from the editor's
+    seeded generator; warm: it starts as the module's output at the key token."""
+    req = toy_eval.request(0)
+    assert make().cfg.val_init == "cold"
+    cold = make(n_iter=0)
+    cold.edit(req)
+    v = cold.values[0]
+    assert float(v.min()) >= 0.0 and float(v.max()) < 1.0 and float(v.std()) > 0.2  # uniform: std 0.29
+    g = torch.Generator().manual_seed(int(cold.cfg.seed))
+    assert torch.equal(v.cpu(), torch.rand(v.shape, generator=g))
+    cold.reset()
+    warm = make(n_iter=0, val_init="warm")
+    _, out = warm._read_queries(warm.backbone.prepare([req]))  # the module's output at the key token
+    warm.edit(req)
+    assert torch.equal(warm.values[0], out[0]) and not torch.allclose(out[0], v)
+    warm.reset()
+
+
+def test_cold_values_resume_exactly(make, toy_eval):
+    """The generator's state travels in state_dict: edits after a load draw what an uninterrupted editor
+    draws (the global RNG is not involved)."""
+    reqs = [toy_eval.request(i) for i in range(4)]
+    ed = make(n_iter=3, eps_init=1e-3)  # every edit adds a key
+    for r in reqs[:2]:
+        ed.edit(r)
+    mid = ed.state_dict()
+    for r in reqs[2:]:
+        ed.edit(r)
+    ref = ed.state_dict()
+    ed.reset()
+    ed2 = make(n_iter=3, eps_init=1e-3)
+    ed2.load_state_dict(mid)
+    torch.rand(5)  # the global RNG moves: no effect
+    for r in reqs[2:]:
+        ed2.edit(r)
+    got = ed2.state_dict()
+    assert ed2.n_keys == 4
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k

@@ -234,7 +234,8 @@ def test_smollm2_inside_blip2_and_llava_scores_like_smol_llava(tmp_path):
 
 
 # The editors' YAML layers are for 30-32-layer LMs; the tiny stand-ins have 3. Only the layer choices
-# (and ELDER's Hamming threshold, scaled to its 2 x 4-bit codes) are overridden here.
+# (and ELDER's Hamming threshold, scaled to its 2 x 4-bit codes) are overridden here. MELO's depths
+# (0.73; 0.75, 0.79) give 3 layers key 2 and LoRA 2, which its key-below-LoRA check refuses.
 TINY3 = {
     "elder": {"first_layer": 1, "num_layers": 2, "threshold": 4, "lr": 1e-2},
     "melo": {"key_layer": 0, "lora_layers": [1, 2]},

@@ -9,7 +9,7 @@ import pytest
 from bench.speed import EDITORS, LATENCY, main, parse, synthetic_state
 
 # the tiny backbone has 4 layers (editor layers as in the per-editor tests); fewer steps keep it fast
-TINY = ["melo.key_layer=1", "melo.lora_layers=[2,3]", "elder.num_layers=2", "grace.n_iter=10", "melo.num_iter=5",
+TINY = ["elder.num_layers=2", "grace.n_iter=10", "melo.num_iter=5",
         "elder.num_iter=5", "ft_l.steps=5"]
 
 
