@@ -64,6 +64,26 @@ def build_data(cfg, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, Re
     return out
 
 
+def fingerprint(cfg, data: dict[str, RecordSet]) -> dict:
+    """Provenance of a run's data (``summary.json``'s ``data_fingerprint``): each loaded split's
+    annotation file and its sha256, and for a generated toy set the generator's ``meta.json``
+    (kind, seed, sizes, generator version). Images are not hashed (real sets have thousands)."""
+    import hashlib
+
+    out: dict = {}
+    for split, rs in sorted(data.items()):
+        h = hashlib.sha256()
+        with open(rs.file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[split] = {"file": str(rs.file), "sha256": h.hexdigest()}
+    if cfg.get("toy") is not None:
+        from .toy.generate import read_meta
+
+        out["generator"] = read_meta(resolve(cfg.root))  # build_data generated or checked it
+    return out
+
+
 def dedupe(rs: RecordSet, mode: str = "keep") -> tuple[RecordSet, int]:
     """``(records, n_dropped)``: duplicate edits (same src, alt, image) reported and kept
     (``keep``), dropped (``drop``) or refused (``error``), per ``data.duplicates``."""

@@ -21,7 +21,7 @@ import editors
 
 from .backbones import build_backbone
 from .config import CONF_DIR, SOURCE_ROOT, available, resolve
-from .data import build_data, check_prompt_lengths, dedupe, with_images
+from .data import build_data, check_prompt_lengths, dedupe, fingerprint, with_images
 from .errors import RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
@@ -241,6 +241,7 @@ def run(cfg: DictConfig) -> dict:
         "seed": int(cfg.seed),
         "skipped_missing": skipped,
         "duplicates_dropped": dropped,
+        "data_fingerprint": fingerprint(cfg.data, data),
         "threads": torch.get_num_threads(),
         "protocol": {"mode": pcfg.mode, "chunk_size": pcfg.chunk_size, "checkpoints": pcfg.checkpoints,
                      "edit_batch_size": pcfg.edit_batch_size, "loc_topk": 1, "scoring": "teacher-forced argmax"},

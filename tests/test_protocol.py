@@ -1,13 +1,14 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cfg
 
 import editors
 from bench.protocol import Lifelong, ProtocolConfig
 from bench.results import RunWriter
 from bench.run import run
-from conftest import tiny_cfg
 from editors.base import Editor
 
 
@@ -160,3 +161,17 @@ def test_edit_batch_size_null_takes_the_editors_reference_batch():
         resolve_edit_batch_size({"edit_batch_size": None}, {"edit_batch_size": 0})
     with pytest.raises(ValueError, match="protocol.edit_batch_size"):
         ProtocolConfig.from_cfg({"edit_batch_size": 2.5}, {})
+
+
+def test_summary_records_the_data_fingerprint(tmp_path):
+    """Provenance: each split's annotation file with its sha256, and the toy generator's meta."""
+    import hashlib
+
+    from bench.toy.generate import GENERATOR_VERSION
+
+    summary = run(tiny_cfg(tmp_path, "edits=2"))
+    fp = summary["data_fingerprint"]
+    ev = Path(fp["eval"]["file"])
+    assert fp["eval"]["sha256"] == hashlib.sha256(ev.read_bytes()).hexdigest()
+    assert fp["generator"]["version"] == GENERATOR_VERSION and fp["generator"]["kind"] == "toy_evqa"
+    assert json.loads((tmp_path / "summary.json").read_text())["data_fingerprint"] == fp

@@ -192,7 +192,7 @@ def _meta(kind: str, seed: int, n_train: int, n_eval: int) -> dict:
     return {"kind": kind, "seed": seed, "n_train": n_train, "n_eval": n_eval, "version": GENERATOR_VERSION}
 
 
-def _read_meta(root: Path) -> dict | None:
+def read_meta(root: Path) -> dict | None:
     try:
         meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -204,12 +204,12 @@ def is_own(root: Path) -> bool:
     """True when ``root`` was made by this generator (marker, or a meta.json of ours from before the marker)."""
     if (root / MARKER).is_file():
         return True
-    meta = _read_meta(root)
+    meta = read_meta(root)
     return bool(meta) and set(meta) == {"kind", "seed", "n_train", "n_eval", "version"} and str(meta["kind"]).startswith("toy_")
 
 
 def is_toy_current(kind: str, root: Path, seed: int, n_train: int, n_eval: int) -> bool:
-    return _read_meta(Path(root)) == _meta(kind, seed, n_train, n_eval)
+    return read_meta(Path(root)) == _meta(kind, seed, n_train, n_eval)
 
 
 def ensure_toy(kind: str, root: Path, seed: int, n_train: int, n_eval: int) -> Path:
