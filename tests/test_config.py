@@ -68,6 +68,9 @@ def test_list_names_every_editor_model_and_dataset(capsys, monkeypatch):
     assert set(available("editor")) | set(MODELS) | set(available("data")) == set(lines)
     assert "needs a checkpoint: yes" in lines["liveedit"] and "shipped for smol_llava" in lines["liveedit"]
     assert "batch-edits: yes" in lines["ultraedit"] and "batch-edits: no" in lines["grace"]
+    # the editors' own batch sizes (taken when protocol.edit_batch_size is null)
+    assert "(100 per turn by default)" in lines["ultraedit"] and "(4 per turn by default)" in lines["elder"]
+    assert "per turn" not in lines["ft_l"]
     assert "trains: train split before editing" in lines["wise"] and "trains: no" in lines["ft_l"]
     assert "generated" in lines["toy_evqa"] and "data.root" in lines["evqa"]
 

@@ -386,3 +386,8 @@ def test_radius_script_on_tiny(tmp_path, tiny, toy_eval):
     got = mod.keys_of(ed, probes, 2)
     assert torch.equal(got, keys_of(ed, tiny, probes).cpu())
     ed.reset()
+
+
+def test_bad_num_edit_per_block_names_the_key(melo):
+    with pytest.raises(ValueError, match="editor.num_edit_per_block"):
+        melo(num_edit_per_block=0)
