@@ -254,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     from .config import compose
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "compare":
+        return compare_main(args[1:])
     if not args or args[0] != "check":
         print("usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...] "
-              "[--config-dir <folder with data/<name>.yaml>]")
+              "[--config-dir <folder with data/<name>.yaml>]\n"
+              "       python -m bench.data compare <data name> <data name> ... [data.ann_root=...]")
         return 2
     rest = args[1:]
     if "--config-dir" in rest:  # a folder with the user's own data/<name>.yaml, as for python -m bench
@@ -269,6 +272,36 @@ def main(argv: list[str] | None = None) -> int:
     results = report_user_errors(lambda: check(cfg.data))
     print(format_check(str(cfg.data.name), results))
     return 0 if all(r.ok for r in results) else 1
+
+
+def compare_main(args: list[str]) -> int:
+    """``python -m bench.data compare toy_evqa evqa``: structural statistics side by side
+    (definitions in :mod:`bench.datastats`). Extra ``key=value`` arguments are Hydra overrides
+    applied to every dataset (e.g. ``data.ann_root=/elsewhere``)."""
+    from .config import compose
+    from .datastats import dataset_stats, default_tokenizer, format_compare
+
+    names = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if not names:
+        print("usage: python -m bench.data compare <data name> <data name> ... (e.g. toy_evqa evqa)")
+        return 2
+
+    def run():
+        tok = default_tokenizer()
+        rows = []
+        for n in names:
+            cfg = compose(f"data={n}", *overrides)
+            for key in ("eval_file", "train_file"):
+                if cfg.data.get("toy") is None and not resolve(cfg.data[key]).is_file():
+                    raise UserError(f"data.{key}: {resolve(cfg.data[key])} does not exist "
+                                    f"(set data.ann_root=/folder/with/mmedit_and_vlkeb for {n})")
+            rows.append(dataset_stats(cfg.data, tok))
+        return rows
+
+    rows = report_user_errors(run)
+    print(format_compare(names, rows))
+    return 0
 
 
 def cli() -> None:

@@ -3,10 +3,12 @@
     python -m bench.train_projector                # writes bench/assets/smol_llava_projector.safetensors
 
 Only the projector learns; EfficientNet-Lite0 and SmolLM2 stay frozen. Training
-questions are the four toy VQA question types over *edit-pool* contents,
-rendered afresh; the held-out test uses *locality-pool* contents (never seen in
-training) and reports exact match (every target token argmax-correct under
-teacher forcing), next to the majority-answer baseline.
+questions are the three reading questions (colour, shape, count of the shapes) over
+*edit-pool* contents, rendered afresh, half in each render style (plain, and the
+clip-art style of the toy sets' ``image_rephrase``); the held-out test uses
+*locality-pool* contents (never seen in training) and reports exact match (every
+target token argmax-correct under teacher forcing) overall, per question and per
+render style, next to the majority-answer baseline.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ SUFFIX = " The answer is:"  # protocol.md: E-VQA prompts get this suffix
 
 
 def make_probes(contents, n: int, rng: np.random.Generator, root: Path, variant_base: int) -> list[Probe]:
+    """``n`` reading questions; even-numbered renders in style 1 (plain), odd ones in style 2
+    (clip-art, the toy sets' ``image_rephrase`` style)."""
     probes = []
     for k in range(n):
         c = contents[int(rng.integers(len(contents)))]
         q = list(QUESTIONS)[int(rng.integers(len(QUESTIONS)))]
         text = QUESTIONS[q][int(rng.integers(len(QUESTIONS[q])))]
-        img = str(root / save_render(root, c, variant_base + k))
-        probes.append(Probe(text + SUFFIX, c.answer(q), img, kind="train"))
+        style = 1 + k % 2
+        img = str(root / save_render(root, c, variant_base + k, style=style))
+        probes.append(Probe(text + SUFFIX, c.answer(q), img, kind=f"style{style}"))
     return probes
 
 
@@ -100,14 +105,17 @@ def main(argv: list[str] | None = None) -> dict:
     model.projector.requires_grad_(False)
     em = exact_match(model, test)
     per_type: dict[str, list[bool]] = {}
+    per_style: dict[str, list[bool]] = {}
     for p, s in zip(test, model.score(test, batch_size=32), strict=True):
         qt = next(q for q, texts in QUESTIONS.items() if any(p.prompt.startswith(t) for t in texts))
         per_type.setdefault(qt, []).append(s.token_acc == 1.0)
+        per_style.setdefault(p.kind, []).append(s.token_acc == 1.0)
     report = {
         "held_out_exact_match": em,
         "before_training": em0,
         "majority_baseline": base,
         "per_question_type": {k: float(np.mean(v)) for k, v in per_type.items()},
+        "per_render_style": {k: float(np.mean(v)) for k, v in sorted(per_style.items())},
         "n_test": len(test),
         "steps": args.steps,
         "batch_size": args.batch_size,

@@ -1,13 +1,15 @@
 import json
 from collections import Counter
 
+import pytest
 from PIL import Image
 
 from bench.toy.generate import ensure_toy, make_records, split_contents
-from bench.toy.world import Content
+from bench.toy.world import BACKGROUNDS, Content
 
 
 def key_of(path: str) -> str:
+    """Content key of a rendered image path (``images/<key>_v<variant>[_s2].png``)."""
     return path.split("/")[-1].rsplit("_v", 1)[0]
 
 
@@ -20,38 +22,66 @@ def test_deterministic_by_seed(tmp_path):
     assert (tmp_path / "a" / img).read_bytes() == (tmp_path / "b" / img).read_bytes()
 
 
-def test_thousand_non_conflicting_edits_and_locality_outside_scope(tmp_path):
-    for kind in ("toy_evqa", "toy_eic", "toy_vlkeb"):
-        recs = make_records(kind, tmp_path / kind, seed=0, n_train=600, n_eval=1000)
-        allr = recs["train"] + recs["eval"]
-        assert len(recs["eval"]) >= 1000
-        if kind == "toy_evqa":
-            from bench.toy.generate import QUESTIONS
-
-            qtype = {q: t for t, qs in QUESTIONS.items() for q in qs}
-            scopes = Counter((key_of(r["image"]), qtype[r["src"]]) for r in allr)
-            assert qtype[allr[0]["rephrase"]] == qtype[allr[0]["src"]]
-        else:
-            scopes = Counter(key_of(r["image"]) for r in allr)
-        assert max(scopes.values()) == 1, f"{kind}: two edits share a scope"
-        edited = {key_of(r["image"]) for r in allr}
-        assert all(key_of(r["m_loc"]) not in edited for r in allr), f"{kind}: m_loc inside an edit's scope"
-        for r in allr[:50]:
-            assert key_of(r["image_rephrase"]) == key_of(r["image"]) and r["image_rephrase"] != r["image"]
-        if kind == "toy_eic":
-            assert {r["src"] for r in allr} == {"a photo of"}
-        if kind == "toy_vlkeb":
-            assert all(r["port_new"] and r["port_new"][0]["port_a"] for r in allr)
+def _cls(path: str) -> str:
+    c = Content.from_key(key_of(path))
+    return f"{c.shape}-{c.color}-{c.count}"
 
 
-def test_rephrase_image_shows_same_content_rerendered(tmp_path):
+@pytest.mark.parametrize("kind", ["toy_evqa", "toy_eic", "toy_vlkeb"])
+def test_thousand_non_conflicting_edits_and_locality_outside_scope(tmp_path, kind):
+    scopes: dict = {}
+    recs = make_records(kind, tmp_path / kind, seed=0, n_train=600, n_eval=1000, scopes=scopes)
+    allr = recs["eval"] + recs["train"]
+    all_scopes = scopes["eval"] + scopes["train"]
+    assert len(recs["eval"]) == 1000 and len(all_scopes) == len(allr)
+    counts = Counter(tuple(s) for s in all_scopes)
+    assert max(counts.values()) == 1, f"{kind}: two edits share a scope"
+    for r, (key, _) in zip(allr, all_scopes, strict=True):  # the recorded scope is the image's
+        assert key == (key_of(r["image"]) if kind == "toy_eic" else _cls(r["image"]))
+    edited = {_cls(r["image"]) for r in allr}
+    assert all(_cls(r["m_loc"]) not in edited for r in allr), f"{kind}: m_loc shows an edited class"
+    for r in allr:
+        assert key_of(r["image_rephrase"]) == key_of(r["image"])
+        assert r["image_rephrase"].endswith("_s2.png") and not r["image"].endswith("_s2.png")
+    if kind == "toy_eic":
+        assert {r["src"] for r in allr} == {"a photo of"}
+        # near-twins (same class, other background): captions agree but for the background word
+        by_cls: dict = {}
+        for r in allr:
+            c = Content.from_key(key_of(r["image"]))
+            by_cls.setdefault(_cls(r["image"]), set()).add(r["alt"].replace(c.background, "<bg>"))
+        assert all(len(v) == 1 for v in by_cls.values())
+        assert sum(len(v) for v in by_cls.values()) < len(allr)  # near-twins do occur
+    if kind == "toy_vlkeb":
+        assert all(r["port_new"] and r["port_new"][0]["port_a"] for r in allr)
+        assert len({r["alt"] for r in allr}) >= 1000
+    # train and eval prompts come from disjoint templates and disjoint text-locality questions
+    assert not {r["loc"] for r in recs["eval"]} & {r["loc"] for r in recs["train"]}
+    if kind != "toy_eic":
+        assert not {r["src"] for r in recs["eval"]} & {r["src"] for r in recs["train"]}
+
+
+def test_several_edits_share_an_image_with_distinct_families(tmp_path):
+    scopes: dict = {}
+    recs = make_records("toy_evqa", tmp_path, seed=1, n_train=0, n_eval=200, scopes=scopes)
+    by_image: dict = {}
+    for r, (_, fam) in zip(recs["eval"], scopes["eval"], strict=True):
+        by_image.setdefault(r["image"], []).append(fam)
+    shared = [f for f in by_image.values() if len(f) > 1]
+    assert len(shared) >= 20 and all(len(set(f)) == len(f) for f in shared)
+
+
+def test_rephrase_image_is_the_second_render_style(tmp_path):
     recs = make_records("toy_evqa", tmp_path, seed=0, n_train=0, n_eval=3)
     for r in recs["eval"]:
         a, b = Image.open(tmp_path / r["image"]), Image.open(tmp_path / r["image_rephrase"])
         assert a.size == b.size and a.tobytes() != b.tobytes()
         c = Content.from_key(key_of(r["image"]))
-        assert a.getpixel((0, 0)) == b.getpixel((0, 0))  # same background colour
-        assert c.count >= 1
+        assert a.getpixel((0, 0)) == BACKGROUNDS[c.background]  # plain
+        # style 2: stripes of a darker shade of the same background
+        colours = {px for _, px in b.getcolors(maxcolors=100000)}
+        assert BACKGROUNDS[c.background] in colours and any(
+            all(abs(x - 0.9 * y) <= 1 for x, y in zip(px, BACKGROUNDS[c.background], strict=True)) for px in colours)
 
 
 def test_pools_disjoint():
