@@ -170,11 +170,16 @@ def test_no_expert_kept_is_bit_identical(make, tiny, toy_eval):
 
 def test_ablation_switches_change_routing(make, tiny, toy_eval):
     reqs = [toy_eval.request(i) for i in range(4)]
-    full, no_hard, no_soft = make(), make(hard_routing=False), make(soft_routing=False)
-    for ed in (full, no_hard, no_soft):
-        ed.edit_batch(reqs)
     batch = tiny.prepare([toy_eval.probes(i)[2] for i in range(4)])
-    h = full.layer_reps(batch)
+
+    def edited(**over):  # one editor at a time on the backbone: another's live experts would shift its reps
+        ed = make(**over)
+        ed.edit_batch(reqs)
+        ed.remove()
+        return ed
+
+    full, no_hard, no_soft = edited(), edited(hard_routing=False), edited(soft_routing=False)
+    h = make().layer_reps(batch)  # unedited reps (a fresh editor's hook captures them)
     _, c_full, keep_full, _, _ = full.route(batch, h)
     _, c_nh, keep_nh, _, _ = no_hard.route(batch, h)
     _, c_ns, keep_ns, _, _ = no_soft.route(batch, h)
@@ -353,11 +358,12 @@ def test_epochs_to_steps():
         steps(20, epochs=1, max_steps=2.5)
     with pytest.raises(ValueError, match="editor.train.steps was replaced"):
         steps(20, epochs=1, steps=5)
-    # the editor default is the reference's; the smol_llava recipe keeps its 5,000-step bound
+    # the editor default is the reference's; the smol_llava recipe keeps its 5,000-step bound and (since the v3
+    # checkpoint) the reference's token init
     base = make_cfg("+editor=liveedit", "+model=tiny").editor.train
     assert base.epochs == 50 and base.max_steps is None and base.token_init == "kaiming_normal"
     smol = make_cfg("+editor=liveedit", "+model=smol_llava").editor.train
-    assert total_steps(smol, 600) == 5000 and smol.token_init == "standard_normal"
+    assert total_steps(smol, 600) == 5000 and smol.token_init == "kaiming_normal"  # v3 checkpoint: the reference init
 
 
 def test_shipped_checkpoint_loads_whatever_the_init():
