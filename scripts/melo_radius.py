@@ -18,11 +18,14 @@ locality question is (wrongly) routed to some block iff its nearest stored key l
 Rule: the radius is the r maximising
 
     J(r) = P(t_gen routed to its edit) + P(m_gen routed to its edit)
-           - P(t_loc routed to a block) - P(m_loc routed to a block),
+           - P(t_loc routed to a block) - P(m_loc routed to a block)
+           - P(an edit's nearest other-target edit within 2 r),
 
-i.e. the predicted gain in T-Gen + M-Gen minus the predicted loss in T-Loc + M-Loc, weighted alike
-(a routed rephrase is assumed to get the edit's answer, a routed locality question to lose its
-own), over the observed distances (a tie goes to the smaller radius), rounded to 2 significant
+i.e. the predicted gain in T-Gen + M-Gen minus the predicted loss in T-Loc + M-Loc and in Rel,
+weighted alike (a routed rephrase is assumed to get the edit's answer, a routed locality question
+to lose its own, a conflicting edit to lose its key: MELO shrinks both clusters; this last term
+was added for toy_evqa v3, whose edits share images, after the rule without it chose 15 and the
+40-edit signature stream gave Rel 88), over the observed distances (a tie goes to the smaller radius), rounded to 2 significant
 digits (down when rounding up would route more locality questions).
 
     python scripts/melo_radius.py +model=smol_llava [stream=100] [n=600] [editor.key_layer=...]
@@ -82,14 +85,21 @@ def keys_of(editor, probes, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def best_radius(gen: list[tuple[torch.Tensor, torch.Tensor]], loc: list[torch.Tensor]) -> tuple[float, float, list[float]]:
-    """(r, J(r), [each term at r]) maximising J(r) = sum_g P(own_g & d_g <= r) - sum_l P(d_l <= r).
+def best_radius(gen: list[tuple[torch.Tensor, torch.Tensor]], loc: list[torch.Tensor],
+                conflict: torch.Tensor | None = None) -> tuple[float, float, list[float]]:
+    """(r, J(r), [each term at r]) maximising J(r) = sum_g P(own_g & d_g <= r) - sum_l P(d_l <= r)
+    - P(c <= 2 r).
 
     ``gen``: per rephrase kind, (distance to the nearest stored key, whether that key is the probe's own
-    edit's); ``loc``: per locality kind, the distance to the nearest stored key."""
-    cand = torch.cat([d for d, _ in gen] + loc).unique()
+    edit's); ``loc``: per locality kind, the distance to the nearest stored key; ``conflict``: each
+    edit's distance to the nearest stored edit with another target. Within 2 r the two clusters
+    conflict and MELO shrinks them (an edit can lose its own key: a Rel probe at risk)."""
+    cand = torch.cat([d for d, _ in gen] + loc + ([conflict / 2] if conflict is not None else [])).unique()
     terms = [((d[None, :] <= cand[:, None]) & own[None, :]).float().mean(1) for d, own in gen]
     terms += [-(d[None, :] <= cand[:, None]).float().mean(1) for d in loc]
+    if conflict is not None:
+        c = conflict[torch.isfinite(conflict)]
+        terms.append(-(c[None, :] <= 2 * cand[:, None]).float().mean(1))
     j = torch.stack(terms).sum(0)
     i = int(j.argmax())
     return float(cand[i]), float(j[i]), [abs(float(t[i])) for t in terms]
@@ -152,7 +162,7 @@ def main(overrides: list[str], out_dir: Path | None = None) -> dict:
     near = {k: (torch.cat([d for d, _ in v]), torch.cat([o for _, o in v])) for k, v in near.items()}
     gen = [near["t_gen"], near["m_gen"]]
     loc = [near["t_loc"][0], near["m_loc"][0]]
-    r, j, at = best_radius(gen, loc)
+    r, j, at = best_radius(gen, loc, dist["other edit, other target (nearest)"])
     radius = round2(r, torch.cat(loc))
     q = QUANTILES
     rows = []
@@ -167,12 +177,16 @@ def main(overrides: list[str], out_dir: Path | None = None) -> dict:
           f"{len(train)} train records of {cfg.data.name} in streams of {stream}")
     print(table.to_string(index=False))
     print(f"rephrase's nearest stored key is its own edit's: t_gen {own['t_gen']:.3f}, m_gen {own['m_gen']:.3f}")
-    for rr in sorted({radius, 0.5, *(round2(float(x), torch.cat(loc)) for x in torch.quantile(dist['m_gen: own edit'], torch.tensor([0.25, 0.5, 0.75])))}):
+    conf = dist["other edit, other target (nearest)"]
+    conf = conf[torch.isfinite(conf)]
+    for rr in sorted({radius, 0.5, 5.5, 15, *(round2(float(x), torch.cat(loc)) for x in torch.quantile(dist['m_gen: own edit'], torch.tensor([0.25, 0.5, 0.75])))}):
         g = [float(((d <= rr) & o).float().mean()) for d, o in gen]
         lo = [float((d <= rr).float().mean()) for d in loc]
+        cf = float((conf <= 2 * rr).float().mean())
         print(f"  r = {rr:<6g} routed to own edit: t_gen {g[0]:.3f} m_gen {g[1]:.3f}; "
-              f"locality routed: t_loc {lo[0]:.3f} m_loc {lo[1]:.3f}; J = {sum(g) - sum(lo):.3f}")
-    print(f"best r = {r:.4f}, J = {j:.3f} (t_gen {at[0]:.3f} + m_gen {at[1]:.3f} - t_loc {at[2]:.3f} - m_loc {at[3]:.3f}); "
+              f"locality routed: t_loc {lo[0]:.3f} m_loc {lo[1]:.3f}; conflicts {cf:.3f}; J = {sum(g) - sum(lo) - cf:.3f}")
+    print(f"best r = {r:.4f}, J = {j:.3f} (t_gen {at[0]:.3f} + m_gen {at[1]:.3f} - t_loc {at[2]:.3f} - m_loc {at[3]:.3f}"
+          f" - conflicts {at[4]:.3f}); "
           f"radius = {radius:g}")
     out = (out_dir or ROOT / "results" / "tune") / f"melo_radius_{cfg.model.name}_{cfg.data.name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

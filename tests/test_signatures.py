@@ -13,6 +13,9 @@ With one thread the scores are exactly those recorded in README (thread counts c
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from bench.config import compose
@@ -43,6 +46,9 @@ def results(tmp_path_factory) -> dict[str, dict]:
                         "seed=0", f"out_dir={d}", "protocol.progress=false", *extra))
         assert s["status"] == "ok", (name, s.get("error"))
         out[name] = {k: 100.0 * v for k, v in s["metrics"].items()} | {"s_per_edit": s["timing"]["s_per_edit"]}
+    if os.environ.get("BENCH_SIGNATURES_JSON"):  # the README's table of this stream
+        with open(os.environ["BENCH_SIGNATURES_JSON"], "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
     return out
 
 
@@ -60,7 +66,13 @@ def test_ft_l_forgets_and_loses_locality(results):
     assert r["rel"] > base["rel"], (_show(r), _show(base))  # it did edit
 
 
-@pytest.mark.parametrize("name", ["grace", "melo"])
+MELO_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "toy_evqa v3, radius 15 (scripts/melo_radius.py on the train split; edits share images, so every "
+    "edit conflicts with another within 2 r): rel=88.3 t_gen=20.0 m_gen=31.6 t_loc=100.0 m_loc=100.0 on "
+    "this stream; MELO's conflict shrinking costs reliability (100-edit table: Rel 96.4 +- 3.4)"))
+
+
+@pytest.mark.parametrize("name", ["grace", pytest.param("melo", marks=MELO_XFAIL)])
 def test_codebook_editors_reliable_without_text_generality(results, name):
     """GRACE (ELDER paper, Sec. "Main Results": reliable "but lacks robustness when handling semantically
     equivalent inputs, leading to poor generalization"; editors.md: GRACE Gen 0.46 on ZsRE/LLaMA2) and

@@ -9,10 +9,10 @@ test re-measures them when the folder is there.
 import json
 
 import pytest
+from conftest import SHARED_DATA
 
 from bench.datastats import stats
 from bench.toy.generate import make_records
-from conftest import SHARED_DATA
 
 # statistic -> value on the real eval split (train split for *_in_train), SmolLM2 tokens
 REAL = {

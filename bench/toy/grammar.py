@@ -58,7 +58,7 @@ FAMILIES: dict[str, dict] = {
         "train": ["Count the {npl}{where}.", "How many {npl} are visible{where}?", "What is the count of {npl}{where}?",
                   "How many {color} {npl} appear{where}?", "How many {npl} are drawn{where}?"],
         "rephrase": ["What is the number of {npl} depicted{where}?", "What is the total count of {npl}{where}?", "Can you tell me how many {npl} appear{where}?", "How many {npl} are depicted{where}?"],
-        "answers": [str(k) for k in range(0, 10) for _ in range(3)] + ["10", "11", "12", "14", "15", "16", "18", "20", "24",
+        "answers": [str(k) for k in range(10) for _ in range(3)] + ["10", "11", "12", "14", "15", "16", "18", "20", "24",
                                                                     "25", "30", "40", "50", "100", "1000"],
         "weight": 0.17,
     },
