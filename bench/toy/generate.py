@@ -29,6 +29,7 @@ caption frame and differ only in the background word, which is what tells them a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import grammar as G
-from .world import BACKGROUNDS, COLORS, COUNTS, SHAPES, Content, all_contents, hash_key, save_render
+from .world import BACKGROUNDS, COLORS, COUNT_WORDS, COUNTS, SHAPES, Content, all_contents, hash_key, save_render
 
 GENERATOR_VERSION = 3
 
@@ -45,11 +46,6 @@ QUESTIONS = {
     "color": ["What color is the shape?", "What is the color of the shapes in the picture?", "Which color do the shapes have?"],
     "shape": ["What shape is shown?", "What kind of shape is in the picture?", "Which shape does the image show?"],
     "count": ["How many shapes are there?", "What is the number of shapes in the picture?", "How many objects does the image show?"],
-}
-ANSWERS = {
-    "color": list(COLORS),
-    "shape": SHAPES,
-    "count": [str(n) for n in COUNTS],
 }
 MLOC_EDIT_TEMPLATE_SHARE = 0.04  # OK-VQA questions rarely reuse a VQAv2 edit question (E-VQA: 2% exactly equal)
 CLASSES = [(s, c, n) for s in SHAPES for c in COLORS for n in COUNTS]  # 320
@@ -179,7 +175,7 @@ def _evqa_record(rng, root, c: Content, image: str, family: str, split: str) -> 
 def _caption(c: Content, seed: int) -> str:
     frame = G.CAPTION_FRAMES[hash_key(f"{seed}-{c.shape}-{c.color}-{c.count}") % len(G.CAPTION_FRAMES)]
     d = (f"a single {c.color} {c.shape}" if c.count == 1
-         else f"{G.COUNT_WORDS[c.count]} {c.color} {c.shape}{'es' if c.shape.endswith('s') else 's'}")
+         else f"{COUNT_WORDS[c.count]} {c.color} {c.shape}{'es' if c.shape.endswith('s') else 's'}")
     return frame.format(d=d, D=d[0].upper() + d[1:], bg=c.background)
 
 
@@ -251,16 +247,23 @@ _SHOWN_WORDS = ("shown", "depicted", "featured", "pictured")
 _LEADS = ("", "", "", "", "Based on the image, ", "Looking at the picture, ", "From this photo, ")
 
 
+def _word_alts(word: str) -> tuple[str, tuple[str, ...]]:
+    """(``word`` without trailing punctuation, the words :func:`_vary` may put in its place)."""
+    core = word.rstrip("?.,")
+    for group in (_PICTURE_WORDS, _SHOWN_WORDS):
+        if core in group:
+            return core, group
+    return core, (core,)
+
+
 def _vary(rng: np.random.Generator, text: str, lead: bool = True) -> str:
     """Reword a VLKEB-style question as its generated questions vary: the picture noun, the
     participle and an optional lead-in (the real file has ~470 distinct src per 1,000 records)."""
     words = text.split(" ")
     for i, w in enumerate(words):
-        core = w.rstrip("?.,")
-        if core in _PICTURE_WORDS:
-            words[i] = _pick(rng, list(_PICTURE_WORDS)) + w[len(core):]
-        elif core in _SHOWN_WORDS:
-            words[i] = _pick(rng, list(_SHOWN_WORDS)) + w[len(core):]
+        core, alts = _word_alts(w)
+        if len(alts) > 1:
+            words[i] = _pick(rng, list(alts)) + w[len(core):]
     out = " ".join(words)
     first = _pick(rng, list(_LEADS)) if lead else ""
     return first + out[0].lower() + out[1:] if first and not out.startswith(("U.S.", "I ")) else out
@@ -270,10 +273,17 @@ def _variants(text: str) -> set[str]:
     """Every rewording :func:`_vary` can make of ``text`` (without lead-ins)."""
     out = [""]
     for w in text.split(" "):
-        core = w.rstrip("?.,")
-        alts = _PICTURE_WORDS if core in _PICTURE_WORDS else _SHOWN_WORDS if core in _SHOWN_WORDS else (core,)
+        core, alts = _word_alts(w)
         out = [f"{o} {a}{w[len(core):]}".lstrip() for o in out for a in alts]
     return set(out)
+
+
+@functools.cache
+def _taken(kind: str, split: str) -> frozenset[str]:
+    """Every rewording (lower-cased) of ``split``'s entity question templates of ``kind``."""
+    from . import facts as F
+
+    return frozenset(v.lower() for t in F.entity_questions(kind, split) for v in _variants(t))
 
 
 def _src_question(rng: np.random.Generator, kind: str, split: str) -> str:
@@ -282,8 +292,7 @@ def _src_question(rng: np.random.Generator, kind: str, split: str) -> str:
     from . import facts as F
 
     template = _pick(rng, F.entity_questions(kind, split))
-    other = "train" if split == "eval" else "eval"
-    taken = {v.lower() for t in F.entity_questions(kind, other) for v in _variants(t)}
+    taken = _taken(kind, "train" if split == "eval" else "eval")
     q = _vary(rng, template)
     core = q
     for lead in _LEADS:
@@ -292,13 +301,14 @@ def _src_question(rng: np.random.Generator, kind: str, split: str) -> str:
     return template if core.lower() in taken else q
 
 
-def _entity_split(kind: str, role: str) -> list:
+@functools.cache
+def _entity_split(kind: str, role: str) -> tuple:
     """Entities of ``kind`` used as edit targets (``role="edit"``) or as m_loc answers (``"mloc"``):
-    disjoint halves (by position), so an image-locality answer is never an edit's answer (as VLKEB)."""
+    disjoint parts (by position), so an image-locality answer is never an edit's answer (as VLKEB)."""
     from . import facts as F
 
     pool = F.entity_pool(kind)
-    return [e for i, e in enumerate(pool) if (i % 4 == 3) == (role == "mloc")]
+    return tuple(e for i, e in enumerate(pool) if (i % 4 == 3) == (role == "mloc"))
 
 
 def _vlkeb_record(rng, root, c: Content, image: str, ekind: str, split: str, drawn: dict) -> dict:

@@ -178,7 +178,6 @@ CAPTION_PROMPTS_EVAL = ["a photograph of", "an image of", "a picture of", "descr
                         "give a detailed description of the picture,"]
 CAPTION_PROMPTS_TRAIN = ["a snapshot of", "describe the image:", "a drawing of", "caption this picture:",
                          "write a short description of the image,"]
-COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 # Caption frames; {d} the scene (count, colour, shape), {bg} the background word. The frame is
 # chosen per class, so near-twins (same class, other background) get the same caption but for {bg}.
 CAPTION_FRAMES = [

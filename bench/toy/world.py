@@ -75,11 +75,6 @@ class Content:
             qtype
         ]
 
-    def caption(self) -> str:
-        if self.count == 1:
-            return f"a {self.color} {self.shape} on a {self.background} background"
-        return f"{COUNT_WORDS[self.count]} {self.color} {self.shape}s on a {self.background} background"
-
 
 def all_contents() -> list[Content]:
     return [Content(s, c, b, n) for s in SHAPES for c in COLORS for b in BACKGROUNDS for n in COUNTS]
@@ -127,7 +122,7 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
 
 
 def _shade(rgb: tuple[int, int, int], f: float) -> tuple[int, int, int]:
-    return tuple(int(round(c * f)) for c in rgb)
+    return tuple(round(c * f) for c in rgb)
 
 
 def render(content: Content, variant: int, size: int = IMAGE_SIZE, style: int = 1) -> Image.Image:
