@@ -59,6 +59,20 @@ def editor_factory(tiny):
 
 
 @pytest.fixture(scope="session")
+def toy_full_sets(tmp_path_factory) -> dict:
+    """The three toy sets at their shipped size (seed 0, 600 train / 1,000 eval), generated once per
+    session: ``{kind: (records, scopes)}`` (tests/test_toy.py and tests/test_toy_vs_real.py read them)."""
+    from bench.toy.generate import make_records
+
+    out = {}
+    for kind in ("toy_evqa", "toy_eic", "toy_vlkeb"):
+        scopes: dict = {}
+        recs = make_records(kind, tmp_path_factory.mktemp(kind), seed=0, n_train=600, n_eval=1000, scopes=scopes)
+        out[kind] = (recs, scopes)
+    return out
+
+
+@pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
     """A small generated toy_evqa set (same generator as the real default, fewer records)."""
     from bench.toy.generate import ensure_toy

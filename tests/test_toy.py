@@ -28,9 +28,8 @@ def _cls(path: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["toy_evqa", "toy_eic", "toy_vlkeb"])
-def test_thousand_non_conflicting_edits_and_locality_outside_scope(tmp_path, kind):
-    scopes: dict = {}
-    recs = make_records(kind, tmp_path / kind, seed=0, n_train=600, n_eval=1000, scopes=scopes)
+def test_thousand_non_conflicting_edits_and_locality_outside_scope(toy_full_sets, kind):
+    recs, scopes = toy_full_sets[kind]
     allr = recs["eval"] + recs["train"]
     all_scopes = scopes["eval"] + scopes["train"]
     assert len(recs["eval"]) == 1000 and len(all_scopes) == len(allr)

@@ -12,7 +12,6 @@ import pytest
 from conftest import SHARED_DATA
 
 from bench.datastats import stats
-from bench.toy.generate import make_records
 
 # statistic -> value on the real eval split (train split for *_in_train), SmolLM2 tokens
 REAL = {
@@ -57,10 +56,10 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def toy_stats(tmp_path_factory, tokenizer):
+def toy_stats(toy_full_sets, tokenizer):
     out = {}
     for real, kind in TOY.items():
-        recs = make_records(kind, tmp_path_factory.mktemp(kind), seed=0, n_train=600, n_eval=1000)
+        recs = toy_full_sets[kind][0]
         out[real] = stats(recs["eval"], recs["train"], tokenizer)
     return out
 

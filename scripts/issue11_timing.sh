@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Wall time of the full 8-editor comparison (issue 11): smol_llava, toy_evqa, 100 edits, shuffle=true seed=0,
+# in two queues of one thread each (the 2-core machine), at reference settings (every editor's shipped YAML)
+# or fast (GRACE and MELO with editor.early_stop_loss=0.01). Prints each queue's wall time; the table:
+#   bash scripts/issue11_timing.sh TAG ref      # reference settings
+#   bash scripts/issue11_timing.sh TAG fast     # early stopping for GRACE and MELO
+#   bash scripts/issue11_timing.sh TAG report   # results/tables/TAG_smol_llava_toy_evqa_100_s0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TAG=${1:?tag}
+PHASE=${2:?ref, fast or report}
+PY=${PY:-.venv/bin/python}
+COMMON=(model=smol_llava data=toy_evqa edits=100 shuffle=true seed=0 protocol.progress=false)
+export OMP_NUM_THREADS=1
+queue() {  # name, then the python -m bench arguments
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  $PY -m bench -m "$@" "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$TAG-$PHASE-$name > "results/sweeps/$TAG-$PHASE-$name.log" 2>&1
+  echo "queue $name: $(( $(date +%s) - t0 )) s"
+}
+case $PHASE in
+  ref|fast)
+    mkdir -p results/sweeps
+    ES=(); [ "$PHASE" = fast ] && ES=(editor.early_stop_loss=0.01)
+    start=$(date +%s)
+    queue a editor=grace,none "${ES[@]}" &
+    ( queue b editor=melo "${ES[@]}"; queue c editor=elder,wise,ft_l,ultraedit,liveedit ) &
+    wait
+    echo "$PHASE: all queues done in $(( $(date +%s) - start )) s of wall time"
+    ;;
+  report)
+    $PY -m bench.report results/sweeps/$TAG-ref-* --out results/tables/${TAG}_ref_smol_llava_toy_evqa_100_s0
+    $PY -m bench.report results/sweeps/$TAG-fast-* --out results/tables/${TAG}_fast_smol_llava_toy_evqa_100_s0
+    ;;
+  *) echo "unknown phase $PHASE"; exit 2 ;;
+esac
