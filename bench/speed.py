@@ -9,8 +9,8 @@ Measured on one backbone and one edit stream (default ``smol_llava`` + ``toy_evq
    split) is timed apart. Also the editor's bytes per stored edit after the stream.
 3. **Forward latency** of one fixed batch (``--batch`` probes of the stream) with 0, 100, 1,000
    and 10,000 stored edits (``--stored``) for the retrieval editors GRACE, MELO, WISE (Merge and
-   Retrieve), ELDER and LiveEdit, as a ratio to the unedited backbone. A count up to the number
-   of real edits uses the real memory; larger counts load **synthetic memories** through
+   Retrieve), ELDER and LiveEdit, as a ratio to the unedited backbone. A count equal to the number
+   of real edits uses the real memory; other counts load **synthetic memories** through
    ``load_state_dict``, built from the real state by :func:`synthetic_state` (per editor, the
    ``fill`` column says how); the marginal bytes per stored edit come from these states.
 4. **Peak memory**: process peak RSS on CPU (cumulative over the run), peak allocated memory per
@@ -213,22 +213,9 @@ class SpeedRun:
         self.res["device"] = str(dev)
 
         # 1. scoring: batched vs per-sample
-        bb.score(probes[: min(len(probes), 4)])  # warm-up (image features, allocator)
-        _sync(dev)
-        t0 = time.perf_counter()
-        batched = bb.score(probes)
-        _sync(dev)
-        t_b = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        single = [bb.score([p])[0] for p in probes]
-        _sync(dev)
-        t_s = time.perf_counter() - t0
-        diff = sum(x.pred_ids != y.pred_ids for x, y in zip(batched, single, strict=True))
-        self.res["scoring"] = {"probes": len(probes), "batch_size": bb.batch_size, "batched_s": round(t_b, 3),
-                               "per_sample_s": round(t_s, 3), "speedup": round(t_s / t_b, 2),
-                               "identical_predictions": diff == 0, "differing": diff}
-        log.info("scoring: batched %.2f s, per-sample %.2f s (%.2fx), %d differing", t_b, t_s, t_s / t_b, diff)
-        self.save()
+        scored = probes if a.score_probes is None else probes[: a.score_probes]
+        if scored:
+            self._scoring(bb, scored)
 
         # 2./3. base forward latency, then every editor
         batch = bb.prepare(probes[: a.batch])
@@ -287,6 +274,25 @@ class SpeedRun:
         self.save()
         return self.res
 
+    def _scoring(self, bb, probes) -> None:
+        dev = bb.device
+        bb.score(probes[: min(len(probes), 4)])  # warm-up (image features, allocator)
+        _sync(dev)
+        t0 = time.perf_counter()
+        batched = bb.score(probes)
+        _sync(dev)
+        t_b = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = [bb.score([p])[0] for p in probes]
+        _sync(dev)
+        t_s = time.perf_counter() - t0
+        diff = sum(x.pred_ids != y.pred_ids for x, y in zip(batched, single, strict=True))
+        self.res["scoring"] = {"probes": len(probes), "batch_size": bb.batch_size, "batched_s": round(t_b, 3),
+                               "per_sample_s": round(t_s, 3), "speedup": round(t_s / t_b, 2),
+                               "identical_predictions": diff == 0, "differing": diff}
+        log.info("scoring: batched %.2f s, per-sample %.2f s (%.2fx), %d differing", t_b, t_s, t_s / t_b, diff)
+        self.save()
+
     @staticmethod
     def _build(name: str, cfg, bb, requests, row: dict):
         """The editor; for LiveEdit on a randomly initialised backbone without a checkpoint, an
@@ -338,7 +344,10 @@ class SpeedRun:
                 how = "synthetic"
             t = forward_seconds(editor.backbone, batch, self.args.repeats)
             rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
-            log.info("%s with %d stored edits (%s): %.1f ms", name, n, how, t * 1e3)
+            if hasattr(editor, "routing_stats"):  # what the batch's probes are routed to (cost driver)
+                rows[str(n)]["routing"] = editor.routing_stats(batch)
+            log.info("%s with %d stored edits (%s): %.1f ms%s", name, n, how, t * 1e3,
+                     f", routing {rows[str(n)]['routing']}" if "routing" in rows[str(n)] else "")
             self.save()
         self._marginal(name, rows)
         editor.load_state_dict(real)
@@ -410,6 +419,13 @@ def markdown(res: dict) -> str:
                 r = "?" if c is None or "ratio" not in c else f"{c['ratio']:.2f}x"
                 cells.append("-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})")
             out.append(f"| {n} | {lat[n].get('base_ms', '?')} | " + " | ".join(cells) + " |")
+        routed = [(n, k, lat[n][k]["routing"]) for n in names for k in stored
+                  if isinstance(lat[n].get(k), dict) and "routing" in lat[n][k]]
+        if routed:
+            out += ["", "Stored edits each routed probe of the batch reaches (mean / max over the routed probes):", ""]
+            for n in dict.fromkeys(x[0] for x in routed):
+                out.append(f"- {n}: " + ", ".join(f"{k} stored: {r['kept_mean']} / {r['kept_max']} "
+                                                  f"({r['routed']} routed)" for m, k, r in routed if m == n))
         out += ["", ("Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
                      "the stream):"), ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
     if res.get("errors"):
@@ -425,8 +441,10 @@ def parse(argv: list[str]):
     p.add_argument("--edits", type=int, default=20, help="edit stream length (default 20)")
     p.add_argument("--editors", default=",".join(EDITORS), help=f"comma list (default {','.join(EDITORS)})")
     p.add_argument("--stored", default="0,100,1000,10000", help="stored-edit counts for the latency table")
+    p.add_argument("--score-probes", type=int, default=None,
+                   help="score only the stream's first N probes in the scoring stage (default all; 0 skips it)")
     p.add_argument("--batch", type=int, default=8, help="probes in the fixed latency batch (default 8)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per latency cell, median (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per latency cell, the fastest counts (default 5)")
     p.add_argument("--out", default=None, help="output folder (default results/speed/<timestamp>)")
     args, rest = p.parse_known_args(argv)
     bad = [r for r in rest if r.startswith("-")]
@@ -445,8 +463,8 @@ def parse(argv: list[str]):
     if unknown:
         p.error(f"--editors: unknown {unknown}; valid: {', '.join(EDITORS)}")
     args.stored = sorted({int(x) for x in args.stored.split(",") if x.strip()})
-    if args.edits < 1 or any(n < 0 for n in args.stored):
-        p.error("--edits must be >= 1 and --stored counts >= 0")
+    if args.edits < 1 or any(n < 0 for n in args.stored) or (args.score_probes or 0) < 0:
+        p.error("--edits must be >= 1, --stored counts and --score-probes >= 0")
     if args.out is None:
         from .config import resolve
 

@@ -264,7 +264,7 @@ def resolve_layer(spec, num_layers: int) -> int:
     if isinstance(spec, float):
         if not 0.0 <= spec < 1.0:
             raise ValueError(f"editor.layer: relative depth {spec} not in [0, 1)")
-        return int(math.floor(spec * num_layers))
+        return math.floor(spec * num_layers)
     j = spec + num_layers if spec < 0 else spec
     if not 0 <= j < num_layers:
         raise ValueError(f"editor.layer: {spec} out of range for {num_layers} decoder layers")
@@ -463,6 +463,16 @@ class LiveEdit(Editor):
         keep = s_vis > s0[:, None] if self.hard else torch.ones_like(s_vis, dtype=torch.bool)
         c = self.net.coefficients(self.net.sim(psi_in, self.psi), keep, self.soft)
         return rows, c, keep, s_vis, s0
+
+    @torch.no_grad()
+    def routing_stats(self, batch: Batch) -> dict:
+        """What the hard routing keeps for ``batch``: probes routed (with an image and a query),
+        and stored experts kept per routed probe (mean, max). The residual's cost at inference is
+        linear in the kept experts, not in the stored ones."""
+        rows, _, keep, _, _ = self.route(batch, self.layer_reps(batch).float())
+        kept = keep.sum(1).float() if keep.shape[0] else torch.zeros(1)  # no experts: nothing routed
+        return {"experts": self.n_experts, "routed": int(keep.shape[0]), "kept_mean": round(float(kept.mean()), 2),
+                "kept_max": int(kept.max())}
 
     def _hook(self, module, args, output):
         h = output[0] if isinstance(output, tuple) else output

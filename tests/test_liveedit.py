@@ -150,6 +150,27 @@ def test_hard_routing_sentinel_and_bit_identity(make, tiny, toy_eval):
     assert torch.equal(c[~keep], torch.zeros_like(c[~keep]))
 
 
+def test_routing_stats_count_kept_experts(make, tiny, toy_eval):
+    """routing_stats reports route's hard-routing keep per probe; experts stored k times are kept k times."""
+    ed = make(hard_routing=False)
+    ed.edit_batch([toy_eval.request(1), toy_eval.request(2)])
+    batch = tiny.prepare(toy_eval.probes(1) + toy_eval.probes(2))
+    st = ed.routing_stats(batch)
+    rows, _, keep, _, _ = ed.route(batch, ed.layer_reps(batch).float())
+    assert st["experts"] == 2 and st["routed"] == len(rows) > 0
+    assert st["kept_mean"] == 2 and st["kept_max"] == 2  # no hard routing: every expert kept
+    ed.hard = True
+    st = ed.routing_stats(batch)
+    _, _, keep, _, _ = ed.route(batch, ed.layer_reps(batch).float())
+    assert st["kept_max"] == int(keep.sum(1).max()) and st["kept_mean"] == round(float(keep.sum(1).float().mean()), 2)
+    state = ed.state_dict()
+    ed.load_state_dict({**state, **{k: state[k].repeat(3, 1, 1) for k in ("psi", "phi", "U", "V")},
+                        "n_edits": torch.tensor([6])})
+    st3 = ed.routing_stats(batch)
+    assert st3["experts"] == 6 and st3["kept_max"] == 3 * st["kept_max"]
+    assert st3["kept_mean"] == pytest.approx(3 * st["kept_mean"], abs=0.02)
+
+
 def test_no_expert_kept_is_bit_identical(make, tiny, toy_eval):
     ed = make()
     probes = toy_eval.probes(3)

@@ -29,6 +29,10 @@ def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
         assert {k for k in rows if k.isdigit()} == {"0", "10"}
         assert rows["10"]["fill"] == "synthetic" and rows["0"]["fill"] == "empty"
         assert rows["10"]["ratio"] > 0 and rows["base_ms"] > 0 and name in saved["fill"]
+    # LiveEdit's rows say how many stored experts the batch's probes are routed to
+    live = saved["latency"]["liveedit"]
+    assert live["10"]["routing"]["experts"] == 10 and live["0"]["routing"]["experts"] == 0
+    assert 0 <= live["10"]["routing"]["kept_mean"] <= live["10"]["routing"]["kept_max"] <= 10
     # stored edits cost memory where the editor keeps one entry per edit
     for name in ("grace", "melo", "elder", "liveedit"):
         assert saved["editors"][name]["marginal_bytes_per_edit"] > 0
@@ -56,6 +60,9 @@ def test_cli_checks_arguments():
         parse(["--editors", "grace,nope"])
     args, over = parse(["--edits", "2", "model=llava", "model.random_init=true", "--stored", "10,0"])
     assert args.model == "llava" and over == ["model.random_init=true"] and args.stored == [0, 10]
+    assert args.score_probes is None and parse(["--score-probes", "0"])[0].score_probes == 0
+    with pytest.raises(SystemExit):
+        parse(["--score-probes", "-1"])
 
 
 def test_speed_paper_backbone_random_init(tmp_path):
