@@ -343,11 +343,11 @@ class SpeedRun:
                 editor.load_state_dict(synthetic_state(name, editor, real, n))
                 how = "synthetic"
             t = forward_seconds(editor.backbone, batch, self.args.repeats)
-            rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
+            cell = rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
             if hasattr(editor, "routing_stats"):  # what the batch's probes are routed to (cost driver)
-                rows[str(n)]["routing"] = editor.routing_stats(batch)
+                cell["routing"] = editor.routing_stats(batch)
             log.info("%s with %d stored edits (%s): %.1f ms%s", name, n, how, t * 1e3,
-                     f", routing {rows[str(n)]['routing']}" if "routing" in rows[str(n)] else "")
+                     f", routing {cell['routing']}" if "routing" in cell else "")
             self.save()
         self._marginal(name, rows)
         editor.load_state_dict(real)

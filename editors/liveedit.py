@@ -469,7 +469,7 @@ class LiveEdit(Editor):
         """What the hard routing keeps for ``batch``: probes routed (with an image and a query),
         and stored experts kept per routed probe (mean, max). The residual's cost at inference is
         linear in the kept experts, not in the stored ones."""
-        rows, _, keep, _, _ = self.route(batch, self.layer_reps(batch).float())
+        _, _, keep, _, _ = self.route(batch, self.layer_reps(batch).float())
         kept = keep.sum(1).float() if keep.shape[0] else torch.zeros(1)  # no experts: nothing routed
         return {"experts": self.n_experts, "routed": int(keep.shape[0]), "kept_mean": round(float(kept.mean()), 2),
                 "kept_max": int(kept.max())}

@@ -19,26 +19,23 @@ queue() {  # name, then the python -m bench arguments
   $PY -m bench -m "$@" "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$TAG-$PHASE-$name > "results/sweeps/$TAG-$PHASE-$name.log" 2>&1
   echo "queue $name: $(( $(date +%s) - t0 )) s"
 }
+[ "$PHASE" = report ] && {
+  $PY -m bench.report results/sweeps/$TAG-ref-*/ --out results/tables/${TAG}_ref_smol_llava_toy_evqa_100_s0
+  $PY -m bench.report results/sweeps/$TAG-fast-*/ --out results/tables/${TAG}_fast_smol_llava_toy_evqa_100_s0
+  exit 0
+}
+mkdir -p results/sweeps
+start=$(date +%s)
 case $PHASE in
   ref)  # GRACE (the slowest) alone in one queue, everything else in the other
-    mkdir -p results/sweeps
-    start=$(date +%s)
     queue a editor=grace,none &
     ( queue b editor=melo; queue c editor=elder,wise,ft_l,ultraedit,liveedit ) &
-    wait
-    echo "$PHASE: all queues done in $(( $(date +%s) - start )) s of wall time"
     ;;
   fast)  # GRACE and MELO early-stopped; ELDER (now the slowest) leads the other queue
-    mkdir -p results/sweeps
-    start=$(date +%s)
     ( queue a editor=grace,melo editor.early_stop_loss=0.01; queue b editor=none,wise ) &
     queue c editor=elder,ft_l,ultraedit,liveedit &
-    wait
-    echo "$PHASE: all queues done in $(( $(date +%s) - start )) s of wall time"
-    ;;
-  report)
-    $PY -m bench.report results/sweeps/$TAG-ref-*/ --out results/tables/${TAG}_ref_smol_llava_toy_evqa_100_s0
-    $PY -m bench.report results/sweeps/$TAG-fast-*/ --out results/tables/${TAG}_fast_smol_llava_toy_evqa_100_s0
     ;;
   *) echo "unknown phase $PHASE"; exit 2 ;;
 esac
+wait
+echo "$PHASE: all queues done in $(( $(date +%s) - start )) s of wall time"
