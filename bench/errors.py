@@ -25,6 +25,30 @@ def is_user_error(e: BaseException) -> bool:
     return bool(getattr(e, "user_error", False))
 
 
+class NonFiniteError(RuntimeError):
+    """An edit loss or a score that is NaN or infinite: the run stops with ``status: failed``.
+
+    Printed as its message (what diverged, where, in which dtype, what to try) without a traceback,
+    like a :class:`UserError`; the run's ``summary.json`` keeps the traceback."""
+
+    user_error = True
+
+
+#: what to try when a run in this dtype gives a non-finite number
+NONFINITE_HINTS = {
+    "float16": "float16's range is narrow (max 65504): try model.dtype=bfloat16 (float32's range at half the "
+               "memory) or model.dtype=float32",
+    "bfloat16": "try model.dtype=float32 (bfloat16 keeps 8 mantissa bits)",
+    "float32": "the numbers diverged in float32: try a smaller editor learning rate (editor.lr / editor.edit_lr) "
+               "or fewer steps",
+}
+
+
+def nonfinite_hint(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return NONFINITE_HINTS.get(name, "try model.dtype=float32")
+
+
 class RunInterrupted(BaseException):
     """SIGTERM/SIGINT received while a run was going on."""
 

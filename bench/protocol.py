@@ -9,7 +9,12 @@
    ``chunked``: the stream cut into chunks of ``chunk_size``, each edited from
    a reset model and scored after its chunk; metrics average all chunks.
 3. Every edit is timed (synchronised on GPU) and peak memory recorded.
-4. Every ``save_every`` edits (sequential; at chunk ends in the other modes) the
+4. Non-finite guard: an edit whose loss (or another of the editor's ``finite_stats``) is NaN or
+   infinite, or a scored probe whose log-prob is, stops the run with :class:`NonFiniteError`
+   naming the editor, the edit, the record and ``model.dtype`` and saying what to try. The
+   cases scored before it (the offending batch of cases included) stay in ``cases.jsonl.partial``;
+   ``nonfinite_logprobs`` counts the non-finite log-probs scored (``summary.json``).
+5. Every ``save_every`` edits (sequential; at chunk ends in the other modes) the
    progress is saved through the writer (editor ``state_dict``, pre-edit cache,
    counters, RNG states); :meth:`Lifelong.resume` continues from it to the same
    final scores as an uninterrupted run.
@@ -18,6 +23,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import resource
 import time
@@ -30,6 +36,7 @@ from tqdm.auto import tqdm
 from editors.base import Editor
 
 from .backbones.base import Backbone, Probe
+from .errors import NonFiniteError, nonfinite_hint
 from .metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .records import RecordSet
 from .results import RunWriter
@@ -125,6 +132,37 @@ class Lifelong:
         self._resumed: list[dict] | None = None
         self.save_seconds = 0.0
         self.n_saves = 0
+        self.nonfinite_logprobs = 0  # log-probs scored NaN or infinite (a run with any is failed)
+
+    # ----- non-finite guard ---------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"editor {self.editor.name!r} with model.dtype={str(self.bb.dtype).removeprefix('torch.')}"
+
+    def _check_stats(self, stats: dict | None, positions: list[int]) -> None:
+        """Stop on a non-finite value of the editor's ``finite_stats`` (its loss) after an edit."""
+        keys = getattr(self.editor, "finite_stats", ("loss",))
+        bad = {k: v for k, v in (stats or {}).items()
+               if k in keys and isinstance(v, int | float) and not math.isfinite(v)}
+        if not bad:
+            return
+        first, last = self.n_edited - len(positions) + 1, self.n_edited
+        edit = f"edit {first}" if first == last else f"edits {first}-{last}"
+        records = [self.probes[i][0].record for i in positions]
+        what = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteError(
+            f"non-finite edit {what} from {self._where()} at {edit} of {len(self.stream)} "
+            f"(record{'s' if len(records) > 1 else ''} {', '.join(map(str, records))} of {self.stream.file}); "
+            f"{nonfinite_hint(self.bb.dtype)}. The cases scored before it are kept.")
+
+    def _check_scores(self, probes: list[Probe], scores, when: str) -> None:
+        bad = [i for i, s in enumerate(scores) if not math.isfinite(s.logprob)]
+        if not bad:
+            return
+        p = probes[bad[0]]
+        raise NonFiniteError(
+            f"{len(bad)} of {len(scores)} probes scored {when} have a non-finite log-prob ({self._where()}; "
+            f"first: record {p.record}, kind {p.kind}, prompt {p.prompt!r}); {nonfinite_hint(self.bb.dtype)}. "
+            "The cases scored before it are kept.")
 
     # ----- scoring ----------------------------------------------------------------------------
     def cache_pre_edit(self) -> None:
@@ -133,7 +171,10 @@ class Lifelong:
             raise RuntimeError("pre-edit cache must be taken before the first edit")
         keys = [(i, j) for i, ps in enumerate(self.probes) for j, p in enumerate(ps) if p.kind in LOCALITY_KINDS]
         log.info("caching pre-edit predictions of %d locality probes", len(keys))
-        scores = self.bb.score([self.probes[i][j] for i, j in keys], self.cfg.score_batch_size, self.cfg.progress)
+        probes = [self.probes[i][j] for i, j in keys]
+        scores = self.bb.score(probes, self.cfg.score_batch_size, self.cfg.progress)
+        self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
+        self._check_scores(probes, scores, "on the unedited backbone (pre-edit locality cache)")
         self.pre = {k: s.pred_ids for k, s in zip(keys, scores, strict=True)}
 
     def evaluate(self, positions: list[int], step: int) -> list[dict]:
@@ -149,10 +190,13 @@ class Lifelong:
                 case["pre_pred"] = dec(pre)
             else:
                 case["score"] = token_accuracy(s.pred_ids, s.target_ids)
-            case.update(pred=dec(s.pred_ids), target=p.target, prompt=p.prompt, image=p.image, logprob=round(s.logprob, 4))
+            lp = round(s.logprob, 4) if math.isfinite(s.logprob) else None  # JSON has no NaN
+            case.update(pred=dec(s.pred_ids), target=p.target, prompt=p.prompt, image=p.image, logprob=lp)
             cases.append(case)
         if self.writer:
-            self.writer.add_cases(cases)
+            self.writer.add_cases(cases)  # kept (with logprob null) before the guard stops the run
+        self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
+        self._check_scores([p for _, _, p in flat], scores, f"after {step} edits")
         return cases
 
     # ----- editing ----------------------------------------------------------------------------
@@ -174,6 +218,7 @@ class Lifelong:
             self.tracker.log({"edit/seconds": dt / len(reqs), **{f"edit/{k}": v for k, v in (stats or {}).items()
                                                                    if isinstance(v, int | float)}}, step=self.n_edited)
         bar.update(len(reqs))
+        self._check_stats(stats, positions)  # after the row is in edits.jsonl
 
     def _checkpoint(self, t: int, cases: list[dict]) -> dict:
         row = {"edits": t, **aggregate(cases), "s_per_edit": sum(self.edit_seconds) / max(1, len(self.edit_seconds))}

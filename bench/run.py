@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import editors
 
-from .backbones import build_backbone
+from .backbones import backbone_arch, build_backbone
 from .config import CONF_DIR, SOURCE_ROOT, available, resolve
 from .data import build_data, check_prompt_lengths, dedupe, fingerprint, with_images
-from .errors import RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
+from .errors import NonFiniteError, RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
 from .results import RunWriter, prepare_run_dir, read_progress
@@ -224,6 +224,8 @@ def run(cfg: DictConfig) -> dict:
         if "train" in data:
             data["train"], skipped["train"] = with_images(data["train"], skip)
     log.info("dataset %s: %d edits from %s", cfg.data.name, len(stream), stream.file)
+    with _UserErrors(f"editor {label}"):  # editor settings that need no model, before the (slow) load
+        editor_cls.preflight(cfg.editor, backbone_arch(cfg.model))
     log.info("loading backbone %s", cfg.model.name)
     backbone = build_backbone(cfg.model)
     with _UserErrors(f"editor {label}"):
@@ -266,8 +268,11 @@ def run(cfg: DictConfig) -> dict:
                 writer.summary(summary)
             final = proto.run()
         metrics = aggregate(final)
+        if proto.nonfinite_logprobs:  # the guard stops a run first; never say ok with NaN in cases.jsonl
+            raise NonFiniteError(f"{proto.nonfinite_logprobs} non-finite log-probs were scored")
         summary.update(
             status="ok",
+            nonfinite_logprobs=0,
             metrics=metrics,
             timing={**proto.timing(), "total_seconds": time.time() - t_start},
             editor_memory_bytes=editor.memory_bytes(),
@@ -281,6 +286,7 @@ def run(cfg: DictConfig) -> dict:
         if isinstance(e, RunInterrupted):
             summary["error"] = f"interrupted: {e}"
         if proto is not None:
+            summary["nonfinite_logprobs"] = proto.nonfinite_logprobs
             summary["timing"] = {**proto.timing(), "total_seconds": time.time() - t_start}
             summary["edits_done"] = proto.n_edited
             if proto.curve:

@@ -56,6 +56,12 @@ Departures from the reference (deliberate)
   ``hash_initialization``) is not visible; the keying on the whitespace-normalised target
   string follows the paper's wording. Rephrases of an edit are never edited by the harness,
   so the paper's "semantically equivalent edits" share a preset only through their label.
+
+Precision: the backbone runs in ``model.dtype``; routers, LoRAs (and Adam's state), queries,
+codes' probabilities and the guided loss are float32 (:data:`editors.base.STATE_DTYPE`). A
+wrapped matrix's input is cast to float32 for the LoRA products and the delta is cast back to
+``model.dtype`` before it is added. The routers sit on the device of the first mixture layer,
+each LoRA on the device of the matrix it wraps.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor, LinearWrapper
+from .base import STATE_DTYPE, Editor, LinearWrapper, module_device
 from .registry import register
 
 
@@ -102,7 +108,7 @@ class MixLoRALinear(LinearWrapper):
         if route is None:
             return out0
         ed = self._editor
-        idx, gates, active = route
+        idx, gates, active = (t.to(x.device) for t in route)  # routed at the first mixture layer's device
         if idx.shape[0] != x.shape[0]:
             raise RuntimeError(
                 f"ELDER: routing holds {idx.shape[0]} samples but a mixture layer got a batch of {x.shape[0]}; "
@@ -125,6 +131,25 @@ class MixLoRALinear(LinearWrapper):
 @register("elder")
 class ELDER(Editor):
     can_batch_edit = True  # a batch of requests is trained jointly (reference: batch of edits per step)
+    layer_keys = ("first_layer",)
+
+    @classmethod
+    def preflight(cls, cfg, arch) -> None:
+        super().preflight(cfg, arch)
+        if arch is not None:
+            cls._mixture_layers(cfg, arch)
+
+    @staticmethod
+    def _mixture_layers(cfg, bb) -> list[int]:
+        """``num_layers`` consecutive layers from ``first_layer`` (``bb``: a backbone or its Arch)."""
+        first = bb.layer_index(cfg.first_layer, "editor.first_layer")  # int index or relative depth
+        n = int(cfg.num_layers)
+        if n < 1 or first + n > bb.num_layers:
+            raise IndexError(
+                f"ELDER: editor.first_layer={cfg.first_layer} (layer {first}) + editor.num_layers={n} exceeds "
+                f"the backbone's {bb.num_layers} decoder layers; lower editor.num_layers or editor.first_layer"
+            )
+        return list(range(first, first + n))
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -135,14 +160,7 @@ class ELDER(Editor):
             raise ValueError("editor: need 1 <= top_k <= num_loras and rank >= 1")
         self.scale = float(cfg.lora_alpha) / self.rank
         self.threshold = float(cfg.threshold)
-        first = backbone.layer_index(cfg.first_layer, "editor.first_layer")  # int index or relative depth
-        n = int(cfg.num_layers)
-        if n < 1 or first + n > backbone.num_layers:
-            raise IndexError(
-                f"ELDER: editor.first_layer={cfg.first_layer} (layer {first}) + editor.num_layers={n} exceeds "
-                f"the backbone's {backbone.num_layers} decoder layers; lower editor.num_layers or editor.first_layer"
-            )
-        self.layers = list(range(first, first + n))
+        self.layers = self._mixture_layers(cfg, backbone)
         roles = [str(r) for r in cfg.roles]
         if not roles:
             raise ValueError("editor.roles selects no FFN matrix")
@@ -151,14 +169,18 @@ class ELDER(Editor):
         for m in self.originals:
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"ELDER wraps nn.Linear FFN matrices; got {type(m).__name__}")
-        dev = self.originals[0].weight.device
+        # the routers (and codes) where the queries are read: the first mixture layer's device;
+        # each LoRA on its own matrix's device (device_map=auto spreads the layers)
+        dev = module_device(backbone.layer(self.layers[0]))
         self.device = dev
         d, E, L = backbone.hidden_size, self.num_experts, len(self.layers)
         self.code_bits = L * E
-        self.router_w = torch.zeros(L, E, d, device=dev)
-        self.router_b = torch.zeros(L, E, device=dev)
-        self.lora_A = [torch.zeros(E, m.in_features, self.rank, device=dev) for m in self.originals]
-        self.lora_B = [torch.zeros(E, self.rank, m.out_features, device=dev) for m in self.originals]
+        self.router_w = torch.zeros(L, E, d, dtype=STATE_DTYPE, device=dev)
+        self.router_b = torch.zeros(L, E, dtype=STATE_DTYPE, device=dev)
+        self.lora_A = [torch.zeros(E, m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m))
+                       for m in self.originals]
+        self.lora_B = [torch.zeros(E, self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m))
+                       for m in self.originals]
         self._route: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._editing = False
         self._train_presets: torch.Tensor | None = None
@@ -319,7 +341,7 @@ class ELDER(Editor):
                 loss = ce + lam * guided if guided is not None else ce
                 ce_v = ce.item()
                 guided_v = guided.item() if guided is not None else float("nan")
-                if stop is not None and ce_v < float(stop):
+                if not math.isfinite(ce_v) or (stop is not None and ce_v < float(stop)):
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -340,7 +362,7 @@ class ELDER(Editor):
         self._route = None
         self.n_edits += len(requests)
         return {
-            "loss": ce_v + lam * guided_v if not math.isnan(guided_v) else ce_v,
+            "loss": None if steps == 0 else ce_v + lam * guided_v if not math.isnan(guided_v) else ce_v,
             "ce": ce_v,
             "guided": guided_v,
             "steps": steps,

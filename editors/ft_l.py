@@ -8,15 +8,24 @@ target tokens given [image; prompt].
 EasyEdit's FT-L (``conf/editor/ft_l_easyedit.yaml``): layer 21, lr 5e-4,
 25 steps, ``prompt_last`` objective: all target tokens' log-likelihood read at
 the last prompt position (EasyEdit ``ft_main.py``, objective_optimization).
+
+Precision: the backbone runs in ``model.dtype``; the tuned matrix is trained as a float32
+master (:class:`editors.base.MasterWeights`; AdamW's state is float32 too). In half precision
+the layer computes with the master during an edit (:class:`editors.base.MasterLinear`: input
+cast to float32, output cast back) and the backbone's weight is the master rounded to
+``model.dtype`` afterwards; a float32 weight is trained directly. ``state_dict`` holds the
+master.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from bench.backbones.base import Probe
 
-from .base import Editor, WeightSnapshot
+from .base import Editor, MasterLinear, MasterWeights
 from .registry import register
 
 OBJECTIVES = ("target", "prompt_last")
@@ -25,6 +34,7 @@ OBJECTIVES = ("target", "prompt_last")
 @register("ft_l")
 class FTL(Editor):
     can_batch_edit = True  # one joint fine-tuning run over the batch
+    layer_keys = ("layer",)
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -35,7 +45,7 @@ class FTL(Editor):
         self.layer = backbone.layer_index(cfg.layer, "editor.layer")
         self.module = backbone.ffn(self.layer, str(cfg.role))
         self.key = backbone.ffn_name(self.layer, str(cfg.role)) + ".weight"
-        self.snapshot = WeightSnapshot({self.key: self.module.weight})
+        self.masters = MasterWeights({self.key: self.module.weight})
 
     def _loss(self, batch, prefix=None) -> torch.Tensor:
         if self.cfg.objective == "target":
@@ -49,7 +59,10 @@ class FTL(Editor):
         return self.edit_batch([request])
 
     def edit_batch(self, requests) -> dict:
-        w = self.module.weight
+        w = self.masters.master[self.key]  # the weight itself in float32, else its float32 master
+        swapped = self.masters.separate(self.key)
+        if swapped:
+            self.backbone.swap_ffn(self.layer, str(self.cfg.role), MasterLinear(self.module, w), expect=self.module)
         w.requires_grad_(True)
         params = [w]
         opt = {
@@ -58,33 +71,36 @@ class FTL(Editor):
             "sgd": lambda: torch.optim.SGD(params, lr=float(self.cfg.lr)),
         }[self.cfg.optimizer]()
         batch = self.backbone.prepare(list(requests))
-        loss_v, steps = float("nan"), 0
+        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
         try:
             # the layers below the tuned one are frozen: run them once per edit
             prefix = self.backbone.prefix(batch, self.layer)
             for steps in range(1, int(self.cfg.steps) + 1):
                 loss = self._loss(batch, prefix)
                 loss_v = loss.item()
-                if loss_v < float(self.cfg.early_stop_loss):
-                    break
+                if not math.isfinite(loss_v) or loss_v < float(self.cfg.early_stop_loss):
+                    break  # a non-finite loss ends the edit (the run's guard reports it)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         finally:
             w.requires_grad_(False)
             w.grad = None
+            if swapped:
+                self.backbone.swap_ffn(self.layer, str(self.cfg.role), self.module)
+            self.masters.sync()
         self.n_edits += len(requests)
         return {"loss": loss_v, "steps": steps}
 
     def reset(self) -> None:
-        self.snapshot.restore()
+        self.masters.restore()
         self.n_edits = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.snapshot.current()
+        return self.masters.state()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.snapshot.load(state)
+        self.masters.load(state)
 
     def memory_bytes(self) -> int:
         return 0  # edits live in the model's own weights; nothing is stored beside them

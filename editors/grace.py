@@ -57,17 +57,23 @@ Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
   attended by real tokens, so this changes no score), and ``replace_from_key``
   is an extra mode: the key token and every token after it (the teacher-forced
   target span).
+
+Precision: the backbone runs in ``model.dtype``; keys, values and radii are float32
+(:data:`editors.base.STATE_DTYPE`), on the device of the hooked module. Queries are cast to
+float32 when read, a value is cast to ``model.dtype`` where it replaces the module's output, and
+the trained value (Adam's state included) is float32.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from bench.backbones.base import Probe
 
-from .base import Editor, as_sequence
+from .base import STATE_DTYPE, Editor, as_sequence, module_device
 from .nearest import NearestIndex, exact_cdist
 from .registry import register
 
@@ -88,6 +94,7 @@ class _Captured(Exception):
 @register("grace")
 class GRACE(Editor):
     can_batch_edit = False  # the reference edits one request at a time; edit_batch loops
+    layer_keys = ("layer",)
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -114,10 +121,10 @@ class GRACE(Editor):
     def _empty(self) -> None:
         self._index.clear()
         self._gen.manual_seed(int(self.cfg.get("seed", 0)))
-        dev = self.backbone.device
-        self.keys = torch.zeros(0, 0, device=dev)
-        self.values = torch.zeros(0, 0, device=dev)
-        self.eps = torch.zeros(0, device=dev)
+        dev = module_device(self.module)
+        self.keys = torch.zeros(0, 0, dtype=STATE_DTYPE, device=dev)
+        self.values = torch.zeros(0, 0, dtype=STATE_DTYPE, device=dev)
+        self.eps = torch.zeros(0, dtype=STATE_DTYPE, device=dev)
         self.labels = torch.zeros(0, 0, dtype=torch.long, device=dev)
 
     @property
@@ -271,14 +278,14 @@ class GRACE(Editor):
         live = self.values[row].detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([live], lr=float(self.cfg.edit_lr))
         stop = self.cfg.get("early_stop_loss")
-        loss_v, steps = float("nan"), 0
+        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
         self._train = (row, live)
         try:
             with torch.enable_grad():
                 for steps in range(1, int(self.cfg.n_iter) + 1):
                     loss = self.backbone.target_loss(batch, h=prefix)
                     loss_v = loss.item()
-                    if stop is not None and loss_v < float(stop):
+                    if not math.isfinite(loss_v) or (stop is not None and loss_v < float(stop)):
                         break
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -307,7 +314,7 @@ class GRACE(Editor):
         n = {int(state[k].shape[0]) for k in ("keys", "values", "eps", "labels")}
         if len(n) != 1:
             raise ValueError(f"grace state_dict: keys/values/eps/labels disagree on the number of keys {sorted(n)}")
-        dev = self.backbone.device
+        dev = module_device(self.module)
         self._index.clear()
         self.keys = state["keys"].to(dev, torch.float32).clone()
         self.values = state["values"].to(dev, torch.float32).clone()

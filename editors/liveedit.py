@@ -50,6 +50,11 @@ Departures from the reference
   reference code computes KL(edited || unedited) (:mod:`editors.liveedit_train` module doc).
 * Training length: ``editor.train.epochs`` as the reference's README, each epoch
   ``ceil(N / batch_size)`` steps of randomly drawn batches; ``max_steps`` caps it.
+
+Precision and device: the backbone runs in ``model.dtype``; the networks (generator, extractors,
+sentinel; training and Adam's state too) and the stored experts (psi, phi, U, V) are float32
+(:data:`editors.base.STATE_DTYPE`), on the device of layer ``l_e``. Layer ``l_e``'s output is
+cast to float32 for routing and the residual, and the edited output back to ``model.dtype``.
 """
 
 from __future__ import annotations
@@ -64,8 +69,9 @@ import torch
 from torch import nn
 
 from bench.backbones.base import Batch, Probe
+from bench.errors import UserError
 
-from .base import Editor
+from .base import STATE_DTYPE, Editor, module_device
 from .registry import register
 
 log = logging.getLogger(__name__)
@@ -285,18 +291,26 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     return p, p.with_name(CONFIG_FILE)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """The metadata ``bench.train`` wrote into a checkpoint (its tensors are not read)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     weights, _ = checkpoint_files(path)
     if not weights.is_file():
-        raise FileNotFoundError(f"editor.checkpoint: no LiveEdit checkpoint at {weights}")
+        raise UserError(f"editor.checkpoint: no LiveEdit checkpoint at {weights}; train one with "
+                        "`python -m bench.train +editor=liveedit +model=<model> data=<dataset>`")
     with safe_open(str(weights), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("liveedit", "{}"))
     if not meta:
         raise ValueError(f"editor.checkpoint: {weights} has no LiveEdit metadata (not written by bench.train?)")
-    return load_file(str(weights)), meta
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    meta = read_checkpoint_meta(path)
+    return load_file(str(checkpoint_files(path)[0])), meta
 
 
 def save_checkpoint(net: LiveEditNet, meta: dict, out_dir: Path, config: dict) -> Path:
@@ -320,23 +334,43 @@ class LiveEdit(Editor):
     can_batch_edit = True  # a batch of requests is one forward; each request still adds its own expert
     needs_training = False  # trained beforehand by `python -m bench.train`; edits need a checkpoint
 
-    def __init__(self, backbone, cfg) -> None:
-        super().__init__(backbone, cfg)
+    @classmethod
+    def preflight(cls, cfg, arch) -> None:
+        """The checkpoint exists, was written by ``bench.train`` and fits the model (name, hidden size,
+        layer), all from its metadata and the model config: before the backbone loads."""
+        cls._checked_meta(cfg, arch, read_checkpoint_meta(cls._checkpoint(cfg, arch.name if arch else None)))
+
+    @staticmethod
+    def _checkpoint(cfg, model: str | None) -> str:
         ckpt = cfg.get("checkpoint")
         if not ckpt:
             raise ValueError(
                 "editor.checkpoint: LiveEdit needs a trained expert generator. Train one with "
-                f"`python -m bench.train +editor=liveedit +model={backbone.name} data=<dataset>` and pass "
+                f"`python -m bench.train +editor=liveedit +model={model or '<model>'} data=<dataset>` and pass "
                 "editor.checkpoint=<its folder or .safetensors file>")
-        state, meta = load_checkpoint(ckpt)
-        if meta.get("backbone") != backbone.name or int(meta.get("hidden_size", -1)) != backbone.hidden_size:
+        return str(ckpt)
+
+    @staticmethod
+    def _checked_meta(cfg, bb, meta: dict) -> dict:
+        """``meta`` when it fits ``bb`` (a backbone or its Arch; None: nothing to compare)."""
+        if bb is None:
+            return meta
+        ckpt = cfg.get("checkpoint")
+        if meta.get("backbone") != bb.name or int(meta.get("hidden_size", -1)) != bb.hidden_size:
             raise ValueError(
                 f"editor.checkpoint: {ckpt} was trained for backbone {meta.get('backbone')!r} "
-                f"(hidden size {meta.get('hidden_size')}), but this run uses {backbone.name!r} "
-                f"(hidden size {backbone.hidden_size}); train one for this backbone with "
-                f"`python -m bench.train +editor=liveedit +model={backbone.name}`")
-        if int(meta["layer"]) >= backbone.num_layers:
-            raise ValueError(f"editor.checkpoint: layer {meta['layer']} does not exist in {backbone.name}")
+                f"(hidden size {meta.get('hidden_size')}), but this run uses {bb.name!r} "
+                f"(hidden size {bb.hidden_size}); train one for this backbone with "
+                f"`python -m bench.train +editor=liveedit +model={bb.name}`")
+        if int(meta["layer"]) >= bb.num_layers:
+            raise ValueError(f"editor.checkpoint: layer {meta['layer']} does not exist in {bb.name}")
+        return meta
+
+    def __init__(self, backbone, cfg) -> None:
+        super().__init__(backbone, cfg)
+        ckpt = self._checkpoint(cfg, backbone.name)
+        state, meta = load_checkpoint(ckpt)
+        self._checked_meta(cfg, backbone, meta)
         net = build_net(backbone, meta)
         net.load_state_dict(state)
         net.requires_grad_(False).eval()
@@ -354,6 +388,7 @@ class LiveEdit(Editor):
         backbone, cfg = self.backbone, self.cfg
         self.meta = meta
         self.layer_idx = int(meta["layer"])
+        self.device = module_device(backbone.layer(self.layer_idx))  # not backbone.device (device_map=auto)
         self.net = net
         self.hard = bool(cfg.get("hard_routing", True))
         self.soft = bool(cfg.get("soft_routing", True))
@@ -373,11 +408,12 @@ class LiveEdit(Editor):
     # ----- memory ----------------------------------------------------------------------------------
     def _clear(self) -> None:
         m = self.meta
-        dev, d, dm, e, r = self.backbone.device, self.backbone.hidden_size, m["module_dim"], m["n_query"], m["rank"]
-        self.psi = torch.zeros(0, e, dm, device=dev)
-        self.phi = torch.zeros(0, e, dm, device=dev)
-        self.U = torch.zeros(0, r, d, device=dev)
-        self.V = torch.zeros(0, r, d, device=dev)
+        dev, d, dm, e, r = self.device, self.backbone.hidden_size, m["module_dim"], m["n_query"], m["rank"]
+        z = dict(dtype=STATE_DTYPE, device=dev)
+        self.psi = torch.zeros(0, e, dm, **z)
+        self.phi = torch.zeros(0, e, dm, **z)
+        self.U = torch.zeros(0, r, d, **z)
+        self.V = torch.zeros(0, r, d, **z)
         self.n_edits = 0
 
     @property
@@ -396,9 +432,9 @@ class LiveEdit(Editor):
         missing = {"psi", "phi", "U", "V"} - set(state)
         if missing:
             raise KeyError(f"LiveEdit state_dict lacks {sorted(missing)}")
-        dev = self.backbone.device
-        self.psi, self.phi = state["psi"].to(dev).clone(), state["phi"].to(dev).clone()
-        self.U, self.V = state["U"].to(dev).clone(), state["V"].to(dev).clone()
+        z = dict(device=self.device, dtype=STATE_DTYPE)
+        self.psi, self.phi = state["psi"].to(**z).clone(), state["phi"].to(**z).clone()
+        self.U, self.V = state["U"].to(**z).clone(), state["V"].to(**z).clone()
         self.n_edits = int(state["n_edits"][0]) if "n_edits" in state else self.n_experts
 
     def memory_bytes(self) -> int:
@@ -511,8 +547,10 @@ class LiveEdit(Editor):
 
 
 def build_net(backbone, arch: dict, token_init: str = "kaiming_normal") -> LiveEditNet:
-    """The network of ``arch``; ``token_init`` only matters when training from scratch (a checkpoint
+    """The network of ``arch`` in float32 on the device of layer ``arch["layer"]`` (default: the
+    backbone's first device); ``token_init`` only matters when training from scratch (a checkpoint
     overwrites every parameter)."""
+    dev = module_device(backbone.layer(int(arch["layer"]))) if "layer" in arch else backbone.device
     return LiveEditNet(backbone.hidden_size, int(arch["module_dim"]), int(arch["heads"]), int(arch["n_query"]),
                        int(arch["rank"]), float(arch["lora_scale"]), int(arch["sentinel_tokens"]), token_init
-                       ).to(backbone.device)
+                       ).to(device=dev, dtype=STATE_DTYPE)

@@ -175,8 +175,8 @@ def cache_routing_reps(ed: LiveEdit, train, batch_size: int, max_gb: float, prog
     bar.close()
     T = max(t.shape[0] for k in KINDS for t, _ in per[k])
     d = per[KINDS[0]][0][0].shape[1]
-    reps = torch.zeros(4, N, T, d, dtype=per[KINDS[0]][0][0].dtype, device=bb.device)
-    vis = torch.zeros(4, N, T, dtype=torch.bool, device=bb.device)
+    reps = torch.zeros(4, N, T, d, dtype=per[KINDS[0]][0][0].dtype, device=ed.device)
+    vis = torch.zeros(4, N, T, dtype=torch.bool, device=ed.device)
     query = torch.zeros_like(vis)  # every kept token that is not a vision token is a query token
     for g, k in enumerate(KINDS):
         for i, (t, v) in enumerate(per[k]):

@@ -62,6 +62,12 @@ inserted one after another (the reference adds every request of the very first
 batch as a new cluster without checks); LoRA factors are kept in float32 and
 applied outside the base matrix (a wrapper with ``base_layer``), which is removed
 by ``reset``.
+
+Precision: the backbone runs in ``model.dtype``; the LoRA factors (and Adam's state), the
+keys and the vector database are float32 (:data:`editors.base.STATE_DTYPE`). A LoRA matrix's
+input is cast to float32 for the low-rank product and the delta is cast back to ``model.dtype``
+before it is added. Each LoRA sits on the device of the matrix it wraps, the database on the
+key matrix's.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ from torch import nn
 
 from bench.backbones.base import Probe
 
-from .base import Editor, LinearWrapper, as_sequence
+from .base import STATE_DTYPE, Editor, LinearWrapper, as_sequence, module_device
 from .nearest import NearestIndex, exact_cdist
 from .registry import register
 
@@ -102,6 +108,7 @@ class MeloLinear(LinearWrapper):
                 f"MELO: routing holds {route.shape[0]} samples but a LoRA layer got a batch of {x.shape[0]}; "
                 "the key layer must run before every LoRA layer in the same forward"
             )
+        route = route.to(x.device)  # the key layer may sit on another device
         active = route >= 0
         if not bool(active.any()):
             return out0
@@ -264,6 +271,7 @@ def _decode_probes(t: torch.Tensor) -> list[Probe]:
 @register("melo")
 class MELO(Editor):
     can_batch_edit = True  # edits fill blocks num_edit_per_block at a time (reference: one block per batch of 4)
+    layer_keys = ("key_layer", "lora_layers")
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -304,10 +312,12 @@ class MELO(Editor):
         for m in self.originals:
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"MELO wraps nn.Linear FFN matrices; got {type(m).__name__}")
-        dev = self.key_module.weight.device
-        self.lora_A = [torch.zeros(m.in_features, self.rank, device=dev) for m in self.originals]
-        self.lora_B = [torch.zeros(self.rank, m.out_features, device=dev) for m in self.originals]
-        self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), dev)
+        # every LoRA on its own matrix's device, the database on the key matrix's (device_map=auto)
+        self.lora_A = [torch.zeros(m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m))
+                       for m in self.originals]
+        self.lora_B = [torch.zeros(self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m))
+                       for m in self.originals]
+        self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), module_device(self.key_module))
         self.next_block = 0
         self.block_requests: list[Probe] = []  # the requests of the block being filled (next_block - 1)
         self._route: torch.Tensor | None = None
@@ -412,7 +422,7 @@ class MELO(Editor):
         stop = self.cfg.get("early_stop_loss")
         actions: list[str] = []
         dists: list[float] = []
-        loss_v, steps = float("nan"), 0
+        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
         self._force_block = block
         self._live = (live_A, live_B)
         try:
@@ -431,7 +441,7 @@ class MELO(Editor):
             for steps in range(1, int(self.cfg.num_iter) + 1):
                 loss = self.backbone.target_loss(batch, h=prefix)
                 loss_v = loss.item()
-                if stop is not None and loss_v < float(stop):
+                if not math.isfinite(loss_v) or (stop is not None and loss_v < float(stop)):
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

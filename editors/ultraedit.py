@@ -24,6 +24,14 @@ One edit turn (a batch of requests, ``protocol.edit_batch_size``):
    ridge 1 as the reference's hard-coded identity), in float32. All matrices' shifts are
    computed from the same cache, then added: ``W += dW^T`` (``nn.Linear`` stores ``[out, in]``).
 
+Precision: the backbone runs in ``model.dtype``. Keys, gradients, the running statistics, the
+solve and the edited matrices' masters are float32 (:class:`editors.base.MasterWeights`): a
+shift is added to the float32 master and the backbone's weight is the master rounded to
+``model.dtype``, so lifelong shifts smaller than a half-precision ulp accumulate instead of
+rounding away. In float16 the loss is multiplied by ``fp16_loss_scale`` before the backward (the
+gradients w.r.t. the module outputs are float16 and would underflow) and the gradients are
+divided by it in float32.
+
 ``reset`` restores the original weights bit for bit (:class:`WeightSnapshot`) and zeroes the
 statistics; ``state_dict`` holds the edited weights and the statistics, so a reload reproduces
 post-edit outputs and the next edits.
@@ -39,7 +47,7 @@ from torch import nn
 
 from bench.backbones.base import Batch, Probe
 
-from .base import Editor, WeightSnapshot, as_sequence
+from .base import STATE_DTYPE, Editor, MasterWeights, as_sequence, module_device
 from .registry import register
 
 TOKENS = ("ans", "all")
@@ -128,6 +136,8 @@ def sub_batch(batch: Batch, rows: Sequence[int]) -> Batch:
 @register("ultraedit")
 class UltraEdit(Editor):
     can_batch_edit = True  # one closed-form shift per batch of edits (the reference edits 100 at once)
+    finite_stats = ("loss", "shift_norm")  # the run stops when either is NaN/inf
+    layer_keys = ("modules.first", "modules.last")
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
@@ -158,11 +168,15 @@ class UltraEdit(Editor):
         for m in self.modules:
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"UltraEdit edits nn.Linear FFN matrices, got {type(m).__name__}")
-        self.snapshot = WeightSnapshot({n + ".weight": m.weight for n, m in zip(self.names, self.modules, strict=True)})
+        self.masters = MasterWeights({n + ".weight": m.weight for n, m in zip(self.names, self.modules, strict=True)})
         # one normaliser per (in, out) shape, shared by the matrices of that shape (reference)
         self.shapes = [(m.in_features, m.out_features) for m in self.modules]
-        dev = self.modules[0].weight.device
-        self.norms = {s: RunningMeanStd(s[0] + s[1], device=dev) for s in dict.fromkeys(self.shapes)}
+        self.norms = self._new_norms(dict.fromkeys(self.shapes))
+
+    def _new_norms(self, shapes) -> dict[tuple[int, int], RunningMeanStd]:
+        """One fresh normaliser per shape, on the device of the first matrix of that shape."""
+        dev = {s: module_device(m) for s, m in zip(reversed(self.shapes), reversed(self.modules), strict=True)}
+        return {s: RunningMeanStd(s[0] + s[1], device=dev[s]) for s in shapes}
 
     # ----- editing ------------------------------------------------------------------------------
     def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,14 +207,18 @@ class UltraEdit(Editor):
                 missing = [self.names[j] for j in range(len(self.modules)) if j not in seen]
                 if missing:
                     raise RuntimeError(f"UltraEdit: edited matrices not reached by the forward: {missing}")
-                grads = torch.autograd.grad(loss, [seen[j][1] for j in range(len(self.modules))])
+                scale = float(self.cfg.fp16_loss_scale) if logits.dtype == torch.float16 else 1.0
+                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss,
+                                            [seen[j][1] for j in range(len(self.modules))])
         finally:
             for h in handles:
                 h.remove()
         rows, pos = self._positions(batch)
         shape = tuple(batch.attention_mask.shape)
         keys = [as_sequence(seen[j][0], shape=shape)[rows, pos].detach().float() for j in range(len(self.modules))]
-        gs = [as_sequence(g, shape=shape)[rows, pos].detach().float() for g in grads]
+        gs = [as_sequence(g, shape=shape)[rows, pos].detach().to(STATE_DTYPE) for g in grads]
+        if scale != 1.0:
+            gs = [g / scale for g in gs]
         return keys, gs, float(loss.detach())
 
     def edit(self, request: Probe) -> dict:
@@ -231,8 +249,10 @@ class UltraEdit(Editor):
             V = value_shift(K, G, self.norms[shape], self.lr)
             shifts.append(closed_form_shift(K, V, self.ridge))
         with torch.no_grad():
-            for m, dw in zip(self.modules, shifts, strict=True):
-                m.weight += dw.T.to(device=m.weight.device, dtype=m.weight.dtype)
+            for n, dw in zip(self.names, shifts, strict=True):
+                master = self.masters.master[n + ".weight"]
+                master += dw.T.to(device=master.device, dtype=master.dtype)
+            self.masters.sync()
         self.n_edits += len(requests)
         return {"loss": sum(losses) / len(losses), "tokens": sum(int(k.shape[0]) for k in keys[0]),
                 "shift_norm": float(torch.stack([d.norm() for d in shifts]).norm())}
@@ -242,13 +262,12 @@ class UltraEdit(Editor):
         return f"stats.{shape[0]}x{shape[1]}.{field}"
 
     def reset(self) -> None:
-        self.snapshot.restore()
-        dev = self.modules[0].weight.device
-        self.norms = {s: RunningMeanStd(s[0] + s[1], device=dev) for s in self.norms}
+        self.masters.restore()
+        self.norms = self._new_norms(self.norms)
         self.n_edits = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = self.snapshot.current()
+        state = self.masters.state()
         for shape, norm in self.norms.items():
             for f, t in norm.tensors().items():
                 state[self._stat_key(shape, f)] = t.detach().clone()
@@ -256,7 +275,7 @@ class UltraEdit(Editor):
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.snapshot.load(state)
+        self.masters.load(state)
         for shape, norm in self.norms.items():
             fields = {f: self._stat_key(shape, f) for f in norm.tensors()}
             missing = [k for k in fields.values() if k not in state]

@@ -50,6 +50,13 @@ Mechanics
 * **WISE-Retrieve** (``retrieve: true``): saved shards stay separate memories (each with
   its own threshold), merged in groups of ``merge_freq / save_freq``; each sample takes
   the most activated memory that clears its threshold.
+
+Precision: the backbone runs in ``model.dtype``; the side memory ``W'``, the saved shards and
+the merged memory are float32 (:data:`editors.base.STATE_DTYPE`), on the device of the FFN
+matrix. The matrix's input is cast to float32 to go through a memory, and the memory's output
+is cast back to ``model.dtype``; distances and the margin loss are float32. In half precision a
+side memory trained in ``model.dtype`` loses most SGD updates to rounding (the CE did not fall
+in float16).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from torch.nn import functional as F
 
 from bench.backbones.base import Probe
 
-from .base import Editor, as_sequence
+from .base import STATE_DTYPE, Editor, as_sequence
 from .registry import register
 
 ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}
@@ -133,6 +140,7 @@ def _pos_mean(t: torch.Tensor) -> torch.Tensor:
 @register("wise")
 class WISE(Editor):
     can_batch_edit = False  # one edit at a time, like the reference (shard counters count edits)
+    layer_keys = ("layer",)
     # fit() only reads out-of-scope samples from the train split (no learning); the paper's
     # margin loss needs irrelevant inputs, and the eval records' own probes must never be used.
     needs_training = True
@@ -175,8 +183,12 @@ class WISE(Editor):
     def weight(self) -> torch.Tensor:
         return self.module.weight
 
+    def base_weight(self) -> torch.Tensor:
+        """The FFN matrix ``W`` in the side memory's dtype (float32; the weight itself when it is)."""
+        return self.weight.detach().to(STATE_DTYPE)
+
     def _clear(self) -> None:
-        w = self.weight.detach()
+        w = self.base_weight()
         self.cur = w.clone()  # side memory of the current shard (trained copy)
         self.mask = torch.zeros_like(w, dtype=torch.bool)
         self.shards = w.new_zeros((0, *w.shape))  # saved shards (pending merge, or Retrieve's memories)
@@ -201,7 +213,7 @@ class WISE(Editor):
         self._clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        w = self.weight
+        w = self.cur
         return {
             "cur": self.cur.detach().clone(),
             "mask": self.mask.clone(),
@@ -216,7 +228,7 @@ class WISE(Editor):
         missing = {"cur", "mask", "shards", "shard_min_act", "merged", "min_act", "counters"} - set(state)
         if missing:
             raise KeyError(f"WISE state_dict lacks {sorted(missing)}")
-        dev, dt = self.weight.device, self.weight.dtype
+        dev, dt = self.weight.device, STATE_DTYPE
         self.cur = state["cur"].to(dev, dt).clone()
         self.mask = state["mask"].to(dev).bool().clone()
         self.shards = state["shards"].to(dev, dt).clone()
@@ -313,7 +325,7 @@ class WISE(Editor):
         if not mems:
             return None
         self._cache = (torch.stack([m.detach() for m in mems]),
-                       torch.tensor(thr, dtype=torch.float32, device=self.weight.device))
+                       torch.tensor(thr, dtype=torch.float32, device=self.cur.device))
         return self._cache
 
     def route(self, x: torch.Tensor, orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -324,9 +336,10 @@ class WISE(Editor):
             return torch.zeros(B, dtype=torch.long, device=x.device), None
         mems, thr = cand
         # [K, B, L, out], one matmul per memory (a broadcast matmul would copy every memory B times)
-        side = torch.stack([F.linear(x, m) for m in mems])
+        xs = x.to(mems.dtype)
+        side = torch.stack([F.linear(xs, m) for m in mems])
         if self.module.bias is not None:
-            side = side + self.module.bias
+            side = side + self.module.bias.to(side.dtype)
         d = self._dist(orig, side, self._token_mask(x), infer=True)  # [K, B]
         ok = d > thr[:, None]
         best = torch.where(ok, d, torch.full_like(d, float("-inf"))).argmax(0)
@@ -336,9 +349,10 @@ class WISE(Editor):
     def _forward_hook(self, module, inputs, output):
         x, out = as_sequence(inputs[0], self.backbone), as_sequence(output, self.backbone)
         if self._editing:
-            side = F.linear(x, self.cur, module.bias)
+            bias = module.bias.to(self.cur.dtype) if module.bias is not None else None
+            side = F.linear(x.to(self.cur.dtype), self.cur, bias)
             self._trace = (out, side)
-            return side.reshape(output.shape)
+            return side.to(out.dtype).reshape(output.shape)
         idx, side = self.route(x, out)
         if side is None or not bool(idx.any()):
             return None  # nobody routed: the original output object, untouched
@@ -386,18 +400,18 @@ class WISE(Editor):
         self._attach()
         c = self.cfg
         if self.n_edits % self.save_freq == 0:  # a new shard: fresh copy of W, fresh random mask
-            self.cur = self.weight.detach().clone()
+            self.cur = self.base_weight().clone()
             self.mask = self._new_mask()
             self.cur_edits, self.cur_min_act = 0, math.inf
         batch = self.backbone.prepare([request, self._loc_sample()])
-        w0 = self.weight.detach()
+        w0 = self.base_weight()
         lr, wd, bound = float(c.edit_lr), float(c.weight_decay), float(c.norm_constraint)
         maskf = self.mask.to(self.cur.dtype)
         meter = _StopMeter()
         prefix = self.backbone.prefix(batch, self.layer_idx)  # layers below the memory: once per edit
         self._editing, self._cache = True, None
         self.cur.requires_grad_(True)
-        loss_v = ce_v = act_v = float("nan")
+        loss_v = ce_v = act_v = None  # None: no step ran
         steps = 0
         try:
             for steps in range(1, int(c.n_iter) + 1):
@@ -405,7 +419,7 @@ class WISE(Editor):
                 act_loss = self._act_loss(d_in, d_out)
                 loss = ce + act_loss
                 loss_v, ce_v, act_v = loss.item(), ce.item(), act_loss.item()
-                if meter.stop():
+                if not math.isfinite(loss_v) or meter.stop():  # non-finite: the run's guard reports it
                     break
                 self.cur.grad = None
                 loss.backward()
@@ -439,22 +453,22 @@ class WISE(Editor):
     def _save_shard(self) -> None:
         self.shards = torch.cat([self.shards, self.cur.detach().clone().unsqueeze(0)])
         self.shard_min_act = torch.cat([self.shard_min_act, self.shard_min_act.new_tensor([self.cur_min_act])])
-        self.cur = self.weight.detach().clone()
+        self.cur = self.base_weight().clone()
         self.cur_edits, self.cur_min_act = 0, math.inf
 
     def _merge_merged(self, shards: list[torch.Tensor]) -> torch.Tensor:
         """WISE-Merge: TIES of the shards (and, weighted ``merge_prev_weight``, the previous merge)."""
         n, dens = len(shards), float(self.cfg.densities)
         if self.merged is None:
-            return ties_merge(self.weight.detach(), shards, [float(self.cfg.weights) / n] * n, dens)
+            return ties_merge(self.base_weight(), shards, [float(self.cfg.weights) / n] * n, dens)
         keep = float(self.cfg.merge_prev_weight)
-        return ties_merge(self.weight.detach(), shards + [self.merged], [(1 - keep) / n] * n + [keep], dens)
+        return ties_merge(self.base_weight(), shards + [self.merged], [(1 - keep) / n] * n + [keep], dens)
 
     def _merge(self) -> None:
         if self.cfg.retrieve:  # merge the last merge_freq/save_freq shards into one memory
             k = self.merge_freq // self.save_freq
             group = list(self.shards[-k:])
-            merged = ties_merge(self.weight.detach(), group, [float(self.cfg.weights) / k] * k,
+            merged = ties_merge(self.base_weight(), group, [float(self.cfg.weights) / k] * k,
                                 float(self.cfg.densities))
             self.shards = torch.cat([self.shards[:-k], merged.unsqueeze(0)])
             self.shard_min_act = torch.cat([self.shard_min_act[:-k], self.shard_min_act[-k:].min().view(1)])

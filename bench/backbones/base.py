@@ -150,6 +150,40 @@ class Prefix:
         return out[0] if isinstance(out, tuple) else out
 
 
+def layer_index(i: int | float, n: int, key: str = "layer", name: str = "the backbone") -> int:
+    """Decoder layer index from a config value, for a model with ``n`` decoder layers.
+
+    An int is an index (negative counts from the end). A float in [0, 1) is a
+    relative depth, ``floor(f * n)``, so one editor YAML names the same
+    depth on every backbone (e.g. 0.72 -> layer 23 of 32, EasyEdit's WISE layer
+    on BLIP-2/MiniGPT-4; layer 21 of SmolLM2's 30). ``key`` names the config key
+    in error messages.
+    """
+    if isinstance(i, bool) or not isinstance(i, int | float):
+        raise ValueError(f"{key}: expected an int index or a float depth in [0, 1), got {i!r}")
+    if isinstance(i, float):
+        if not 0.0 <= i < 1.0:
+            raise ValueError(f"{key}: a float is a relative depth and must lie in [0, 1), got {i}")
+        return int(i * n)
+    j = i + n if i < 0 else i
+    if not 0 <= j < n:
+        raise IndexError(f"{key}: layer {i} out of range for {name} with {n} decoder layers")
+    return j
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A backbone's shape as its config gives it (see :meth:`Backbone.arch`): enough for an editor
+    to check its layer settings (:meth:`editors.base.Editor.preflight`) before the model loads."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+
+    def layer_index(self, i: int | float, key: str = "layer") -> int:
+        return layer_index(i, self.num_layers, key, self.name)
+
+
 class Backbone(nn.Module):
     """Base class: subclasses build ``self.lm`` and implement ``image_embeds``."""
 
@@ -209,25 +243,14 @@ class Backbone(nn.Module):
         return int(self.lm.config.hidden_size)
 
     def layer_index(self, i: int | float, key: str = "layer") -> int:
-        """Decoder layer index from a config value.
+        """Decoder layer index from a config value (:func:`layer_index`)."""
+        return layer_index(i, self.num_layers, key, self.name)
 
-        An int is an index (negative counts from the end). A float in [0, 1) is a
-        relative depth, ``floor(f * num_layers)``, so one editor YAML names the same
-        depth on every backbone (e.g. 0.72 -> layer 23 of 32, EasyEdit's WISE layer
-        on BLIP-2/MiniGPT-4; layer 21 of SmolLM2's 30). ``key`` names the config key
-        in error messages.
-        """
-        n = self.num_layers
-        if isinstance(i, bool) or not isinstance(i, int | float):
-            raise ValueError(f"{key}: expected an int index or a float depth in [0, 1), got {i!r}")
-        if isinstance(i, float):
-            if not 0.0 <= i < 1.0:
-                raise ValueError(f"{key}: a float is a relative depth and must lie in [0, 1), got {i}")
-            return int(i * n)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"{key}: layer {i} out of range for {self.name} with {n} decoder layers")
-        return j
+    @classmethod
+    def arch(cls, cfg) -> Arch | None:
+        """The model's shape read from its config alone, without building it (None: not known
+        cheaply). Lets a run check editor preconditions before a slow load."""
+        return None
 
     def layer(self, i: int | float) -> nn.Module:
         return self.layers[self.layer_index(i)]

@@ -15,6 +15,7 @@ The same class with ``lm.source=random`` and ``vision.source=random`` is the
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base import Backbone
+from .base import Arch, Backbone
 from .vision import (
     DiskFeatureCache,
     EfficientNetLite0,
@@ -132,6 +133,18 @@ class Projector(nn.Sequential):
 
 class EmbeddedVLLM(Backbone):
     """LLaVA-style VLLM: frozen vision encoder -> pooled tokens -> MLP -> frozen LM."""
+
+    @classmethod
+    def arch(cls, cfg) -> Arch | None:
+        """From the YAML for the random LM; from the cached SmolLM2 ``config.json`` once it exists."""
+        lm = cfg.lm
+        if lm.source == "random":
+            return Arch(str(cfg.name), int(lm.layers), int(lm.hidden))
+        conf = cache_root() / "smollm2-135m-instruct" / "config.json"
+        if lm.source == "smollm2" and conf.is_file():
+            d = json.loads(conf.read_text())
+            return Arch(str(cfg.name), int(d["num_hidden_layers"]), int(d["hidden_size"]))
+        return None
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg, default_batch_size=16)

@@ -28,14 +28,17 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .base import Backbone, _get_path
+from .base import Arch, Backbone, _get_path
 from .vision import DiskFeatureCache, FeatureCache, ImageLoader, fill_from_disk, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 class WeightsNotFound(FileNotFoundError):
-    """The model's weights or tokenizer are not on this machine."""
+    """The model's weights or tokenizer are not on this machine: a user's error (the message says what
+    to download and which setting to pass), printed without a traceback; the command exits 2."""
+
+    user_error = True
 
 
 class CausalLMView(nn.Module):
@@ -96,29 +99,38 @@ def load_pretrained(cfg, dtype: torch.dtype):
     import transformers
     from transformers import AutoTokenizer
 
-    from ..data import resolve
-
     cls_name = str(cfg.hf_class)
     cls = getattr(transformers, cls_name, None)
     if cls is None:
         raise ValueError(f"model.hf_class: transformers has no class {cls_name!r}")
-    raw = str(cfg.path)
-    local = resolve(raw)
-    # a hub id ("org/name") stays an id unless such a folder exists under the working directory
-    source = str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
+    source = _source(cfg)
     device_map = cfg.get("device_map")
     log.info("loading %s %s from %s (%s, device_map=%s)", cls_name, cfg.name, source, dtype, device_map)
     try:
         vlm = cls.from_pretrained(source, local_files_only=True, dtype=dtype, device_map=device_map)
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsNotFound(
-            f"model {cfg.name}: no {cls_name} weights and tokenizer found at {source!r} on this machine "
-            f"(nothing is downloaded; {reason}). Get them with: {cfg.download_hint}; "
-            f"then pass model.path=/path/to/that/folder"
-        ) from None
+        raise _not_found(cfg, source, e) from None
     return vlm.eval(), tok
+
+
+def _source(cfg) -> str:
+    """``model.path`` as given to ``from_pretrained``: a local folder, or a hub id looked up in the local
+    hub cache only. A hub id ("org/name") stays an id unless such a folder exists under the working
+    directory."""
+    from ..data import resolve
+
+    raw = str(cfg.path)
+    local = resolve(raw)
+    return str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
+
+
+def _not_found(cfg, source: str, e: OSError) -> WeightsNotFound:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return WeightsNotFound(
+        f"model {cfg.name}: no {cfg.hf_class} weights and tokenizer found at {source!r} on this machine "
+        f"(nothing is downloaded; {reason}). Get them with: {cfg.download_hint}; "
+        f"then pass model.path=/path/to/that/folder")
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -193,6 +205,23 @@ def build_random(cfg, dtype: torch.dtype, device: str | torch.device | None = No
 
 class HFVLLM(Backbone):
     """A transformers VLLM (BLIP-2 / LLaVA / MiniGPT-4 family) behind the backbone interface."""
+
+    @classmethod
+    def arch(cls, cfg) -> Arch:
+        """Layers and width of the language model from ``config.json`` alone (the shipped random config
+        with ``model.random_init``); missing files raise :class:`WeightsNotFound` here, before any load."""
+        if cfg.get("random_init"):
+            config = random_config(cfg)[1]
+        else:
+            from transformers import AutoConfig
+
+            source = _source(cfg)
+            try:
+                config = AutoConfig.from_pretrained(source, local_files_only=True)
+            except OSError as e:
+                raise _not_found(cfg, source, e) from None
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+        return Arch(str(cfg.name), int(text.num_hidden_layers), int(text.hidden_size))
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg, default_batch_size=8)
