@@ -17,13 +17,9 @@ from bench.backbones import build_backbone
 from bench.backbones.base import Probe
 from bench.backbones.convert_minigpt4 import ConversionError, convert
 from bench.backbones.hf import HFVLLM, WeightsNotFound
+from bench.backbones.hosted import N_QUERY, blip2_config, llava_config, save_hosted  # small random vision side
 
 HF_MODELS = ("blip2", "llava", "minigpt4")
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
-QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=32)
-N_QUERY = 4
-
-
 @pytest.fixture(scope="module")
 def tok():
     from bench.backbones.embedded import smollm2_tokenizer
@@ -37,22 +33,6 @@ def tiny_llama_cfg(vocab: int, tie: bool = False):
     return LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                        tie_word_embeddings=tie)
-
-
-def blip2_config(text_cfg):
-    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig
-
-    return Blip2Config(vision_config=Blip2VisionConfig(**VISION).to_dict(),
-                       qformer_config=Blip2QFormerConfig(**QFORMER).to_dict(),
-                       text_config=text_cfg.to_dict(), num_query_tokens=N_QUERY)
-
-
-def llava_config(text_cfg):
-    from transformers import CLIPVisionConfig, LlavaConfig
-
-    return LlavaConfig(vision_config=CLIPVisionConfig(**VISION, projection_dim=32).to_dict(),
-                       text_config=text_cfg.to_dict(), vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", image_token_index=0)
 
 
 def build_tiny(kind: str, vocab: int):
@@ -209,24 +189,11 @@ def test_minigpt4_converter_round_trip(tmp_path, tok):
 def test_smollm2_inside_blip2_and_llava_scores_like_smol_llava(tmp_path):
     """Real SmolLM2 weights copied under the VLLMs' language-model keys score a
     text-only probe exactly as the embedded backbone's LM does."""
-    from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
-
     smol = build_backbone(OmegaConf.load(CONF / "model" / "smol_llava.yaml"))
     probe = Probe("The capital of France is", "Paris", None, "t_loc")
     ref = smol.score([probe])[0]
-    sd = smol.lm.state_dict()
-    for kind, cls, make, lm_of in (
-        ("minigpt4", Blip2ForConditionalGeneration, blip2_config, lambda m: m.language_model),
-        ("llava", LlavaForConditionalGeneration, llava_config, lambda m: m.model.language_model),
-    ):
-        vlm = cls(make(smol.lm.config)).eval()
-        if kind == "llava":
-            lm_of(vlm).load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
-            vlm.lm_head.weight.data.copy_(smol.lm.lm_head.weight)
-        else:
-            lm_of(vlm).load_state_dict(sd)
-        vlm.save_pretrained(tmp_path / kind)
-        smol.tokenizer.save_pretrained(tmp_path / kind)
+    for kind in ("minigpt4", "llava"):
+        save_hosted(kind, tmp_path / kind)  # bench/backbones/hosted.py: SmolLM2's weights under the VLLM's LM keys
         bb = build_backbone(model_cfg(kind, tmp_path / kind, add_bos=False, template={"text": "{prompt}"}))
         got = bb.score([probe])[0]
         assert got.pred_ids == ref.pred_ids and got.target_ids == ref.target_ids, kind

@@ -85,7 +85,7 @@ def check_editor_dtype(editor: str, dtype: str, root: Path, model=None) -> None:
             assert abs(s["metrics"][k] - ref["metrics"][k]) <= HALF_TOL, (what, k, s["metrics"], ref["metrics"])
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # ~10 min on 2 threads (float16 matmuls are slow on a CPU); the fast suite edits once per dtype below
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("editor", editors.names())
 def test_every_editor_in_every_dtype_on_smol_llava(editor, dtype, tmp_path_factory):
@@ -132,13 +132,16 @@ def smol_by_dtype():
 @pytest.mark.e2e
 @pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
 @pytest.mark.parametrize("editor", [e for e in editors.names() if e != "none"])
-def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype):
+def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype, toy_root):
     from bench.backbones.base import Probe
 
     bb = smol_by_dtype(dtype)
-    cfg = make_cfg(f"+editor={editor}", "+model=smol_llava", "editor.early_stop_loss=0.01"
-                   if editor in OVERRIDES else "edits=1")
-    ps = [Probe("The capital of France is", "Rome", None), Probe("The largest ocean is", "the Pacific", None),
+    img = sorted(str(p) for p in (toy_root / "images").glob("*.png"))[:2]
+    # bit-exactness, not edit quality, is tested here: ELDER's 50 Adam steps cut to 5 (CPU float16 is slow)
+    cfg = make_cfg(f"+editor={editor}", "+model=smol_llava", *OVERRIDES.get(editor, ()),
+                   *(("editor.num_iter=5",) if editor == "elder" else ()))
+    ps = [Probe("What shape is shown? The answer is:", "a heart", img[0]),
+          Probe("What colour is the object? The answer is:", "violet", img[1]),
           Probe("Water boils at", "100 degrees", None, "t_loc")]
     with torch.no_grad():
         ref = bb.forward(bb.prepare(ps)).logits.clone()
@@ -151,8 +154,8 @@ def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype):
         with torch.no_grad():
             assert not torch.equal(bb.forward(bb.prepare(ps[:1])).logits, ref[:1]), f"{editor}: edit did nothing"
         for t in ed.state_dict().values():
-            if t.is_floating_point():
-                assert t.dtype == torch.float32, (editor, dtype, t.dtype)  # what an editor stores: float32
+            if t.is_floating_point():  # what an editor stores is float32 (float64: Python numbers packed)
+                assert t.dtype in (torch.float32, torch.float64), (editor, dtype, t.dtype)
         ed.reset()
         with torch.no_grad():
             assert torch.equal(bb.forward(bb.prepare(ps)).logits, ref), (editor, dtype)
