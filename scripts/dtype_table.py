@@ -10,7 +10,7 @@ line per run is appended to ``--out`` (a finished run is not re-run), and ``--ta
 markdown table from that file.
 
     OMP_NUM_THREADS=1 python scripts/dtype_table.py --backbones smol_llava --out results/dtype/runs.jsonl
-    python scripts/dtype_table.py --table --out results/dtype/runs.jsonl
+    python scripts/dtype_table.py --table --out results/dtype/runs.jsonl [--wide]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run_one(backbone: str, dtype: str, editor: str, edits: int, seed: int, root:
     return row
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], wide: bool = False) -> str:
     import pandas as pd
 
     out = []
@@ -79,6 +79,13 @@ def table(rows: list[dict]) -> str:
                     "non-finite (loss/logprob)": f"{r.get('nonfinite_losses', '-')}/{r.get('nonfinite_logprobs', '-')}",
                     "s/edit": f"{r['s_per_edit']:.3f}" if r.get("s_per_edit") is not None else "-"})
     df = pd.DataFrame(out)
+    if wide:  # one row per backbone x editor, "Rel / T-Loc / M-Loc" per dtype
+        df["cell"] = df["Rel"] + " / " + df["T-Loc"] + " / " + df["M-Loc"]
+        df = df.pivot(index=["backbone", "editor"], columns="dtype", values="cell").reset_index()
+        df = df[["backbone", "editor", *[d for d in DTYPES if d in df.columns]]]
+        df.columns = ["backbone", "editor", *[f"{d}: Rel / T-Loc / M-Loc" for d in df.columns[2:]]]
+        order = {b: i for i, b in enumerate(BACKBONES)} | {e: i for i, e in enumerate(EDITORS)}
+        return df.sort_values(["backbone", "editor"], key=lambda c: c.map(order)).to_markdown(index=False)
     order = {b: i for i, b in enumerate(BACKBONES)} | {d: i for i, d in enumerate(DTYPES)} | \
         {e: i for i, e in enumerate(EDITORS)}
     df = df.sort_values(["backbone", "editor", "dtype"], key=lambda c: c.map(order))
@@ -94,10 +101,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("results/dtype/runs.jsonl"))
     ap.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    ap.add_argument("--wide", action="store_true", help="with --table: one row per backbone x editor")
     a = ap.parse_args()
     rows = [json.loads(x) for x in a.out.read_text().splitlines()] if a.out.is_file() else []
     if a.table:
-        print(table(rows))
+        print(table(rows, a.wide))
         return
     done = {(r["backbone"], r["dtype"], r["editor"], r["edits"], r["seed"]) for r in rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
