@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, available, normalize_overrides
-from .errors import report_user_errors
+from .core.errors import report_user_errors
 from .run import run
 
 

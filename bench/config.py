@@ -19,18 +19,13 @@ points and :func:`compose` accept the ``+editor=``/``+model=`` spelling too
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-SOURCE_ROOT = PACKAGE_DIR.parent
-CONF_DIR = PACKAGE_DIR / "conf" if (PACKAGE_DIR / "conf" / "config.yaml").is_file() else SOURCE_ROOT / "conf"
-#: prefix of config paths inside the installed ``bench`` package (e.g. shipped checkpoints)
-PKG_PREFIX = "pkg://bench/"
+from .core.paths import CONF_DIR, PACKAGE_DIR, PKG_PREFIX, SOURCE_ROOT, resolve  # noqa: F401
 
 _GROUP_APPEND = re.compile(r"^\+(editor|model)=")
 
@@ -60,17 +55,6 @@ def compose(*overrides: str, config_name: str = "config", config_dir: str | Path
 
     with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=normalize_overrides(overrides))
-
-
-def resolve(path: str | Path) -> Path:
-    """A path from a config or the command line: ``pkg://bench/<rel>`` is a file shipped inside
-    the installed package (e.g. the LiveEdit checkpoint); any other relative path is relative to
-    the working directory (as Hydra's own output dir is)."""
-    s = str(path)
-    if s.startswith(PKG_PREFIX):
-        return PACKAGE_DIR / s[len(PKG_PREFIX):]
-    p = Path(s).expanduser()
-    return p if p.is_absolute() else Path(os.path.normpath(Path.cwd() / p))
 
 
 def available(group: str) -> list[str]:

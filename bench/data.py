@@ -20,8 +20,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config import resolve  # (relative paths: the working directory; pkg://bench/...: the package)
-from .errors import UserError, report_user_errors
-from .records import PROBE_KINDS, Prompts, RecordError, RecordSet, read_json, validate
+from .core.errors import UserError, report_user_errors
+from .core.records import PROBE_KINDS, Prompts, RecordError, RecordSet, read_json, validate
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,8 @@ def compare_main(args: list[str]) -> int:
                 if cfg.data.get("toy") is None and not resolve(cfg.data[key]).is_file():
                     raise UserError(f"data.{key}: {resolve(cfg.data[key])} does not exist "
                                     f"(set data.ann_root=/folder/with/mmedit_and_vlkeb for {n})")
+            if cfg.data.get("toy") is not None:
+                image_root(cfg.data)  # generates the toy set
             rows.append(dataset_stats(cfg.data, tok))
         return rows
 

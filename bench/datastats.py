@@ -108,12 +108,10 @@ def stats(eval_recs: list[dict], train_recs: list[dict] | None, tokenizer=None) 
 
 
 def dataset_stats(cfg, tokenizer=None) -> dict[str, float]:
-    """Statistics of the dataset described by a ``data`` config (a toy set is generated first)."""
-    from .config import resolve
-    from .data import image_root
+    """Statistics of the dataset described by a ``data`` config (a toy set must exist already:
+    ``bench.data.image_root`` generates it)."""
+    from .core.paths import resolve
 
-    if cfg.get("toy") is not None:
-        image_root(cfg)
     ev = json.loads(Path(resolve(cfg.eval_file)).read_text(encoding="utf-8"))
     tr_path = Path(resolve(cfg.train_file))
     tr = json.loads(tr_path.read_text(encoding="utf-8")) if tr_path.is_file() else None

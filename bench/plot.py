@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def row_label(keys: list[str], values: tuple) -> str:
-    parts = [str(values[0])] + [f"{k}={v}" for k, v in zip(keys[1:], values[1:]) if v != "-"]
+    parts = [str(values[0])] + [f"{k}={v}" for k, v in zip(keys[1:], values[1:], strict=False) if v != "-"]
     return ", ".join(parts)
 
 
@@ -93,7 +93,7 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
     nrow = math.ceil(len(metrics) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow + 0.6), squeeze=False, sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, k in zip(axes.flat, metrics):
+    for ax, k in zip(axes.flat, metrics, strict=False):
         for i, r in enumerate(rows):
             pts = sorted(r["curves"].get(k, {}).items())
             if not pts:

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editors.base import Editor
+from bench.core.editor import Editor
 
 from .backbones.base import Backbone, Probe
-from .errors import NonFiniteError, nonfinite_hint
-from .metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
-from .records import RecordSet
+from .core.errors import NonFiniteError, nonfinite_hint
+from .core.metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
+from .core.records import RecordSet
 from .results import RunWriter
 
 log = logging.getLogger(__name__)

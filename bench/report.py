@@ -202,7 +202,7 @@ def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
     keys, groups = group_runs(summaries, list(by))
     rows = []
     for kv, runs in groups:
-        row = dict(zip(keys, kv))
+        row = dict(zip(keys, kv, strict=False))
         for k, name in COLUMNS.items():
             vals = [100.0 * s["metrics"][k] for s in runs if k in s.get("metrics", {})]
             if vals or k in MAIN_COLUMNS:

@@ -21,9 +21,9 @@ import editors
 
 from .backbones import backbone_arch, build_backbone
 from .config import CONF_DIR, SOURCE_ROOT, available, resolve
+from .core.errors import NonFiniteError, RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
+from .core.metrics import aggregate
 from .data import build_data, check_prompt_lengths, dedupe, fingerprint, with_images
-from .errors import NonFiniteError, RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
-from .metrics import aggregate
 from .protocol import Lifelong, ProtocolConfig
 from .results import RunWriter, prepare_run_dir, read_progress
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)

@@ -320,7 +320,7 @@ class SpeedRun:
         """Ratios to the unedited backbone timed just before and just after the editor (the faster)."""
         base = min(before, after)
         lat = self.res["latency"][name]
-        for k, c in list(lat.items()):
+        for c in list(lat.values()):
             if isinstance(c, dict):
                 c["ratio"] = round(c["ms"] / 1e3 / base, 3)
         lat["base_ms"] = round(base * 1e3, 2)

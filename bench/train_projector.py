@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     t1 = time.time()
     bar = tqdm(range(args.steps), desc="train projector")
-    for step in bar:
+    for _ in bar:
         idx = rng.integers(len(train), size=args.batch_size)
         batch = model.prepare([train[i] for i in idx])
         loss = model.target_loss(batch)

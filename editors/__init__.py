@@ -1,4 +1,4 @@
-"""Knowledge editors behind one interface (:class:`editors.base.Editor`).
+"""Knowledge editors behind one interface (:class:`bench.core.editor.Editor`).
 
 Importing this package registers every editor: each module of this package (except ``base``,
 ``registry`` and names starting with ``_``) is imported, and so is every entry point of the group
@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from .base import Editor
+from bench.core.editor import Editor
+
 from .registry import build, get, names
 
 __all__ = ["Editor", "build", "get", "names"]

@@ -58,7 +58,7 @@ Departures from the reference (deliberate)
   so the paper's "semantically equivalent edits" share a preset only through their label.
 
 Precision: the backbone runs in ``model.dtype``; routers, LoRAs (and Adam's state), queries,
-codes' probabilities and the guided loss are float32 (:data:`editors.base.STATE_DTYPE`). A
+codes' probabilities and the guided loss are float32 (:data:`bench.core.inject.STATE_DTYPE`). A
 wrapped matrix's input is cast to float32 for the LoRA products and the delta is cast back to
 ``model.dtype`` before it is added. The routers sit on the device of the first mixture layer,
 each LoRA on the device of the matrix it wraps.
@@ -73,9 +73,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.inject import STATE_DTYPE, LinearWrapper, module_device
+from bench.core.types import Probe
 
-from .base import STATE_DTYPE, Editor, LinearWrapper, module_device
 from .registry import register
 
 

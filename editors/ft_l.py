@@ -10,8 +10,8 @@ EasyEdit's FT-L (``conf/editor/ft_l_easyedit.yaml``): layer 21, lr 5e-4,
 the last prompt position (EasyEdit ``ft_main.py``, objective_optimization).
 
 Precision: the backbone runs in ``model.dtype``; the tuned matrix is trained as a float32
-master (:class:`editors.base.MasterWeights`; AdamW's state is float32 too). In half precision
-the layer computes with the master during an edit (:class:`editors.base.MasterLinear`: input
+master (:class:`bench.core.inject.MasterWeights`; AdamW's state is float32 too). In half precision
+the layer computes with the master during an edit (:class:`bench.core.inject.MasterLinear`: input
 cast to float32, output cast back) and the backbone's weight is the master rounded to
 ``model.dtype`` afterwards; a float32 weight is trained directly. ``state_dict`` holds the
 master.
@@ -23,9 +23,10 @@ import math
 
 import torch
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.inject import MasterLinear, MasterWeights
+from bench.core.types import Probe
 
-from .base import Editor, MasterLinear, MasterWeights
 from .registry import register
 
 OBJECTIVES = ("target", "prompt_last")

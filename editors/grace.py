@@ -59,7 +59,7 @@ Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
   target span).
 
 Precision: the backbone runs in ``model.dtype``; keys, values and radii are float32
-(:data:`editors.base.STATE_DTYPE`), on the device of the hooked module. Queries are cast to
+(:data:`bench.core.inject.STATE_DTYPE`), on the device of the hooked module. Queries are cast to
 float32 when read, a value is cast to ``model.dtype`` where it replaces the module's output, and
 the trained value (Adam's state included) is float32.
 """
@@ -71,9 +71,10 @@ import math
 
 import torch
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.inject import STATE_DTYPE, as_sequence, module_device
+from bench.core.types import Probe
 
-from .base import STATE_DTYPE, Editor, as_sequence, module_device
 from .nearest import NearestIndex, exact_cdist
 from .registry import register
 

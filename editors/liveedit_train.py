@@ -44,16 +44,19 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from .liveedit import (
+if TYPE_CHECKING:  # the editor calls this module (LiveEdit.train_offline); annotations only
+    from .liveedit import LiveEdit
+
+from .liveedit_nets import (
     TRAINER_FILE,
     WEIGHTS_FILE,
-    LiveEdit,
     build_net,
     load_checkpoint,
     resolve_layer,
@@ -256,8 +259,10 @@ def total_steps(tc, n_train: int) -> int:
     return min(steps, int(cap)) if cap is not None else steps
 
 
-def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) a LiveEdit generator on ``train_set``; returns the final log entry."""
+def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train (or resume) a LiveEdit generator (``editor_cls``: the editor class) on ``train_set``;
+    returns the final log entry."""
     from tqdm.auto import tqdm
 
     ecfg, tc = cfg.editor, cfg.editor.train
@@ -298,7 +303,7 @@ def train(backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False
         log.info("resume: nothing in %s yet, starting from scratch", out_dir)
     net.train()
     out_dir.mkdir(parents=True, exist_ok=True)
-    ed = LiveEdit.with_net(backbone, ecfg, net, meta)
+    ed = editor_cls.with_net(backbone, ecfg, net, meta)
     lam = {"rel": float(tc.rel_lambda), "gen": float(tc.gen_lambda), "loc": float(tc.loc_lambda),
            "soft": float(tc.soft_routing_lambda), "hard": float(tc.hard_routing_lambda)}
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -64,7 +64,7 @@ applied outside the base matrix (a wrapper with ``base_layer``), which is remove
 by ``reset``.
 
 Precision: the backbone runs in ``model.dtype``; the LoRA factors (and Adam's state), the
-keys and the vector database are float32 (:data:`editors.base.STATE_DTYPE`). A LoRA matrix's
+keys and the vector database are float32 (:data:`bench.core.inject.STATE_DTYPE`). A LoRA matrix's
 input is cast to float32 for the low-rank product and the delta is cast back to ``model.dtype``
 before it is added. Each LoRA sits on the device of the matrix it wraps, the database on the
 key matrix's.
@@ -79,9 +79,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
+from bench.core.types import Probe
 
-from .base import STATE_DTYPE, Editor, LinearWrapper, as_sequence, module_device
 from .nearest import NearestIndex, exact_cdist
 from .registry import register
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.types import Probe
 
-from .base import Editor
 from .registry import register
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Editor
+from bench.core.editor import Editor
 
 _REGISTRY: dict[str, type[Editor]] = {}
 

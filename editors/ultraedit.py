@@ -25,7 +25,7 @@ One edit turn (a batch of requests, ``protocol.edit_batch_size``):
    computed from the same cache, then added: ``W += dW^T`` (``nn.Linear`` stores ``[out, in]``).
 
 Precision: the backbone runs in ``model.dtype``. Keys, gradients, the running statistics, the
-solve and the edited matrices' masters are float32 (:class:`editors.base.MasterWeights`): a
+solve and the edited matrices' masters are float32 (:class:`bench.core.inject.MasterWeights`): a
 shift is added to the float32 master and the backbone's weight is the master rounded to
 ``model.dtype``, so lifelong shifts smaller than a half-precision ulp accumulate instead of
 rounding away. In float16 the loss is multiplied by ``fp16_loss_scale`` before the backward (the
@@ -45,9 +45,10 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from bench.backbones.base import Batch, Probe
+from bench.core.editor import Editor
+from bench.core.inject import STATE_DTYPE, MasterWeights, as_sequence, module_device
+from bench.core.types import Batch, Probe
 
-from .base import STATE_DTYPE, Editor, MasterWeights, as_sequence, module_device
 from .registry import register
 
 TOKENS = ("ans", "all")

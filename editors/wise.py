@@ -52,7 +52,7 @@ Mechanics
   the most activated memory that clears its threshold.
 
 Precision: the backbone runs in ``model.dtype``; the side memory ``W'``, the saved shards and
-the merged memory are float32 (:data:`editors.base.STATE_DTYPE`), on the device of the FFN
+the merged memory are float32 (:data:`bench.core.inject.STATE_DTYPE`), on the device of the FFN
 matrix. The matrix's input is cast to float32 to go through a memory, and the memory's output
 is cast back to ``model.dtype``; distances and the margin loss are float32. In half precision a
 side memory trained in ``model.dtype`` loses most SGD updates to rounding (the CE did not fall
@@ -68,9 +68,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.backbones.base import Probe
+from bench.core.editor import Editor
+from bench.core.inject import STATE_DTYPE, as_sequence
+from bench.core.types import Probe
 
-from .base import STATE_DTYPE, Editor, as_sequence
 from .registry import register
 
 ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}

@@ -73,7 +73,10 @@ def table(rows: list[dict], wide: bool = False) -> str:
     out = []
     for r in rows:
         m = r.get("metrics") or {}
-        cell = (lambda k: f"{100 * m[k]:.1f}" if k in m else "-")
+
+        def cell(k, m=m):
+            return f"{100 * m[k]:.1f}" if k in m else "-"
+
         out.append({"backbone": r["backbone"], "dtype": r["dtype"], "editor": r["editor"], "status": r["status"],
                     "Rel": cell("rel"), "T-Loc": cell("t_loc"), "M-Loc": cell("m_loc"),
                     "non-finite (loss/logprob)": f"{r.get('nonfinite_losses', '-')}/{r.get('nonfinite_logprobs', '-')}",

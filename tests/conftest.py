@@ -83,7 +83,7 @@ def toy_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_eval(toy_root):
-    from bench.records import Prompts, RecordSet
+    from bench.core.records import Prompts, RecordSet
 
     return RecordSet(toy_root / "eval.json", toy_root, Prompts(edit_suffix=" The answer is:"))
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import assert_batch_consistent
 
 from bench.backbones.base import Probe
-from conftest import assert_batch_consistent
 
 
 def test_layer_and_ffn_access(tiny):

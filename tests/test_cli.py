@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pandas as pd
+from conftest import ROOT
 
 from bench.report import main as report_main
-from conftest import ROOT
 
 SMALL = ["data.toy.n_eval=20", "data.toy.n_train=5", "protocol.progress=false"]
 

@@ -1,10 +1,10 @@
 import pytest
+from conftest import CONF, make_cfg
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 import editors
 from bench.run import available, check_config
-from conftest import CONF, make_cfg
 
 EDITORS = available("editor")
 MODELS = available("model")

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from bench.data import MissingImagesError, build_data, check, format_check, main
-from bench.records import RecordError
-from bench.run import check_config, run
 from conftest import make_cfg, tiny_cfg
+
+from bench.core.records import RecordError
+from bench.data import MissingImagesError, build_data, check, format_check, main
+from bench.run import check_config, run
 
 
 def test_run_stops_before_first_edit_when_images_are_missing(tmp_path):

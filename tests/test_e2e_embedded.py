@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from conftest import CONF, tiny_cfg
 from omegaconf import OmegaConf
 
 from bench.backbones import build_backbone
 from bench.backbones.base import Probe
-from conftest import CONF, tiny_cfg
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,9 @@ def test_ft_l_run_on_smol_llava(tmp_path):
 def test_liveedit_shipped_checkpoint_on_smol_llava(tmp_path):
     """The shipped LiveEdit checkpoint, applied by default to +editor=liveedit +model=smol_llava, raises the
     edited answers well above the unedited model's and leaves text-only inputs untouched."""
-    from bench.run import run
     from conftest import make_cfg
+
+    from bench.run import run
 
     common = ("+model=smol_llava", "edits=20", "protocol.progress=false")
     base = run(make_cfg("+editor=none", *common, f"out_dir={tmp_path / 'none'}"))

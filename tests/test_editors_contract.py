@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import CONF, MIN_EDIT_GAIN
 from omegaconf import OmegaConf
 
 import editors
-from conftest import CONF, MIN_EDIT_GAIN
 
 # Editors whose purpose is to leave the model unchanged. Every other editor must
 # raise the edited probe's score.

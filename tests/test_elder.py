@@ -2,10 +2,11 @@
 batch consistency, memory accounting."""
 
 import functools
+
 import pytest
 import torch
-
 from conftest import assert_batch_consistent
+
 from editors.elder import MixLoRALinear
 
 # tiny backbone: 4 layers, first mixture layer floor(0.625 * 4) = 2, so 2 mixture layers (8-bit codes)

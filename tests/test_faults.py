@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, tiny_cfg
 from test_editors_contract import TINY_OVERRIDES
 
-from bench.errors import RunInterrupted, UserError
+from bench.core.errors import RunInterrupted, UserError
 from bench.protocol import Lifelong
 from bench.results import RunWriter
 from bench.run import run

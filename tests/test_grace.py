@@ -1,11 +1,12 @@
 """GRACE's mechanics on the tiny random backbone: codebook rules, routing, batching, memory."""
 
 import functools
+
 import pytest
 import torch
+from conftest import MIN_EDIT_GAIN, assert_batch_consistent
 
 from bench.backbones.base import Probe
-from conftest import MIN_EDIT_GAIN, assert_batch_consistent
 
 N_ITER = 30  # fewer than the paper's 100: enough on the tiny model, keeps the tests fast
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import make_cfg, tiny_cfg
 
+from bench.core.errors import UserError
+from bench.core.records import RecordError
 from bench.data import MissingImagesError, build_data, check, format_check, main
-from bench.errors import UserError
-from bench.records import RecordError
 from bench.run import check_config, run
 from bench.toy.generate import ensure_toy
 

@@ -99,7 +99,7 @@ def test_melo_route_many_clusters_same_blocks():
 
 def _wise_hook_reference(ed, x, out):
     """WISE's inference before the fast path: broadcast matmul over all memories, stacked select."""
-    from editors.base import as_sequence
+    from bench.core.inject import as_sequence
 
     x, out = as_sequence(x, ed.backbone), as_sequence(out, ed.backbone)
     mems, thr = ed._candidates()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF, assert_batch_consistent, liveedit_train_cfg, make_cfg
 from omegaconf import OmegaConf
 
 import editors
-from conftest import CONF, assert_batch_consistent, liveedit_train_cfg, make_cfg
 from editors.liveedit import load_checkpoint, token_masks
 
 SHIPPED = Path(__file__).resolve().parents[1] / "bench" / "assets" / "liveedit_smol_llava_toy_evqa"

@@ -321,10 +321,10 @@ def test_block_only_adam_and_prefix_match_the_full_pool_full_forward_edit(melo, 
         tiny.prefix_enabled = True
     assert s["steps"] == 12 and s["loss"] == pytest.approx(losses[-1], rel=1e-4)
     r = ed.rank_per_block
-    for A, B, RA, RB, I in zip(ed.lora_A, ed.lora_B, ref_A, ref_B, A0, strict=True):
+    for A, B, RA, RB, A_init in zip(ed.lora_A, ed.lora_B, ref_A, ref_B, A0, strict=True):
         assert torch.allclose(A[:, :r], RA[:, :r], atol=1e-6) and torch.allclose(B[:r], RB[:r], atol=1e-6)
         assert not torch.equal(B[:r], torch.zeros_like(B[:r]))  # it trained
-        assert torch.equal(A[:, r:], I[:, r:]) and torch.equal(B[r:], torch.zeros_like(B[r:]))  # others untouched
+        assert torch.equal(A[:, r:], A_init[:, r:]) and torch.equal(B[r:], torch.zeros_like(B[r:]))  # others untouched
 
 
 def test_early_stop(melo, toy_eval):

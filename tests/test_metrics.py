@@ -1,6 +1,6 @@
 import pytest
 
-from bench.metrics import aggregate, agreement, token_accuracy
+from bench.core.metrics import aggregate, agreement, token_accuracy
 
 
 def test_token_accuracy_hand_computed():

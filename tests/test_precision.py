@@ -25,7 +25,7 @@ from conftest import CONF, ROOT, make_cfg
 from omegaconf import OmegaConf, open_dict
 
 import editors
-from bench.errors import NonFiniteError, UserError
+from bench.core.errors import NonFiniteError, UserError
 from bench.run import run
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -197,7 +197,7 @@ def test_nan_loss_fails_the_run_and_keeps_what_was_scored(tmp_path, monkeypatch)
 
 
 def test_half_precision_hint_names_the_other_dtypes():
-    from bench.errors import nonfinite_hint
+    from bench.core.errors import nonfinite_hint
 
     assert "model.dtype=bfloat16" in nonfinite_hint(torch.float16) and "model.dtype=float32" in nonfinite_hint("float16")
     assert "model.dtype=float32" in nonfinite_hint(torch.bfloat16)

@@ -6,10 +6,10 @@ import torch
 from conftest import tiny_cfg
 
 import editors
+from bench.core.editor import Editor
 from bench.protocol import Lifelong, ProtocolConfig
 from bench.results import RunWriter
 from bench.run import run
-from editors.base import Editor
 
 
 class SpyEditor(Editor):
@@ -26,7 +26,7 @@ class SpyEditor(Editor):
 
     def edit(self, request):
         if self.fail_at is not None and self.n_edits + 1 == self.fail_at:
-            raise RuntimeError("boom at edit %d" % self.fail_at)
+            raise RuntimeError(f"boom at edit {self.fail_at}")
         self.events.append(("edit", request.record))
         with torch.no_grad():
             self.w.add_(torch.randn_like(self.w) * 0.5)

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, make_cfg
 from PIL import Image
 
 from bench.data import build_data, check, format_check, main
-from conftest import SHARED_DATA, make_cfg
 
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} not present")
 

@@ -1,9 +1,9 @@
 import json
 
 import pytest
-
-from bench.records import PROBE_KINDS, Prompts, RecordError, RecordSet
 from conftest import SHARED_DATA
+
+from bench.core.records import PROBE_KINDS, Prompts, RecordError, RecordSet
 
 GOOD = {
     "src": "What color is the shape?", "pred": "red", "alt": "blue", "rephrase": "Which color is the shape?",

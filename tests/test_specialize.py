@@ -94,7 +94,7 @@ def test_every_pair_file(path, capsys, monkeypatch):
     spec = OmegaConf.to_container(OmegaConf.load(path))
     assert spec.pop("specialized") == {"file": f"editor_model/{editor}/{model}.yaml"}
     paper_keys = dict(_leaves(paper))
-    for key, value in _leaves(spec):
+    for key, _ in _leaves(spec):
         assert key in paper_keys, f"{path}: {key} is not a key of conf/editor/{editor}.yaml"
     cfg = make_cfg(f"+editor={editor}", f"+model={model}")
     for key, value in _leaves(spec):

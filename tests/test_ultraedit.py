@@ -1,12 +1,12 @@
 """UltraEdit mechanics: closed form, lifelong statistics, cache, locality of the weight change, state."""
 
-import functools
 import copy
+import functools
 
 import pytest
 import torch
-
 from conftest import assert_batch_consistent
+
 from editors.ultraedit import RunningMeanStd, closed_form_shift, sub_batch, value_shift
 
 # The tiny random LM: the paper's lr 1e-6 moves its near-flat logits by ~1e-5 nats (see the contract's

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import assert_batch_consistent
 from torch.nn import functional as F
 
-from conftest import assert_batch_consistent
 from editors import wise as wise_mod
 from editors.wise import magnitude_trim, ties_merge
 
@@ -193,7 +193,7 @@ def test_retrieve_state_round_trip_and_memory(make, tiny, toy_eval):
 
 
 def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
-    from bench.records import Prompts, RecordSet
+    from bench.core.records import Prompts, RecordSet
 
     train = RecordSet(toy_root / "train.json", toy_root, Prompts())
     ed = make()  # the default: out_of_scope text, as EasyEdit's multimodal path

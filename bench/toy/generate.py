@@ -376,7 +376,7 @@ def ensure_toy(kind: str, root: Path, seed: int, n_train: int, n_eval: int) -> P
     if is_toy_current(kind, root, seed, n_train, n_eval):
         return root
     if root.is_dir() and any(root.iterdir()) and not is_own(root):
-        from ..errors import UserError
+        from ..core.errors import UserError
 
         raise UserError(f"data.root: {root} is not empty and holds no toy dataset made by bench "
                         f"(no {MARKER} marker); choose an empty or new folder for the generated {kind} set")

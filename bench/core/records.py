@@ -17,8 +17,8 @@ from pathlib import Path
 
 import datasets
 
-from .backbones.base import Probe
 from .errors import UserError
+from .types import Probe
 
 log = logging.getLogger(__name__)
 

@@ -1,37 +1,18 @@
-"""The editor interface shared by all seven editors.
-
-An editor receives the backbone (never a model name) and its YAML config. It
-may learn before editing (``fit``), then takes edit requests one at a time
-(``edit``) or in batches (``edit_batch``, when ``can_batch_edit``). ``reset``
-returns the backbone to the exact original model (bit-identical outputs) and
-empties the editor's memory. ``state_dict``/``load_state_dict`` save and restore
-everything an edit stream produced, so post-edit outputs can be reproduced.
-
-Precision and devices (every editor): the frozen backbone runs in ``model.dtype`` (float16 or
-bfloat16 on the paper backbones); everything an editor trains or stores is kept in
-:data:`STATE_DTYPE` (float32), on the device of the module it attaches to
-(:func:`module_device`; with ``device_map=auto`` a model's layers sit on several devices), and
-is cast where it enters and leaves the model. Optimisers therefore only ever see float32
-tensors (Adam's eps 1e-8 is 0 in float16). Weight editors (FT-L, UltraEdit) update a float32
-master of each edited matrix (:class:`MasterWeights`); the backbone's weight is the master
-rounded to ``model.dtype``.
-"""
+"""How editors put their state into a model and take it out again: the device and dtype of
+editor state (:data:`STATE_DTYPE`, :func:`module_device`), PEFT-style wrappers of an FFN
+``nn.Linear`` (:class:`LinearWrapper`, :class:`MasterLinear`), bit-exact snapshots of edited weights
+(:class:`WeightSnapshot`) and their float32 masters (:class:`MasterWeights`)."""
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
-
 from torch import nn
 from torch.nn import functional as F
 
-from bench.backbones.base import Arch, Backbone, Probe
-
 if TYPE_CHECKING:
-    from bench.records import RecordSet
+    from .editor import Editor
 
 
 #: dtype of everything an editor trains or stores (side memories, codebooks, LoRAs, routers, generated
@@ -48,85 +29,6 @@ def module_device(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     raise ValueError(f"{type(module).__name__} has no parameter or buffer to take a device from")
-
-
-class Editor(abc.ABC):
-    name: ClassVar[str] = "editor"
-    #: True when ``edit_batch`` applies several requests in one update
-    can_batch_edit: ClassVar[bool] = False
-    #: True when ``fit`` must run on the train split before the first edit
-    needs_training: ClassVar[bool] = False
-    #: stats of ``edit``/``edit_batch`` that must be finite: the run stops (``status: failed``) when one is
-    #: NaN or infinite (``bench.protocol``'s non-finite guard)
-    finite_stats: ClassVar[tuple[str, ...]] = ("loss",)
-    #: config keys that hold decoder-layer specs (int index or relative depth; a list holds several;
-    #: ``a.b`` reads ``b`` of every mapping in the list ``a``), checked by :meth:`preflight`
-    layer_keys: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def preflight(cls, cfg, arch: Arch | None) -> None:
-        """Check what can be checked before the backbone loads (``arch``: its shape from the config
-        alone, None when unknown): by default every :attr:`layer_keys` value against its layer count.
-        Editors add their own (LiveEdit: the checkpoint). Raises ``ValueError``/``IndexError``
-        naming the key."""
-        if arch is None:
-            return
-        for key in cls.layer_keys:
-            for name, spec in _config_values(cfg, key):
-                arch.layer_index(spec, f"editor.{name}")
-
-    def __init__(self, backbone: Backbone, cfg) -> None:
-        self.backbone = backbone
-        self.cfg = cfg
-        self.n_edits = 0
-
-    # ----- optional training stage --------------------------------------------------------
-    def fit(self, train: RecordSet) -> None:  # noqa: B027 - optional hook
-        """Learn from the train split before editing (LiveEdit); default: nothing."""
-
-    # ----- editing -----------------------------------------------------------------------------
-    @abc.abstractmethod
-    def edit(self, request: Probe) -> dict:
-        """Apply one edit (image, prompt -> target). Returns stats (e.g. final loss)."""
-
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
-        """Apply several edits; editors that cannot batch apply them one by one."""
-        stats: dict = {}
-        for r in requests:
-            stats = self.edit(r)
-        return stats
-
-    @abc.abstractmethod
-    def reset(self) -> None:
-        """Restore the exact original model and forget all edits."""
-
-    @abc.abstractmethod
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that reproduce the post-edit model (with ``load_state_dict``)."""
-
-    @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def memory_bytes(self) -> int:
-        """Bytes the editor's stored state occupies (for memory-per-edit reports)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
-
-
-def _config_values(cfg, key: str) -> list[tuple[str, object]]:
-    """``(name, value)`` for ``key`` in ``cfg`` (see :attr:`Editor.layer_keys`); [] when it is absent."""
-    head, _, rest = key.partition(".")
-    v = cfg.get(head) if hasattr(cfg, "get") else None
-    if v is None:
-        return []
-    if isinstance(v, str) or not hasattr(v, "__len__") or hasattr(v, "keys"):
-        return [(head, v)] if not rest else [(f"{head}.{n}", x) for n, x in _config_values(v, rest)]
-    out = []
-    for i, x in enumerate(v):
-        if rest:
-            out += [(f"{head}[{i}].{n}", y) for n, y in _config_values(x, rest)]
-        else:
-            out.append((f"{head}[{i}]", x))
-    return out
 
 
 def as_sequence(t: torch.Tensor, backbone=None, shape: tuple[int, int] | None = None) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""The package's dependency order: core <- backbones <- editors <- harness <- tools, with no cycles.
+
+Walks every import statement (module level and inside functions; ``if TYPE_CHECKING:`` blocks are
+annotations only and are skipped) of ``bench`` and ``editors`` and fails on an import of a higher
+layer or on a cycle between modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: layer of a module by prefix (longest prefix wins); anything else in ``bench`` is the harness
+LAYERS = {"bench.core": 0, "bench.backbones": 1, "editors": 2, "bench": 3, "bench.speed": 4, "bench.plot": 4}
+LAYER_NAMES = ("core", "backbones", "editors", "harness", "tools")
+
+
+def modules(root: Path = ROOT) -> dict[str, Path]:
+    out = {}
+    for top in ("bench", "editors"):
+        for p in (root / top).rglob("*.py"):
+            parts = p.relative_to(root).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_edges(mods: dict[str, Path]) -> set[tuple[str, str]]:
+    edges = set()
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    pkg = package.split(".")
+                    pkg = pkg[: len(pkg) - node.level + 1]
+                    base = ".".join(pkg + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    edges.add((name, t))
+    return edges
+
+
+def layer(module: str) -> int:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[best]
+
+
+def cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    graph: dict[str, list[str]] = {}
+    for a, b in edges:
+        graph.setdefault(a, []).append(b)
+        graph.setdefault(b, [])
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_goes_up_a_layer():
+    edges = import_edges(modules())
+    up = sorted(f"{a} ({LAYER_NAMES[layer(a)]}) imports {b} ({LAYER_NAMES[layer(b)]})"
+                for a, b in edges if layer(b) > layer(a))
+    assert not up, "back edges:\n" + "\n".join(up)
+
+
+def test_no_import_cycles():
+    found = cycles(import_edges(modules()))
+    assert not found, found
+
+
+def test_the_walker_sees_a_back_edge(tmp_path):
+    """The check can fail: a core module importing an editor is reported."""
+    for rel, text in {"bench/__init__.py": "", "bench/core/__init__.py": "", "editors/__init__.py": "",
+                      "bench/core/types.py": "def f():\n    from editors import x\n",
+                      "editors/x.py": "from bench.core import types\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    edges = import_edges(modules(tmp_path))
+    assert ("bench.core.types", "editors.x") in edges and layer("bench.core.types") < layer("editors.x")
+    assert cycles(edges) == [["bench.core.types", "editors.x"]]
