@@ -75,6 +75,7 @@ from torch import nn
 
 from bench.core.editor import Editor
 from bench.core.inject import STATE_DTYPE, LinearWrapper, module_device
+from bench.core.optim import optimizer_update, run_steps
 from bench.core.types import Probe
 
 from .registry import register
@@ -327,26 +328,22 @@ class ELDER(Editor):
         opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
         lam = float(self.cfg.guided_weight)
         stop = self.cfg.get("early_stop_loss")
-        ce_v = guided_v = float("nan")
-        steps = 0
         self._editing, self._train_presets = True, presets
         self.last = {}
         try:
             # layers below the first mixture layer are frozen: run them once; the routers' pre-hook
             # on the first mixture layer fires in every step
             prefix = self.backbone.prefix(batch, self.layers[0])
-            for steps in range(1, int(self.cfg.num_iter) + 1):
+
+            def forward():
                 self._guided = None
                 ce = self.backbone.target_loss(batch, h=prefix)
                 guided = self._guided
                 loss = ce + lam * guided if guided is not None else ce
-                ce_v = ce.item()
-                guided_v = guided.item() if guided is not None else float("nan")
-                if not math.isfinite(ce_v) or (stop is not None and ce_v < float(stop)):
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                return loss, {"ce": ce.item(), "guided": guided.item() if guided is not None else float("nan")}
+
+            res = run_steps(self.cfg.num_iter, forward, optimizer_update(opt), monitor="ce",
+                            stop_below=None if stop is None else float(stop))
         finally:
             self._editing, self._train_presets, self._guided = False, None, None
             for p in params:
@@ -359,6 +356,8 @@ class ELDER(Editor):
             self.route(requests)
         idx, codes = self.last["idx"], self.last["codes"].clone()
         self.codes = torch.cat([self.codes, codes])
+        steps = res.steps
+        ce_v, guided_v = res.values.get("ce", float("nan")), res.values.get("guided", float("nan"))
         hit = (idx.sort(-1).values == presets.sort(-1).values).all(-1)  # [B, L]
         self._route = None
         self.n_edits += len(requests)

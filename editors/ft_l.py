@@ -19,12 +19,11 @@ master.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from bench.core.editor import Editor
 from bench.core.inject import MasterLinear, MasterWeights
+from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
 
 from .registry import register
@@ -72,18 +71,11 @@ class FTL(Editor):
             "sgd": lambda: torch.optim.SGD(params, lr=float(self.cfg.lr)),
         }[self.cfg.optimizer]()
         batch = self.backbone.prepare(list(requests))
-        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
         try:
             # the layers below the tuned one are frozen: run them once per edit
             prefix = self.backbone.prefix(batch, self.layer)
-            for steps in range(1, int(self.cfg.steps) + 1):
-                loss = self._loss(batch, prefix)
-                loss_v = loss.item()
-                if not math.isfinite(loss_v) or loss_v < float(self.cfg.early_stop_loss):
-                    break  # a non-finite loss ends the edit (the run's guard reports it)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            res = run_steps(self.cfg.steps, loss_forward(lambda: self._loss(batch, prefix)), optimizer_update(opt),
+                            stop_below=float(self.cfg.early_stop_loss))
         finally:
             w.requires_grad_(False)
             w.grad = None
@@ -91,7 +83,7 @@ class FTL(Editor):
                 self.backbone.swap_ffn(self.layer, str(self.cfg.role), self.module)
             self.masters.sync()
         self.n_edits += len(requests)
-        return {"loss": loss_v, "steps": steps}
+        return {"loss": res.get(), "steps": res.steps}  # loss None: no step ran
 
     def reset(self) -> None:
         self.masters.restore()

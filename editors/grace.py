@@ -67,12 +67,12 @@ the trained value (Adam's state included) is float32.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from bench.core.editor import Editor
 from bench.core.inject import STATE_DTYPE, as_sequence, module_device
+from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
 
 from .nearest import NearestIndex, exact_cdist
@@ -279,24 +279,17 @@ class GRACE(Editor):
         live = self.values[row].detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([live], lr=float(self.cfg.edit_lr))
         stop = self.cfg.get("early_stop_loss")
-        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
         self._train = (row, live)
         try:
             with torch.enable_grad():
-                for steps in range(1, int(self.cfg.n_iter) + 1):
-                    loss = self.backbone.target_loss(batch, h=prefix)
-                    loss_v = loss.item()
-                    if not math.isfinite(loss_v) or (stop is not None and loss_v < float(stop)):
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                res = run_steps(self.cfg.n_iter, loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
+                                optimizer_update(opt), stop_below=None if stop is None else float(stop))
         finally:
             self._train = None
         with torch.no_grad():
             self.values[row] = live.detach()
         self.n_edits += 1
-        return {"loss": loss_v, "steps": steps, "keys": self.n_keys, "action": action}
+        return {"loss": res.get(), "steps": res.steps, "keys": self.n_keys, "action": action}
 
     # ----- state -----------------------------------------------------------------------------
     def reset(self) -> None:

@@ -81,6 +81,7 @@ from torch import nn
 
 from bench.core.editor import Editor
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
+from bench.core.optim import Steps, loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
 
 from .nearest import NearestIndex, exact_cdist
@@ -423,7 +424,7 @@ class MELO(Editor):
         stop = self.cfg.get("early_stop_loss")
         actions: list[str] = []
         dists: list[float] = []
-        loss_v, steps = None, 0  # None: no step ran (num_iter 0)
+        res = Steps()  # no step ran (num_iter 0): loss None
         self._force_block = block
         self._live = (live_A, live_B)
         try:
@@ -439,15 +440,8 @@ class MELO(Editor):
                 actions.append(act)
                 if d is not None:
                     dists.append(d)
-            for steps in range(1, int(self.cfg.num_iter) + 1):
-                loss = self.backbone.target_loss(batch, h=prefix)
-                loss_v = loss.item()
-                if not math.isfinite(loss_v) or (stop is not None and loss_v < float(stop)):
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+            res = run_steps(self.cfg.num_iter, loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
+                            optimizer_update(opt, sched), stop_below=None if stop is None else float(stop))
         finally:
             self._force_block = None
             self._live = None
@@ -462,8 +456,8 @@ class MELO(Editor):
         self.block_requests = held if len(held) < self.per_block else []  # a full block is never trained again
         self.n_edits += len(requests)
         return {
-            "loss": loss_v,
-            "steps": steps,
+            "loss": res.get(),
+            "steps": res.steps,
             "block": block,
             "block_size": len(held),
             "clusters": len(self.db),

@@ -70,6 +70,7 @@ from torch.nn import functional as F
 
 from bench.core.editor import Editor
 from bench.core.inject import STATE_DTYPE, as_sequence
+from bench.core.optim import run_steps
 from bench.core.types import Probe
 
 from .registry import register
@@ -412,16 +413,14 @@ class WISE(Editor):
         prefix = self.backbone.prefix(batch, self.layer_idx)  # layers below the memory: once per edit
         self._editing, self._cache = True, None
         self.cur.requires_grad_(True)
-        loss_v = ce_v = act_v = None  # None: no step ran
-        steps = 0
         try:
-            for steps in range(1, int(c.n_iter) + 1):
+            def forward():
                 ce, d_in, d_out = self._losses(batch, 1, prefix)
                 act_loss = self._act_loss(d_in, d_out)
                 loss = ce + act_loss
-                loss_v, ce_v, act_v = loss.item(), ce.item(), act_loss.item()
-                if not math.isfinite(loss_v) or meter.stop():  # non-finite: the run's guard reports it
-                    break
+                return loss, {"loss": loss.item(), "ce": ce.item(), "act_loss": act_loss.item()}
+
+            def update(loss):
                 self.cur.grad = None
                 loss.backward()
                 with torch.no_grad():
@@ -430,7 +429,9 @@ class WISE(Editor):
                     g = self.cur.grad * maskf + wd * self.cur
                     self.cur -= lr * g
                     torch.clamp_(self.cur, min=w0 - bound, max=w0 + bound)
-                meter.update(loss_v)
+
+            # a non-finite loss ends the edit (the run's guard reports it); so does the plateau meter
+            res = run_steps(c.n_iter, forward, update, stop=meter.stop, after=meter.update)
             with torch.no_grad():  # in-scope activation of the trained memory -> routing threshold
                 _, d_in, d_out = self._losses(batch, 1, prefix)
         finally:
@@ -447,7 +448,7 @@ class WISE(Editor):
         if self.n_edits % self.merge_freq == 0:
             self._merge()
         self._cache = None
-        return {"loss": loss_v, "ce": ce_v, "act_loss": act_v, "steps": steps,
+        return {"loss": res.get(), "ce": res.get("ce"), "act_loss": res.get("act_loss"), "steps": res.steps,
                 "d_in": a, "d_out": float(d_out.mean()), "shards": int(self.shards.shape[0]),
                 "merges": self.n_merges}
 
