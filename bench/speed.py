@@ -162,8 +162,7 @@ def _discard(editor) -> None:
     try:
         editor.reset()
     finally:
-        if hasattr(editor, "remove"):
-            editor.remove()
+        editor.detach()
 
 
 def _fmt_ratio(x: float | None) -> str:

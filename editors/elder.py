@@ -188,7 +188,6 @@ class ELDER(Editor):
         self._train_presets: torch.Tensor | None = None
         self._guided: torch.Tensor | None = None
         self.last: dict[str, torch.Tensor] = {}
-        self._hook = None
         self._wrappers: list[MixLoRALinear] = []
         self._clear()
         self._init_params()
@@ -217,24 +216,18 @@ class ELDER(Editor):
         return [self.router_w, self.router_b, *self.lora_A, *self.lora_B]
 
     # ----- installation -----------------------------------------------------------------------
-    def _install(self) -> None:
-        if self._wrappers:
-            return
+    def on_attach(self, at) -> None:
         for k, ((slot, i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
-            w = MixLoRALinear(orig, self, k, slot)
-            self.backbone.swap_ffn(i, role, w, expect=orig)
-            self._wrappers.append(w)
-        self._hook = self.backbone.layer(self.layers[0]).register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            self._wrappers.append(at.swap(self.backbone, i, role, MixLoRALinear(orig, self, k, slot), expect=orig))
+        at.forward_pre_hook(self.backbone.layer(self.layers[0]), self._pre_hook, with_kwargs=True)
 
-    def _uninstall(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        for (_, i, role), orig, w in zip(self.targets, self.originals, self._wrappers, strict=False):
-            if self.backbone.ffn(i, role) is w:
-                self.backbone.swap_ffn(i, role, orig)
+    def on_detach(self) -> None:
         self._wrappers = []
         self._route = None
+
+    def forward_route(self):
+        """``(expert ids, gates, active)`` the routers' pre-hook set for the current forward (None: add nothing)."""
+        return self._route
 
     # ----- routing --------------------------------------------------------------------------------
     def router_probs(self, q: torch.Tensor) -> torch.Tensor:
@@ -287,7 +280,7 @@ class ELDER(Editor):
     @torch.no_grad()
     def route(self, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
         """Diagnostics: queries, top-k indices, codes, min Hamming distance, active mask of probes."""
-        self._install()
+        self.attach()
         self.backbone.forward(self.backbone.prepare(list(probes)))
         return {k: v.clone() for k, v in self.last.items()}
 
@@ -319,7 +312,7 @@ class ELDER(Editor):
 
     def edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
-        self._install()
+        self.attach()
         batch = self.backbone.prepare(requests)
         presets = torch.stack([self._preset_for(r) for r in requests])  # [B, L, k]
         params = self._params()
@@ -372,7 +365,7 @@ class ELDER(Editor):
 
     # ----- state ------------------------------------------------------------------------------------
     def reset(self) -> None:
-        self._uninstall()
+        self.detach()
         self._clear()
         self._init_params()
         self.last = {}
@@ -403,7 +396,7 @@ class ELDER(Editor):
         self.presets = state["presets"].to(self.device, torch.long).clone()
         self.preset_keys = state["preset_keys"].to(torch.long).clone()
         self.n_edits = int(state["n_edits"])
-        self._install()
+        self.attach()
 
     def memory_bytes(self) -> int:
         """LoRAs + routers (allocated up front, fixed size) + stored allocation codes and presets."""

@@ -46,6 +46,7 @@ class FTL(Editor):
         self.module = backbone.ffn(self.layer, str(cfg.role))
         self.key = backbone.ffn_name(self.layer, str(cfg.role)) + ".weight"
         self.masters = MasterWeights({self.key: self.module.weight})
+        self.attach()
 
     def _loss(self, batch, prefix=None) -> torch.Tensor:
         if self.cfg.objective == "target":
@@ -59,6 +60,7 @@ class FTL(Editor):
         return self.edit_batch([request])
 
     def edit_batch(self, requests) -> dict:
+        self.attach()
         w = self.masters.master[self.key]  # the weight itself in float32, else its float32 master
         swapped = self.masters.separate(self.key)
         if swapped:
@@ -85,6 +87,12 @@ class FTL(Editor):
         self.n_edits += len(requests)
         return {"loss": res.get(), "steps": res.steps}  # loss None: no step ran
 
+    def on_attach(self, at) -> None:  # the edits live in the weights: put the edited ones back
+        self.masters.put_back()
+
+    def on_detach(self) -> None:  # the original weights, bit for bit; the edited masters stay here
+        self.masters.take_out()
+
     def reset(self) -> None:
         self.masters.restore()
         self.n_edits = 0
@@ -93,6 +101,7 @@ class FTL(Editor):
         return self.masters.state()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.attach()
         self.masters.load(state)
 
     def memory_bytes(self) -> int:

@@ -116,7 +116,7 @@ class GRACE(Editor):
         self._train: tuple[int, torch.Tensor] | None = None  # (row, live value) while an edit trains
         self._capture: dict | None = None  # set while reading an edit's query
         self._warned = False
-        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        self.attach()  # the codebook hook acts from the start (an empty codebook changes nothing)
 
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:
@@ -269,6 +269,7 @@ class GRACE(Editor):
         return j, "within"
 
     def edit(self, request: Probe) -> dict:
+        self.attach()
         batch = self.backbone.prepare([request])
         target = list(batch.target_ids[0])
         # the layers below the codebook's are frozen: run them once, every step starts at our layer
@@ -317,9 +318,8 @@ class GRACE(Editor):
         if "rng" in state:  # states saved before cold values had their own generator lack it
             self._gen.set_state(state["rng"].cpu().to(torch.uint8).clone())
 
-    def remove(self) -> None:
-        """Take the hook off the backbone (the editor stops acting; used when discarding it)."""
-        self._handle.remove()
+    def on_attach(self, at) -> None:
+        at.forward_hook(self.module, self._hook, with_kwargs=True)
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.eps, self.labels))

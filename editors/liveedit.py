@@ -159,7 +159,7 @@ class LiveEdit(Editor):
         self._train_fn = None  # set by the trainer: h -> residual-added h
         self._warned = False
         self._clear()
-        self._handle = backbone.layer(self.layer_idx).register_forward_hook(self._hook)
+        self.attach()  # the expert hook acts from the start (no experts: layer l_e's output unchanged)
 
     @staticmethod
     def train_offline(backbone, cfg, train_set, out_dir, tracker, resume: bool = False, progress: bool = True) -> dict:
@@ -203,9 +203,8 @@ class LiveEdit(Editor):
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.psi, self.phi, self.U, self.V))
 
-    def remove(self) -> None:
-        """Detach the hook (the editor is unusable afterwards)."""
-        self._handle.remove()
+    def on_attach(self, at) -> None:
+        at.forward_hook(self.backbone.layer(self.layer_idx), self._hook)
 
     # ----- reps at layer l_e ------------------------------------------------------------------------
     @torch.no_grad()

@@ -357,7 +357,7 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
                 break
     finally:
         bar.close()
-        ed.remove()
+        ed.detach()
     if not last:  # nothing to do (already at `steps`, or steps=0)
         last = {"step": step}
         if not (out_dir / WEIGHTS_FILE).exists():

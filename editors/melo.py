@@ -116,9 +116,10 @@ class MeloLinear(LinearWrapper):
             return out0
         A, B = ed.lora_A[self.index], ed.lora_B[self.index]
         rpb, nb = ed.rank_per_block, ed.num_block
-        if ed._live is not None:  # an edit trains one block: every sample is routed to it
-            a = ed._live[0][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, in, rpb]
-            b = ed._live[1][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, rpb, out]
+        live = ed.training_factors()
+        if live is not None:  # an edit trains one block: every sample is routed to it
+            a = live[0][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, in, rpb]
+            b = live[1][self.index][None].expand(x.shape[0], -1, -1).contiguous()  # [b, rpb, out]
         else:
             idx = route.clamp(min=0)
             a = A.view(A.shape[0], nb, rpb).permute(1, 0, 2)[idx]  # [b, in, rpb]
@@ -328,7 +329,6 @@ class MELO(Editor):
         self._live: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the block being trained
         # layers below the first LoRA layer (the key layer included) are frozen: run once per edit
         self.prefix_layer = min(i for i, _ in self.targets)
-        self._hook = None
         self._wrappers: list[MeloLinear] = []
         self._init_lora()
 
@@ -342,24 +342,22 @@ class MELO(Editor):
             A.copy_((torch.rand(A.shape, generator=g) * 2 - 1) * bound)
             B.zero_()
 
-    def _install(self) -> None:
-        if self._wrappers:
-            return
+    def on_attach(self, at) -> None:
         for k, ((i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
-            w = MeloLinear(orig, self, k)
-            self.backbone.swap_ffn(i, role, w, expect=orig)
-            self._wrappers.append(w)
-        self._hook = self.key_module.register_forward_hook(self._key_hook)
+            self._wrappers.append(at.swap(self.backbone, i, role, MeloLinear(orig, self, k), expect=orig))
+        at.forward_hook(self.key_module, self._key_hook)
 
-    def _uninstall(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        for (i, role), orig, w in zip(self.targets, self.originals, self._wrappers, strict=False):
-            if self.backbone.ffn(i, role) is w:
-                self.backbone.swap_ffn(i, role, orig)
+    def on_detach(self) -> None:
         self._wrappers = []
         self._route = None
+
+    def forward_route(self):
+        """The per-sample block ids the key hook set for the current forward (None: add nothing)."""
+        return self._route
+
+    def training_factors(self):
+        """``(A blocks, B blocks)`` of the block an edit is training (every sample routes to it), else None."""
+        return self._live
 
     def _key_hook(self, module, inputs, out) -> None:
         """Per-sample query at the last prompt token; routes every sample of the batch."""
@@ -413,7 +411,7 @@ class MELO(Editor):
     def edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
         block, earlier = self._place(len(requests))
-        self._install()
+        self.attach()
         batch = self.backbone.prepare(earlier + requests)  # the block trains on every request it holds
         sl = slice(block * self.rank_per_block, (block + 1) * self.rank_per_block)
         live_A = [A[:, sl].clone().requires_grad_(True) for A in self.lora_A]
@@ -469,7 +467,7 @@ class MELO(Editor):
 
     # ----- state ----------------------------------------------------------------------------------
     def reset(self) -> None:
-        self._uninstall()
+        self.detach()
         self.db.clear()
         self._init_lora()
         self.next_block = 0
@@ -496,7 +494,7 @@ class MELO(Editor):
         self.next_block = int(state["next_block"])
         self.block_requests = _decode_probes(state["block_requests"]) if "block_requests" in state else []
         self.n_edits = int(state["n_edits"])
-        self._install()
+        self.attach()
 
     def memory_bytes(self) -> int:
         """LoRA factors of all blocks (allocated up front) + the vector database (the few held requests

@@ -170,6 +170,7 @@ class UltraEdit(Editor):
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"UltraEdit edits nn.Linear FFN matrices, got {type(m).__name__}")
         self.masters = MasterWeights({n + ".weight": m.weight for n, m in zip(self.names, self.modules, strict=True)})
+        self.attach()
         # one normaliser per (in, out) shape, shared by the matrices of that shape (reference)
         self.shapes = [(m.in_features, m.out_features) for m in self.modules]
         self.norms = self._new_norms(dict.fromkeys(self.shapes))
@@ -226,6 +227,7 @@ class UltraEdit(Editor):
         return self.edit_batch([request])
 
     def edit_batch(self, requests: Sequence[Probe]) -> dict:
+        self.attach()
         requests = list(requests)
         if not requests:
             return {}
@@ -262,6 +264,12 @@ class UltraEdit(Editor):
     def _stat_key(self, shape: tuple[int, int], field: str) -> str:
         return f"stats.{shape[0]}x{shape[1]}.{field}"
 
+    def on_attach(self, at) -> None:  # the edits live in the weights: put the edited ones back
+        self.masters.put_back()
+
+    def on_detach(self) -> None:  # the original weights, bit for bit; the edited masters stay here
+        self.masters.take_out()
+
     def reset(self) -> None:
         self.masters.restore()
         self.norms = self._new_norms(self.norms)
@@ -276,6 +284,7 @@ class UltraEdit(Editor):
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.attach()
         self.masters.load(state)
         for shape, norm in self.norms.items():
             fields = {f: self._stat_key(shape, f) for f in norm.tensors()}

@@ -175,7 +175,6 @@ class WISE(Editor):
                                       for p in c.loc_prompts]
         if not self.loc_pool:
             raise ValueError("editor.loc_prompts: need at least one generic locality prompt")
-        self._hook = None
         self._editing = False
         self._trace: tuple[torch.Tensor, torch.Tensor] | None = None
         self._clear()
@@ -203,14 +202,11 @@ class WISE(Editor):
         self.n_edits = 0
         self._cache = None
 
-    def _attach(self) -> None:
-        if self._hook is None:
-            self._hook = self.module.register_forward_hook(self._forward_hook)
+    def on_attach(self, at) -> None:
+        at.forward_hook(self.module, self._forward_hook)
 
     def reset(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        self.detach()
         self._editing, self._trace = False, None
         self._clear()
 
@@ -241,7 +237,7 @@ class WISE(Editor):
         self.n_edits, self.cur_edits, self.n_merges = (int(v) for v in state["counters"].tolist())
         self._cache = None
         if self.n_edits:
-            self._attach()
+            self.attach()
 
     def memory_bytes(self) -> int:
         if not self.n_edits:
@@ -399,7 +395,7 @@ class WISE(Editor):
         return ce, d[:n_req], d[n_req:]
 
     def edit(self, request: Probe) -> dict:
-        self._attach()
+        self.attach()
         c = self.cfg
         if self.n_edits % self.save_freq == 0:  # a new shard: fresh copy of W, fresh random mask
             self.cur = self.base_weight().clone()

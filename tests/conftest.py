@@ -54,8 +54,7 @@ def editor_factory(tiny):
     yield make
     for ed in built:
         ed.reset()
-        if hasattr(ed, "remove"):
-            ed.remove()
+        ed.detach()
 
 
 @pytest.fixture(scope="session")

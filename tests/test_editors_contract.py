@@ -52,6 +52,7 @@ def editor(request, tiny):
     ed = editors.build(cfg, tiny)
     yield ed
     ed.reset()
+    ed.detach()  # the session's tiny backbone keeps no hook or wrapper of this editor
 
 
 def logits_of(backbone, probes):
@@ -106,3 +107,46 @@ def test_batch_edit_when_supported(editor, tiny, toy_eval):
     assert editor.n_edits == 2
     if editor.name not in NO_OP:
         assert sum(after) > sum(before)
+
+
+def module_tree(model: torch.nn.Module) -> list:
+    """Every module (name, class, identity) with its hook dicts' keys: what attach/detach may touch."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+             "_backward_hooks", "_backward_pre_hooks")
+    return [(n, type(m), id(m), *(tuple(getattr(m, h, {})) for h in hooks)) for n, m in model.named_modules()]
+
+
+@pytest.mark.parametrize("name", editors.names())
+def test_detach_leaves_the_model_as_before_and_attach_puts_the_edits_back(name, request, tiny, toy_eval):
+    """One attach/detach contract: ``detach()`` leaves the module tree, the hook dicts and the outputs
+    exactly as before the editor was built; ``attach()`` (or ``with editor:``) applies the edits again."""
+    cfg = editor_cfg(name)
+    for key, fixture in FIXTURE_VALUES.get(name, {}).items():
+        cfg[key] = request.getfixturevalue(fixture)
+    req = toy_eval.request(0)
+    probes = [req, toy_eval.request(1)]
+    tree, ref = module_tree(tiny), logits_of(tiny, probes)
+    ed = editors.build(cfg, tiny)
+    try:
+        ed.edit(req)
+        edited = logits_of(tiny, probes)
+        if name not in NO_OP:
+            assert not torch.equal(edited, ref), f"{name}: the edit changed nothing"
+        assert ed.attached or name in NO_OP
+        ed.detach()
+        assert not ed.attached
+        assert module_tree(tiny) == tree, f"{name}: detach() left modules or hooks behind"
+        assert torch.equal(logits_of(tiny, probes), ref), f"{name}: detached, the outputs are not the original's"
+        ed.detach()  # idempotent
+        with ed:
+            assert torch.equal(logits_of(tiny, probes), edited), f"{name}: attach() did not put the edits back"
+        assert module_tree(tiny) == tree and torch.equal(logits_of(tiny, probes), ref)
+        ed.attach()
+        ed.attach()  # idempotent: no second hook
+        assert torch.equal(logits_of(tiny, probes), edited)
+        ed.reset()
+        assert torch.equal(logits_of(tiny, probes), ref), f"{name}: reset() did not forget the edits"
+    finally:
+        ed.reset()
+        ed.detach()
+    assert module_tree(tiny) == tree

@@ -102,7 +102,7 @@ def test_routing_losses_on_compact_cache_equal_full_reps(tiny, toy_root, tmp_pat
         for k in full:
             assert torch.allclose(full[k], compact[k], atol=1e-5), k
     finally:
-        ed.remove()
+        ed.detach()
 
 
 def test_missing_and_wrong_backbone_checkpoint(tiny, liveedit_tiny_checkpoint, tmp_path):
@@ -196,7 +196,7 @@ def test_ablation_switches_change_routing(make, tiny, toy_eval):
     def edited(**over):  # one editor at a time on the backbone: another's live experts would shift its reps
         ed = make(**over)
         ed.edit_batch(reqs)
-        ed.remove()
+        ed.detach()
         return ed
 
     full, no_hard, no_soft = edited(), edited(hard_routing=False), edited(soft_routing=False)
@@ -259,7 +259,7 @@ def test_warmup_logs_its_own_axis(tiny, toy_root, tmp_path):
         lam = {"soft": 1.0, "hard": 1.0}
         routing_warmup(ed, train_set, cfg.editor.train, lam, rec, tmp_path, steps=20, start=100, progress=False)
     finally:
-        ed.remove()
+        ed.detach()
     assert [m["warmup/step"] for m, _ in rec.calls] == [110, 120] and all(s is None for _, s in rec.calls)
     assert {"warmup/hard_neighbour", "warmup/hard_sentinel", "warmup/soft_rel"} <= set(rec.calls[0][0])
 

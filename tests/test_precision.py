@@ -162,8 +162,7 @@ def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype, toy_
             assert torch.equal(bb.forward(bb.prepare(ps)).logits, ref), (editor, dtype)
     finally:
         ed.reset()
-        if hasattr(ed, "remove"):
-            ed.remove()
+        ed.detach()
 
 
 # ----- the non-finite guard -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from .inject import Attachments
 from .types import Arch, Probe
 
 if TYPE_CHECKING:  # annotations only: core imports nothing above it at run time
@@ -62,6 +63,43 @@ class Editor(abc.ABC):
         self.backbone = backbone
         self.cfg = cfg
         self.n_edits = 0
+        self.attachments = Attachments()
+        self._attached = False
+
+    # ----- attach / detach -----------------------------------------------------------------------
+    # One contract for every editor: ``attach()`` puts the editor into the backbone (hooks, PEFT-style
+    # wrappers, or its edited weights), ``detach()`` takes it out, leaving the module tree, every
+    # module's hook dicts and the weights exactly as they were before ``attach()``; the edits stay in
+    # the editor, and ``attach()`` applies them again. Both are idempotent; ``with editor:`` attaches
+    # and detaches. Editors attach themselves when they need to (at construction or at their first
+    # edit); ``reset()`` forgets the edits.
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def attach(self) -> None:
+        if not self._attached:
+            self._attached = True
+            self.on_attach(self.attachments)
+
+    def detach(self) -> None:
+        if self._attached:
+            self.on_detach()
+            self.attachments.undo()
+            self._attached = False
+
+    def on_attach(self, at: Attachments) -> None:  # noqa: B027 - optional hook
+        """Put the editor in through ``at`` (:class:`bench.core.inject.Attachments`: hooks, swaps)."""
+
+    def on_detach(self) -> None:  # noqa: B027 - optional hook
+        """Anything beyond what ``on_attach`` registered in ``at`` (run before it is undone)."""
+
+    def __enter__(self) -> Editor:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
 
     # ----- optional training stage --------------------------------------------------------
     def fit(self, train: RecordSet) -> None:  # noqa: B027 - optional hook

@@ -62,11 +62,11 @@ class LinearWrapper(torch.nn.Module):
 
     def base_forward(self, x: torch.Tensor):
         """``(out0, route, x, out)``: the frozen layer's output, the owning editor's routing for this
-        forward (``editor._route``; ``None``: nothing to add, return ``out0``) and ``x``/``out0`` as
-        ``[B, L, d]`` (:func:`as_sequence`)."""
+        forward (``editor.forward_route()``; ``None``: nothing to add, return ``out0``) and ``x``/``out0``
+        as ``[B, L, d]`` (:func:`as_sequence`)."""
         out0 = self.base_layer(x)
         ed = self._editor
-        route = ed._route
+        route = ed.forward_route()
         if route is None:
             return out0, None, x, out0
         return out0, route, as_sequence(x, ed.backbone), as_sequence(out0, ed.backbone)
@@ -131,6 +131,20 @@ class MasterWeights:
         self.snapshot = WeightSnapshot(params)
         self.master: dict[str, torch.Tensor] = {
             k: p if p.dtype == STATE_DTYPE else p.detach().to(STATE_DTYPE).clone() for k, p in params.items()}
+        self._out: dict[str, torch.Tensor] | None = None  # the masters while taken out (:meth:`take_out`)
+
+    def take_out(self) -> None:
+        """Give the backbone its original weights back, keeping the edited masters aside (detach)."""
+        if self._out is None:
+            kept = self.state()
+            self.restore()
+            self._out = kept
+
+    def put_back(self) -> None:
+        """Write the masters kept aside by :meth:`take_out` into the backbone again (attach)."""
+        if self._out is not None:
+            kept, self._out = self._out, None
+            self.load(kept)
 
     def separate(self, k: str) -> bool:
         """True when ``k``'s master is a float32 copy (the weight is in half precision)."""
@@ -144,19 +158,57 @@ class MasterWeights:
 
     @torch.no_grad()
     def restore(self) -> None:
+        self._out = None
         self.snapshot.restore()
         for k in self.params:
             if self.separate(k):
                 self.master[k].copy_(self.snapshot.original[k])
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: m.detach().clone() for k, m in self.master.items()}
+        src = self.master if self._out is None else self._out
+        return {k: m.detach().clone() for k, m in src.items()}
 
     @torch.no_grad()
     def load(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.params) - set(state)
         if missing:
             raise KeyError(f"state_dict lacks {sorted(missing)}")
+        self._out = None
         for k, m in self.master.items():
             m.copy_(state[k])
         self.sync()
+
+
+class Attachments:
+    """What an editor put into a model (hooks, swapped FFN modules, anything with an undo), so that
+    :meth:`undo` takes it all out again in reverse order: the module tree and every module's hook
+    dicts are then exactly as before (:meth:`bench.core.editor.Editor.detach`)."""
+
+    def __init__(self) -> None:
+        self._undo: list = []
+
+    def __len__(self) -> int:
+        return len(self._undo)
+
+    def forward_hook(self, module: nn.Module, fn, **kwargs):
+        h = module.register_forward_hook(fn, **kwargs)
+        self._undo.append(h.remove)
+        return h
+
+    def forward_pre_hook(self, module: nn.Module, fn, **kwargs):
+        h = module.register_forward_pre_hook(fn, **kwargs)
+        self._undo.append(h.remove)
+        return h
+
+    def swap(self, backbone, layer: int, role: str, new: nn.Module, expect: nn.Module) -> nn.Module:
+        """``backbone.swap_ffn`` of ``expect`` for ``new`` (PEFT's ``base_layer`` wrapping), swapped back on undo."""
+        backbone.swap_ffn(layer, role, new, expect=expect)
+        self._undo.append(lambda: backbone.swap_ffn(layer, role, expect, expect=new))
+        return new
+
+    def on_undo(self, fn) -> None:
+        self._undo.append(fn)
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
