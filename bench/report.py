@@ -42,7 +42,6 @@ from pathlib import Path
 import pandas as pd
 
 #: row order of tables: the baseline first, then the editors as editors.md lists them
-EDITOR_ORDER = ["none", "ft_l", "ft_l_easyedit", "grace", "melo", "wise", "elder", "ultraedit", "liveedit"]
 COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port",
            "rel_em": "Rel-EM"}
 #: columns every table has (a run without Port or without Rel-EM, recorded before it existed, shows '-')
@@ -183,9 +182,15 @@ def group_runs(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], li
     if len({r[0] for r in rows}) < len(rows):  # two settings that print alike (e.g. 1 and 1.0)
         keys.append("config")
         rows = [(r[0] + (hashlib.sha1(r[2].encode()).hexdigest()[:8],), r[1], r[2]) for r in rows]
-    rank = {e: i for i, e in enumerate(EDITOR_ORDER)}
-    rows.sort(key=lambda r: (rank.get(r[0][0], len(rank)), r[0][0], tuple(_sortable(v) for v in r[0][1:])))
+    rows.sort(key=lambda r: (display_order(r[0][0]), r[0][0], tuple(_sortable(v) for v in r[0][1:])))
     return keys, [(r[0], r[1]) for r in rows]
+
+
+def display_order(editor: str) -> float:
+    """Where an editor's rows go (its class's ``display_order``; an editor not registered here: last)."""
+    import editors
+
+    return editors.get(editor).display_order if editor in editors.names() else math.inf
 
 
 def note(runs: list[dict]) -> str:

@@ -43,78 +43,32 @@ from .protocol import _sync, peak_memory_mb
 
 log = logging.getLogger("bench.speed")
 
-EDITORS = ("ft_l", "grace", "melo", "wise", "elder", "ultraedit", "liveedit", "none")
-#: editors whose inference cost grows with stored edits (latency rows); WISE also as WISE-Retrieve
-LATENCY = ("grace", "melo", "wise", "wise_retrieve", "elder", "liveedit")
-FILL = {
-    "grace": "keys/values/eps/labels: the real entries repeated, keys + N(0, 0.01 std) noise",
-    "melo": "one cluster per edit: the real keys repeated + noise, real radii/labels/blocks; LoRA pool as edited",
-    "wise": "Merge: n_merges = N // merge_freq; merged memory and pending shards = the real side memory + noise",
-    "wise_retrieve": "Retrieve: N // merge_freq merged + (N % merge_freq) // save_freq shards, each the real side "
-                     "memory + noise, with the real threshold",
-    "elder": "codes of N random distinct top-k allocations (random presets), routers/LoRAs as edited",
-    "liveedit": "psi/phi/U/V: the real experts repeated + N(0, 0.01 std) noise",
-}
 
 
-# ----- synthetic memories ------------------------------------------------------------------------
-def _grow(t: torch.Tensor, n: int, g: torch.Generator, noise: float = 0.0) -> torch.Tensor:
-    """``t``'s rows repeated to ``n`` rows, plus Gaussian noise of ``noise`` x its std."""
-    idx = torch.arange(n) % max(1, t.shape[0])
-    out = t.cpu()[idx].clone()
-    if noise and out.is_floating_point() and out.numel():
-        std = float(t.float().std()) if t.numel() > 1 else 1.0
-        out = out + noise * (std or 1.0) * torch.randn(out.shape, generator=g).to(out.dtype)
-    return out
+def editor_names() -> list[str]:
+    """Every registered editor in display order (the default ``--editors``)."""
+    import editors
+
+    return sorted(editors.names(), key=lambda n: (editors.get(n).display_order, n))
+
+
+def latency_rows(name: str) -> dict[str, tuple[dict, str]]:
+    """The latency rows of editor ``name``: ``{row: (config overrides, fill)}`` (none when its
+    inference cost does not grow with stored edits)."""
+    import editors
+
+    cls = editors.get(name)
+    if cls.latency_fill is None:
+        return {}
+    return {name: ({}, cls.latency_fill), **cls.latency_variants}
 
 
 def synthetic_state(name: str, editor, real: dict[str, torch.Tensor], n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state_dict of ``editor`` holding ``n`` stored edits, grown from its ``real`` state
-    (at least one real edit); see :data:`FILL` for what each editor gets."""
-    g = torch.Generator().manual_seed(seed + n)
-    s = {k: v.clone() for k, v in real.items()}
-    if name == "grace":
-        for k in ("keys", "values", "eps", "labels"):
-            s[k] = _grow(real[k], n, g, 0.01 if k == "keys" else 0.0)
-    elif name == "liveedit":
-        for k in ("psi", "phi", "U", "V"):
-            s[k] = _grow(real[k], n, g, 0.01)
-        s["n_edits"] = torch.tensor([n], dtype=torch.long)
-    elif name == "melo":
-        cl = real["db.point_cluster"].cpu()
-        keys = _grow(real["db.point_keys"], n, g, 0.01)
-        pick = torch.arange(n) % max(1, cl.shape[0])
-        s.update({"db.centers": keys, "db.point_keys": keys.clone(), "db.radii": real["db.radii"].cpu()[cl[pick]],
-                  "db.labels": real["db.labels"].cpu()[cl[pick]], "db.point_cluster": torch.arange(n),
-                  "db.point_block": real["db.point_block"].cpu()[pick],
-                  "next_block": real["next_block"].clone(), "n_edits": torch.tensor(n, dtype=torch.long)})
-    elif name == "elder":
-        L, E, k = len(editor.layers), editor.num_experts, editor.top_k
-        presets = torch.stack([torch.rand(n, E, generator=g).argsort(-1)[:, :k].sort(-1).values for _ in range(L)], 1)
-        s.update({"presets": presets, "codes": editor.codes_of(presets.to(editor.device)).cpu(),
-                  "preset_keys": torch.randint(2**40, 2**50, (n,), generator=g),
-                  "n_edits": torch.tensor(n, dtype=torch.long)})
-    elif name in ("wise", "wise_retrieve"):
-        S, F = editor.save_freq, editor.merge_freq
-        cur, thr = real["cur"], float(real["min_act"][0])
-
-        def memory():
-            return cur + 1e-3 * torch.randn(cur.shape, generator=g).to(cur.dtype)
-
-        merged = n // F
-        if name == "wise_retrieve":
-            n_shards, s["merged"] = merged + (n % F) // S, cur.new_zeros((0, *cur.shape))
-        else:
-            n_shards = (n % F) // S
-            s["merged"] = memory() if merged else cur.new_zeros((0, *cur.shape))
-        s["shards"] = torch.stack([memory() for _ in range(n_shards)]) if n_shards else cur.new_zeros((0, *cur.shape))
-        s["shard_min_act"] = torch.full((n_shards,), thr)
-        s["cur"] = memory() if n % S else cur.clone()
-        s["min_act"] = torch.tensor([thr, thr if n % S else math.inf], dtype=torch.float64)
-        s["counters"] = torch.tensor([n, n % S, merged], dtype=torch.long)
-    else:
+    """A state_dict of ``editor`` holding ``n`` stored edits, grown from its ``real`` state (at least
+    one real edit): the editor's own :meth:`~bench.core.editor.Editor.synthetic_state`, seeded per ``n``."""
+    if editor.latency_fill is None:
         raise ValueError(f"no synthetic memory for editor {name!r}")
-    return s
+    return editor.synthetic_state(real, n, torch.Generator().manual_seed(seed + n))
 
 
 # ----- helpers ---------------------------------------------------------------------------------------
@@ -146,10 +100,11 @@ def compose(model: str, data: str, editor: str | None, overrides: list[str]):
     mine = [f"model={model}", f"data={data}"] + ([f"editor={editor}"] if editor else [])
     ed_over = []
     general = []
+    known = {r for n in editor_names() for r in (n, *latency_rows(n))}
     for o in overrides:
         head = o.split("=", 1)[0].lstrip("+~")
         first = head.split(".", 1)[0]
-        if first in EDITORS or first == "wise_retrieve":
+        if first in known:
             if editor and first == editor:
                 ed_over.append("editor." + o.split(".", 1)[1])
         else:
@@ -228,7 +183,8 @@ class SpeedRun:
             self.res["editors"][name] = row
             editor = None
             try:
-                if name in LATENCY:  # the unedited backbone just before (and again just after) this editor
+                rows = latency_rows(name)
+                if rows:  # the unedited backbone just before (and again just after) this editor
                     base = forward_seconds(bb, batch, a.repeats)
                 cfg = compose(a.model, a.data, name, self.overrides)
                 seed_everything(int(cfg.seed))
@@ -250,10 +206,11 @@ class SpeedRun:
                            memory_bytes=editor.memory_bytes(),
                            bytes_per_edit=round(editor.memory_bytes() / len(secs)), status="ok")
                 log.info("%s: %.2f s/edit over %d edits", name, row["s_per_edit"], len(secs))
-                if name in LATENCY:
-                    self._latency(name, editor, batch, len(secs))
-                if name == "wise" and "wise_retrieve" in LATENCY:
-                    self._wise_retrieve(editor, cfg, batch, len(secs))
+                for row_name, (over, fill) in rows.items():
+                    if row_name == name:
+                        self._latency(name, editor, batch, len(secs), fill)
+                    else:
+                        self._variant(row_name, over, fill, editor, cfg, batch, len(secs))
             except Exception as e:  # noqa: BLE001 - one editor's failure must not lose the others
                 row.update(status="failed", error=f"{type(e).__name__}: {e}")
                 self.res["errors"][name] = traceback.format_exc()
@@ -265,7 +222,7 @@ class SpeedRun:
                         _discard(editor)
                     except Exception as e:  # noqa: BLE001
                         log.error("%s: reset failed: %s", name, e)
-                for n in (name, "wise_retrieve" if name == "wise" else None):
+                for n in latency_rows(name):
                     if n in self.res["latency"]:
                         self._ratios(n, base, forward_seconds(bb, batch, a.repeats))
                 self.save()
@@ -294,26 +251,15 @@ class SpeedRun:
 
     @staticmethod
     def _build(name: str, cfg, bb, requests, row: dict):
-        """The editor; for LiveEdit on a randomly initialised backbone without a checkpoint, an
-        untrained generator of the configured architecture (timing and memory only)."""
+        """The editor as its class builds it for timing (:meth:`~bench.core.editor.Editor.build_for_timing`)."""
         import editors as editor_registry
 
-        if name == "liveedit" and not cfg.editor.get("checkpoint") and cfg.model.get("random_init"):
-            from editors.liveedit import ARCH_KEYS, LiveEdit, build_net, resolve_layer
-
-            arch = {k: cfg.editor.get(k) for k in ARCH_KEYS}
-            img = next((r for r in requests if r.image is not None), None)
-            if img is None:
-                raise ValueError("LiveEdit needs image edits")
-            arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or bb.prepare([img]).image_mask[0].sum())
-            meta = {**arch, "layer": resolve_layer(cfg.editor.layer, bb.num_layers), "backbone": bb.name,
-                    "hidden_size": bb.hidden_size}
-            torch.manual_seed(int(cfg.seed))
-            net = build_net(bb, arch).requires_grad_(False).eval()
-            row["note"] = "untrained random generator (model.random_init, no checkpoint): timing and memory only"
-            log.warning("liveedit: %s", row["note"])
-            return LiveEdit.with_net(bb, cfg.editor, net, meta)
-        return editor_registry.build(cfg.editor, bb)
+        editor, note = editor_registry.get(name).build_for_timing(
+            bb, cfg.editor, requests, int(cfg.seed), bool(cfg.model.get("random_init")))
+        if note:
+            row["note"] = note
+            log.warning("%s: %s", name, note)
+        return editor
 
     def _ratios(self, name: str, before: float, after: float) -> None:
         """Ratios to the unedited backbone timed just before and just after the editor (the faster)."""
@@ -326,11 +272,11 @@ class SpeedRun:
         log.info("%s: latency ratios to the unedited backbone (%.1f ms): %s", name, base * 1e3,
                  ", ".join(f"{k}: {c['ratio']:.2f}x" for k, c in lat.items() if isinstance(c, dict)))
 
-    def _latency(self, name: str, editor, batch, n_real: int) -> None:
+    def _latency(self, name: str, editor, batch, n_real: int, fill: str) -> None:
         real = editor.state_dict()
         rows = {}
         self.res["latency"][name] = rows
-        self.res["fill"][name] = FILL[name]
+        self.res["fill"][name] = fill
         for n in self.args.stored:
             if n == 0:
                 editor.reset()
@@ -362,24 +308,26 @@ class SpeedRun:
             b = (rows[str(hi)]["memory_bytes"] - rows[str(lo)]["memory_bytes"]) / (hi - lo)
             self.res["editors"].setdefault(name, {})["marginal_bytes_per_edit"] = round(b)
 
-    def _wise_retrieve(self, merge_editor, cfg, batch, n_real: int) -> None:
+    def _variant(self, name: str, overrides: dict, fill: str, editor, cfg, batch, n_real: int) -> None:
+        """Latency row ``name`` of ``editor``'s real edits under other settings (``overrides``; WISE:
+        ``wise_retrieve``): one editor attached at a time."""
         import editors as editor_registry
-
-        name = "wise_retrieve"
-        real = merge_editor.state_dict()
-        merge_editor.reset()  # one WISE hook at a time
         from omegaconf import open_dict
 
+        real = editor.state_dict()
+        editor.reset()
+        editor.detach()
         with open_dict(cfg):
-            cfg.editor.retrieve = True
-        ed = editor_registry.build(cfg.editor, merge_editor.backbone)
-        self.res["editors"][name] = {"status": "ok (latency only: memories from WISE-Merge's real edits)"}
+            for k, v in overrides.items():
+                cfg.editor[k] = v
+        ed = editor_registry.build(cfg.editor, editor.backbone)
+        self.res["editors"][name] = {"status": f"ok (latency only: memories from {editor.name}'s real edits)"}
         try:
             ed.load_state_dict(real)
-            self._latency(name, ed, batch, n_real)
+            self._latency(name, ed, batch, n_real, fill)
         finally:
             _discard(ed)
-            merge_editor.load_state_dict(real)
+            editor.load_state_dict(real)
 
 
 # ----- report -----------------------------------------------------------------------------------------
@@ -438,7 +386,7 @@ def parse(argv: list[str]):
     p.add_argument("--model", default="smol_llava", help="conf/model/<name>.yaml (default smol_llava)")
     p.add_argument("--data", default="toy_evqa", help="conf/data/<name>.yaml (default toy_evqa)")
     p.add_argument("--edits", type=int, default=20, help="edit stream length (default 20)")
-    p.add_argument("--editors", default=",".join(EDITORS), help=f"comma list (default {','.join(EDITORS)})")
+    p.add_argument("--editors", default=",".join(editor_names()), help=f"comma list (default {','.join(editor_names())})")
     p.add_argument("--stored", default="0,100,1000,10000", help="stored-edit counts for the latency table")
     p.add_argument("--score-probes", type=int, default=None,
                    help="score only the stream's first N probes in the scoring stage (default all; 0 skips it)")
@@ -458,9 +406,9 @@ def parse(argv: list[str]):
         else:
             overrides.append(o)
     args.editors = [e.strip() for e in args.editors.split(",") if e.strip()]
-    unknown = sorted(set(args.editors) - set(EDITORS))
+    unknown = sorted(set(args.editors) - set(editor_names()))
     if unknown:
-        p.error(f"--editors: unknown {unknown}; valid: {', '.join(EDITORS)}")
+        p.error(f"--editors: unknown {unknown}; valid: {', '.join(editor_names())}")
     args.stored = sorted({int(x) for x in args.stored.split(",") if x.strip()})
     if args.edits < 1 or any(n < 0 for n in args.stored) or (args.score_probes or 0) < 0:
         p.error("--edits must be >= 1, --stored counts and --score-probes >= 0")

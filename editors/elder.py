@@ -133,6 +133,8 @@ class MixLoRALinear(LinearWrapper):
 @register("elder")
 class ELDER(Editor):
     can_batch_edit = True  # a batch of requests is trained jointly (reference: batch of edits per step)
+    display_order = 50
+    latency_fill = "codes of N random distinct top-k allocations (random presets), routers/LoRAs as edited"
     layer_keys = ("first_layer",)
 
     @classmethod
@@ -364,6 +366,15 @@ class ELDER(Editor):
         }
 
     # ----- state ------------------------------------------------------------------------------------
+    def synthetic_state(self, real, n, g):
+        s = {k: v.clone() for k, v in real.items()}
+        L, E, k = len(self.layers), self.num_experts, self.top_k
+        presets = torch.stack([torch.rand(n, E, generator=g).argsort(-1)[:, :k].sort(-1).values for _ in range(L)], 1)
+        s.update({"presets": presets, "codes": self.codes_of(presets.to(self.device)).cpu(),
+                  "preset_keys": torch.randint(2**40, 2**50, (n,), generator=g),
+                  "n_edits": torch.tensor(n, dtype=torch.long)})
+        return s
+
     def reset(self) -> None:
         self.detach()
         self._clear()

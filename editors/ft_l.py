@@ -34,6 +34,7 @@ OBJECTIVES = ("target", "prompt_last")
 @register("ft_l")
 class FTL(Editor):
     can_batch_edit = True  # one joint fine-tuning run over the batch
+    display_order = 10
     layer_keys = ("layer",)
 
     def __init__(self, backbone, cfg) -> None:

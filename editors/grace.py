@@ -70,7 +70,7 @@ import logging
 
 import torch
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, grow_rows
 from bench.core.inject import STATE_DTYPE, as_sequence, module_device
 from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -95,6 +95,8 @@ class _Captured(Exception):
 @register("grace")
 class GRACE(Editor):
     can_batch_edit = False  # the reference edits one request at a time; edit_batch loops
+    display_order = 20
+    latency_fill = "keys/values/eps/labels: the real entries repeated, keys + N(0, 0.01 std) noise"
     layer_keys = ("layer",)
 
     def __init__(self, backbone, cfg) -> None:
@@ -293,6 +295,12 @@ class GRACE(Editor):
         return {"loss": res.get(), "steps": res.steps, "keys": self.n_keys, "action": action}
 
     # ----- state -----------------------------------------------------------------------------
+    def synthetic_state(self, real, n, g):
+        s = {k: v.clone() for k, v in real.items()}
+        for k in ("keys", "values", "eps", "labels"):
+            s[k] = grow_rows(real[k], n, g, 0.01 if k == "keys" else 0.0)
+        return s
+
     def reset(self) -> None:
         self._empty()
         self._train = None

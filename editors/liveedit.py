@@ -64,7 +64,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, grow_rows
 from bench.core.inject import STATE_DTYPE, module_device
 from bench.core.types import Batch, Probe
 
@@ -96,6 +96,8 @@ log = logging.getLogger(__name__)
 class LiveEdit(Editor):
     can_batch_edit = True  # a batch of requests is one forward; each request still adds its own expert
     needs_training = False  # trained beforehand by `python -m bench.train`; edits need a checkpoint
+    display_order = 70
+    latency_fill = "psi/phi/U/V: the real experts repeated + N(0, 0.01 std) noise"
 
     @classmethod
     def preflight(cls, cfg, arch) -> None:
@@ -199,6 +201,31 @@ class LiveEdit(Editor):
         self.psi, self.phi = state["psi"].to(**z).clone(), state["phi"].to(**z).clone()
         self.U, self.V = state["U"].to(**z).clone(), state["V"].to(**z).clone()
         self.n_edits = int(state["n_edits"][0]) if "n_edits" in state else self.n_experts
+
+    def synthetic_state(self, real, n, g):
+        s = {k: v.clone() for k, v in real.items()}
+        for k in ("psi", "phi", "U", "V"):
+            s[k] = grow_rows(real[k], n, g, 0.01)
+        s["n_edits"] = torch.tensor([n], dtype=torch.long)
+        return s
+
+    @classmethod
+    def build_for_timing(cls, backbone, cfg, requests, seed, random_init=False):
+        """Without a checkpoint on a random-init backbone (``model.random_init``): an untrained generator
+        of the configured architecture (timing and memory only)."""
+        if cfg.get("checkpoint") or not random_init:
+            return cls(backbone, cfg), None
+        arch = {k: cfg.get(k) for k in ARCH_KEYS}
+        img = next((r for r in requests if r.image is not None), None)
+        if img is None:
+            raise ValueError("LiveEdit needs image edits")
+        arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or backbone.prepare([img]).image_mask[0].sum())
+        meta = {**arch, "layer": resolve_layer(cfg.layer, backbone.num_layers), "backbone": backbone.name,
+                "hidden_size": backbone.hidden_size}
+        torch.manual_seed(int(seed))
+        net = build_net(backbone, arch).requires_grad_(False).eval()
+        return cls.with_net(backbone, cfg, net, meta), ("untrained random generator (model.random_init, no "
+                                                        "checkpoint): timing and memory only")
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.psi, self.phi, self.U, self.V))

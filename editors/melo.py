@@ -79,7 +79,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, grow_rows
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import Steps, loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -274,6 +274,8 @@ def _decode_probes(t: torch.Tensor) -> list[Probe]:
 @register("melo")
 class MELO(Editor):
     can_batch_edit = True  # edits fill blocks num_edit_per_block at a time (reference: one block per batch of 4)
+    display_order = 30
+    latency_fill = "one cluster per edit: the real keys repeated + noise, real radii/labels/blocks; LoRA pool as edited"
     layer_keys = ("key_layer", "lora_layers")
 
     def __init__(self, backbone, cfg) -> None:
@@ -466,6 +468,17 @@ class MELO(Editor):
         }
 
     # ----- state ----------------------------------------------------------------------------------
+    def synthetic_state(self, real, n, g):
+        s = {k: v.clone() for k, v in real.items()}
+        cl = real["db.point_cluster"].cpu()
+        keys = grow_rows(real["db.point_keys"], n, g, 0.01)
+        pick = torch.arange(n) % max(1, cl.shape[0])
+        s.update({"db.centers": keys, "db.point_keys": keys.clone(), "db.radii": real["db.radii"].cpu()[cl[pick]],
+                  "db.labels": real["db.labels"].cpu()[cl[pick]], "db.point_cluster": torch.arange(n),
+                  "db.point_block": real["db.point_block"].cpu()[pick],
+                  "next_block": real["next_block"].clone(), "n_edits": torch.tensor(n, dtype=torch.long)})
+        return s
+
     def reset(self) -> None:
         self.detach()
         self.db.clear()

@@ -13,6 +13,7 @@ from .registry import register
 @register("none")
 class NoEdit(Editor):
     can_batch_edit = True
+    display_order = 0
 
     def edit(self, request: Probe) -> dict:
         self.n_edits += 1

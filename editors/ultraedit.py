@@ -137,6 +137,7 @@ def sub_batch(batch: Batch, rows: Sequence[int]) -> Batch:
 @register("ultraedit")
 class UltraEdit(Editor):
     can_batch_edit = True  # one closed-form shift per batch of edits (the reference edits 100 at once)
+    display_order = 60
     finite_stats = ("loss", "shift_norm")  # the run stops when either is NaN/inf
     layer_keys = ("modules.first", "modules.last")
 

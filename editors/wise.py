@@ -142,6 +142,10 @@ def _pos_mean(t: torch.Tensor) -> torch.Tensor:
 @register("wise")
 class WISE(Editor):
     can_batch_edit = False  # one edit at a time, like the reference (shard counters count edits)
+    display_order = 40
+    latency_fill = "Merge: n_merges = N // merge_freq; merged memory and pending shards = the real side memory + noise"
+    latency_variants = {"wise_retrieve": ({"retrieve": True}, "Retrieve: N // merge_freq merged + (N % merge_freq) // "
+                                          "save_freq shards, each the real side memory + noise, with the real threshold")}
     layer_keys = ("layer",)
     # fit() only reads out-of-scope samples from the train split (no learning); the paper's
     # margin loss needs irrelevant inputs, and the eval records' own probes must never be used.
@@ -204,6 +208,27 @@ class WISE(Editor):
 
     def on_attach(self, at) -> None:
         at.forward_hook(self.module, self._forward_hook)
+
+    def synthetic_state(self, real, n, g):
+        s = {k: v.clone() for k, v in real.items()}
+        S, F = self.save_freq, self.merge_freq
+        cur, thr = real["cur"], float(real["min_act"][0])
+
+        def memory():
+            return cur + 1e-3 * torch.randn(cur.shape, generator=g).to(cur.dtype)
+
+        merged = n // F
+        if self.cfg.retrieve:
+            n_shards, s["merged"] = merged + (n % F) // S, cur.new_zeros((0, *cur.shape))
+        else:
+            n_shards = (n % F) // S
+            s["merged"] = memory() if merged else cur.new_zeros((0, *cur.shape))
+        s["shards"] = torch.stack([memory() for _ in range(n_shards)]) if n_shards else cur.new_zeros((0, *cur.shape))
+        s["shard_min_act"] = torch.full((n_shards,), thr)
+        s["cur"] = memory() if n % S else cur.clone()
+        s["min_act"] = torch.tensor([thr, thr if n % S else math.inf], dtype=torch.float64)
+        s["counters"] = torch.tensor([n, n % S, merged], dtype=torch.long)
+        return s
 
     def reset(self) -> None:
         self.detach()

@@ -96,3 +96,93 @@ def test_save_editor_round_trip(tmp_path):
     editor.reset()
     before = backbone.score(probes)
     assert any(abs(b.logprob - a.logprob) > 1e-3 for b, a in zip(before, after, strict=True))
+
+
+MY_EDITOR = '''"""An editor from another package: a memory of random residual shifts (it only has to edit and be timed)."""
+import torch
+
+from bench.core.editor import Editor, grow_rows
+from editors.registry import register
+
+
+@register("my_memory")
+class MyMemory(Editor):
+    display_order = 5
+    latency_fill = "the real rows repeated + noise"
+
+    def __init__(self, backbone, cfg):
+        super().__init__(backbone, cfg)
+        self.module = backbone.layer(int(cfg.layer))
+        self.rows = torch.zeros(0, backbone.hidden_size)
+        self.gen = torch.Generator().manual_seed(0)
+        self.attach()
+
+    def on_attach(self, at):
+        at.forward_hook(self.module, self._hook)
+
+    def _hook(self, module, inputs, out):
+        if not len(self.rows):
+            return None
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + float(self.cfg.scale) * self.rows.mean(0).to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def edit(self, request):
+        self.attach()
+        self.rows = torch.cat([self.rows, torch.randn(1, self.backbone.hidden_size, generator=self.gen)])
+        self.n_edits += 1
+        return {"loss": 0.0}
+
+    def reset(self):
+        self.rows, self.n_edits = self.rows[:0], 0
+
+    def state_dict(self):
+        return {"rows": self.rows.clone()}
+
+    def load_state_dict(self, state):
+        self.rows = state["rows"].clone()
+
+    def synthetic_state(self, real, n, g):
+        return {"rows": grow_rows(real["rows"], n, g, 0.01)}
+'''
+
+
+def test_editor_from_another_package_is_run_timed_and_ordered_without_touching_the_project(tmp_path):
+    """A new editor is a module in any package plus its YAML: registered through the ``bench.editors``
+    entry point, it runs under ``python -m bench``, gets ``bench.speed`` rows (its own latency fill) and
+    its place in report tables, with no file of the project edited."""
+    site = tmp_path / "site"
+    (site / "my_pkg").mkdir(parents=True)
+    (site / "my_pkg" / "__init__.py").write_text("")
+    (site / "my_pkg" / "my_memory.py").write_text(MY_EDITOR)
+    dist = site / "my_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench.editors]\nmy_memory = my_pkg.my_memory\n")
+    conf = tmp_path / "my_conf" / "editor"
+    conf.mkdir(parents=True)
+    (conf / "my_memory.yaml").write_text("name: my_memory\nlayer: 2\nscale: 0.5\n")
+    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
+    search = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
+    code = ("import json, sys\n"
+            "from bench.report import display_order\n"
+            "from bench.speed import editor_names, latency_rows, main\n"
+            "print(json.dumps({'names': editor_names(), 'rows': list(latency_rows('my_memory')),"
+            " 'order': display_order('my_memory')}))\n"
+            f"main(['--model', 'tiny', '--editors', 'none,my_memory', '--edits', '2', '--stored', '0,5', '--batch', '2',"
+            f" '--repeats', '1', '--out', 'speed', 'data.root=data', 'data.toy.n_eval=40', 'data.toy.n_train=20',"
+            f" {search!r}])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.splitlines()[0])
+    assert info["names"][:2] == ["none", "my_memory"] and info["rows"] == ["my_memory"] and info["order"] == 5
+    speed = json.loads((tmp_path / "speed" / "speed.json").read_text())
+    assert speed["editors"]["my_memory"]["status"] == "ok", speed["errors"]
+    assert speed["latency"]["my_memory"]["5"]["fill"] == "synthetic"
+    assert speed["fill"]["my_memory"] == "the real rows repeated + noise"
+    # and a run of the CLI
+    r = subprocess.run([sys.executable, "-m", "bench", "+editor=my_memory", "+model=tiny", "edits=2", "out_dir=run",
+                        "protocol.progress=false", "data.root=data", "data.toy.n_eval=40", "data.toy.n_train=20",
+                        search], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"

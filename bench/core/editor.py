@@ -47,6 +47,29 @@ class Editor(abc.ABC):
     #: ``a.b`` reads ``b`` of every mapping in the list ``a``), checked by :meth:`preflight`
     layer_keys: ClassVar[tuple[str, ...]] = ()
 
+    # ----- what the harness asks an editor about itself (it holds no editor names) ---------------
+    #: position in tables, plots and the default editor list of ``bench.speed`` (ascending, ties by name)
+    display_order: ClassVar[int] = 100
+    #: what :meth:`synthetic_state` fills a memory of N stored edits with (``bench.speed``'s latency rows,
+    #: for editors whose inference cost grows with stored edits); None: no latency row
+    latency_fill: ClassVar[str | None] = None
+    #: further latency rows of the same edits under other settings: ``{row name: (config overrides, fill)}``
+    #: (WISE: ``wise_retrieve``); the variant loads this editor's real state
+    latency_variants: ClassVar[dict[str, tuple[dict, str]]] = {}
+
+    def synthetic_state(self, real: dict[str, torch.Tensor], n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """A ``state_dict`` holding ``n`` stored edits grown from ``real`` (the state after at least one
+        real edit), for latency at memory sizes a run has not reached (:attr:`latency_fill`)."""
+        raise NotImplementedError(f"{self.name} has no synthetic memory (latency_fill is None)")
+
+    @classmethod
+    def build_for_timing(cls, backbone: Backbone, cfg, requests: Sequence[Probe], seed: int,
+                         random_init: bool = False) -> tuple[Editor, str | None]:
+        """The editor ``bench.speed`` times, and a note for its row: by default ``cls(backbone, cfg)``
+        (LiveEdit without a checkpoint on a random-init backbone, ``random_init``, builds an untrained
+        generator)."""
+        return cls(backbone, cfg), None
+
     @classmethod
     def preflight(cls, cfg, arch: Arch | None) -> None:
         """Check what can be checked before the backbone loads (``arch``: its shape from the config
@@ -131,6 +154,17 @@ class Editor(abc.ABC):
     def memory_bytes(self) -> int:
         """Bytes the editor's stored state occupies (for memory-per-edit reports)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+def grow_rows(t: torch.Tensor, n: int, g: torch.Generator, noise: float = 0.0) -> torch.Tensor:
+    """``t``'s rows repeated to ``n`` rows (on the CPU), plus Gaussian noise of ``noise`` x its std
+    (for :meth:`Editor.synthetic_state`)."""
+    idx = torch.arange(n) % max(1, t.shape[0])
+    out = t.cpu()[idx].clone()
+    if noise and out.is_floating_point() and out.numel():
+        std = float(t.float().std()) if t.numel() > 1 else 1.0
+        out = out + noise * (std or 1.0) * torch.randn(out.shape, generator=g).to(out.dtype)
+    return out
 
 
 def _config_values(cfg, key: str) -> list[tuple[str, object]]:
