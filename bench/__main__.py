@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, available, normalize_overrides
+from .config import CONF_DIR, available, normalize_overrides, precheck
 from .core.errors import report_user_errors
 from .run import run
 
@@ -38,15 +38,24 @@ def listing() -> str:
     for e in available("editor"):
         c = OmegaConf.load(CONF_DIR / "editor" / f"{e}.yaml")
         cls = editors.get(str(c.name))
-        trains = "train split before editing" if cls.needs_training else (
-            "separate stage: python -m bench.train" if hasattr(cls, "train_offline") else "no")
+        trains = (
+            "train split before editing"
+            if cls.needs_training
+            else ("separate stage: python -m bench.train" if hasattr(cls, "train_offline") else "no")
+        )
         ckpt = "checkpoint" in c
-        shipped = [m for m in pairs.get(e, []) if "checkpoint" in OmegaConf.load(CONF_DIR / "editor_model" / e / f"{m}.yaml")]
-        need = ("yes (editor.checkpoint" + (f"; shipped for {', '.join(shipped)})" if shipped else ")")) if ckpt else "no"
-        lines.append(f"  {e:<14} {cls.__name__:<16} trains: {trains}; needs a checkpoint: {need}; "
-                     f"batch-edits: {_yes(cls.can_batch_edit)}"
-                     + (f" ({c.edit_batch_size} per turn by default)" if c.get("edit_batch_size") else "")
-                     + f"; per-backbone values: {', '.join(pairs.get(e, [])) or '-'}")
+        shipped = [
+            m for m in pairs.get(e, []) if "checkpoint" in OmegaConf.load(CONF_DIR / "editor_model" / e / f"{m}.yaml")
+        ]
+        need = (
+            ("yes (editor.checkpoint" + (f"; shipped for {', '.join(shipped)})" if shipped else ")")) if ckpt else "no"
+        )
+        lines.append(
+            f"  {e:<14} {cls.__name__:<16} trains: {trains}; needs a checkpoint: {need}; "
+            f"batch-edits: {_yes(cls.can_batch_edit)}"
+            + (f" ({c.edit_batch_size} per turn by default)" if c.get("edit_batch_size") else "")
+            + f"; per-backbone values: {', '.join(pairs.get(e, [])) or '-'}"
+        )
     lines.append("models (model=<name>):")
     for m in available("model"):
         c = OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml")
@@ -68,6 +77,7 @@ def main() -> None:
     if argv[:1] == ["list"]:
         print(listing())
         return
+    precheck(argv)
     sys.argv = [sys.argv[0], *normalize_overrides(argv)]
     _hydra_main()
 

@@ -31,19 +31,26 @@ def seed_sweep_warning(overrides: list[str], shuffle_default) -> str | None:
     if seed is None or not seed.is_sweep_override():
         return None
     sh = parsed.get("shuffle")
-    shuffles = [_bool(v) for v in sh.sweep_string_iterator()] if sh is not None and sh.is_sweep_override() else \
-        [_bool(sh.value()) if sh is not None else _bool(shuffle_default)]
+    shuffles = (
+        [_bool(v) for v in sh.sweep_string_iterator()]
+        if sh is not None and sh.is_sweep_override()
+        else [_bool(sh.value()) if sh is not None else _bool(shuffle_default)]
+    )
     if all(shuffles):
         return None
-    return ("SEED SWEEP WITH shuffle=false: every seed edits the SAME stream (the first `edits` records in file "
-            "order); only the editor's own randomness differs between seeds. Add shuffle=true to draw a different "
-            "stream per seed (the report flags these rows: 'seeds share one stream').")
+    return (
+        "SEED SWEEP WITH shuffle=false: every seed edits the SAME stream (the first `edits` records in file "
+        "order); only the editor's own randomness differs between seeds. Add shuffle=true to draw a different "
+        "stream per seed (the report flags these rows: 'seeds share one stream')."
+    )
 
 
 class SweepTable(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            msg = seed_sweep_warning(list(config.hydra.overrides.task), OmegaConf.select(config, "shuffle", default=False))
+            msg = seed_sweep_warning(
+                list(config.hydra.overrides.task), OmegaConf.select(config, "shuffle", default=False)
+            )
         except Exception as e:  # noqa: BLE001 - a warning must never stop a sweep
             log.debug("seed sweep check skipped: %s", e)
             return

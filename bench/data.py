@@ -45,8 +45,10 @@ def image_root(cfg, generate: bool = True) -> Path:
             log.info("embedded dataset %s (seed %s) under %s", toy.kind, toy.seed, root)
             ensure_toy(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval))
         elif not is_toy_current(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval)):
-            raise UserError(f"data.root: no generated {toy.kind} set at {root}, and the check generates toy sets only "
-                            f"under {toy_cache()}; a run generates one into an empty or new folder")
+            raise UserError(
+                f"data.root: no generated {toy.kind} set at {root}, and the check generates toy sets only "
+                f"under {toy_cache()}; a run generates one into an empty or new folder"
+            )
     return root
 
 
@@ -59,8 +61,9 @@ def build_data(cfg, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, Re
     for s in splits:
         if s not in files:
             raise ValueError(f"data: unknown split {s!r}; valid: {sorted(files)}")
-        out[s] = RecordSet(resolve(files[s]), root, prompts,
-                           allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)))
+        out[s] = RecordSet(
+            resolve(files[s]), root, prompts, allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False))
+        )
     return out
 
 
@@ -110,7 +113,14 @@ def check_prompt_lengths(rs: RecordSet, backbone, first: int = 5) -> None:
     if not limit:
         return
     n_img = int(getattr(backbone, "num_image_tokens", 0) or 0)
-    field_of = {"rel": "src", "t_gen": "rephrase", "m_gen": "src", "t_loc": "loc", "m_loc": "m_loc_q", "port": "port_new"}
+    field_of = {
+        "rel": "src",
+        "t_gen": "rephrase",
+        "m_gen": "src",
+        "t_loc": "loc",
+        "m_loc": "m_loc_q",
+        "port": "port_new",
+    }
     over = []
     for i in range(len(rs)):
         for p in rs.probes(i):
@@ -120,8 +130,10 @@ def check_prompt_lengths(rs: RecordSet, backbone, first: int = 5) -> None:
                 over.append(f"record {p.record} field '{field_of.get(p.kind, p.kind)}' ({p.kind} probe): ~{n} tokens")
     if over:
         more = f"\n  ... and {len(over) - first} more" if len(over) > first else ""
-        raise UserError(f"{rs.file}: {len(over)} probes longer than the context of {getattr(backbone, 'name', 'the backbone')} "
-                        f"({limit} tokens):\n  " + "\n  ".join(over[:first]) + more)
+        raise UserError(
+            f"{rs.file}: {len(over)} probes longer than the context of {getattr(backbone, 'name', 'the backbone')} "
+            f"({limit} tokens):\n  " + "\n  ".join(over[:first]) + more
+        )
 
 
 class MissingImagesError(FileNotFoundError):
@@ -135,8 +147,10 @@ def missing_report(rs: RecordSet, missing: list[tuple[int, str, str]], first: in
     """Count of missing image references and files, then the first few (record, field, path)."""
     n_files = len({p for _, _, p in missing})
     n_recs = len({i for i, _, _ in missing})
-    lines = [f"{len(missing)} missing or unusable image references ({n_files} files, {n_recs} of {len(rs)} records) "
-             f"under image root {rs.image_root} for {rs.file}"]
+    lines = [
+        f"{len(missing)} missing or unusable image references ({n_files} files, {n_recs} of {len(rs)} records) "
+        f"under image root {rs.image_root} for {rs.file}"
+    ]
     lines += [f"  record {i} field '{f}': {p}" for i, f, p in missing[:first]]
     if len(missing) > first:
         lines.append(f"  ... and {len(missing) - first} more")
@@ -204,8 +218,12 @@ def check(cfg, splits: tuple[str, ...] = ("train", "eval")) -> list[SplitCheck]:
         res = SplitCheck(s, resolve(cfg[f"{s}_file"]))
         res.records, res.errors = _validate_all(res.file)
         if not res.errors:
-            rs = RecordSet(res.file, root, Prompts.from_cfg(cfg.get("prompts")),
-                           allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)))
+            rs = RecordSet(
+                res.file,
+                root,
+                Prompts.from_cfg(cfg.get("prompts")),
+                allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)),
+            )
             res.image_root = rs.image_root
             res.missing = rs.bad_images()
             res.duplicates = rs.duplicates()
@@ -239,13 +257,19 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
         else:
             lines.append(f"  missing images: none (image root {r.image_root}; every image opened and decoded)")
         if r.duplicates:
-            lines.append(f"  duplicate edits (same src, alt, image): {len(r.duplicates)} "
-                         "(kept with a warning; data.duplicates=drop|error)")
+            lines.append(
+                f"  duplicate edits (same src, alt, image): {len(r.duplicates)} "
+                "(kept with a warning; data.duplicates=drop|error)"
+            )
             lines += [f"    record {i} = record {j}" for i, j in r.duplicates[:first]]
         lines += [f"  warning: {w}" for w in r.warnings]
     ok = all(r.ok for r in results)
-    lines.append("status: OK" if ok else "status: NOT READY (a run stops before its first edit; "
-                 "data.skip_missing=true drops records with missing images)")
+    lines.append(
+        "status: OK"
+        if ok
+        else "status: NOT READY (a run stops before its first edit; "
+        "data.skip_missing=true drops records with missing images)"
+    )
     return "\n".join(lines)
 
 
@@ -257,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "compare":
         return compare_main(args[1:])
     if not args or args[0] != "check":
-        print("usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...] "
-              "[--config-dir <folder with data/<name>.yaml>]\n"
-              "       python -m bench.data compare <data name> <data name> ... [data.ann_root=...]")
+        print(
+            "usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...] "
+            "[--config-dir <folder with data/<name>.yaml>]\n"
+            "       python -m bench.data compare <data name> <data name> ... [data.ann_root=...]"
+        )
         return 2
     rest = args[1:]
     if "--config-dir" in rest:  # a folder with the user's own data/<name>.yaml, as for python -m bench
@@ -267,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if i + 1 >= len(rest):
             print("--config-dir needs a folder")
             return 2
-        rest = [*rest[:i], *rest[i + 2:], f"hydra.searchpath=[file://{resolve(rest[i + 1])}]"]
+        rest = [*rest[:i], *rest[i + 2 :], f"hydra.searchpath=[file://{resolve(rest[i + 1])}]"]
     cfg = compose(*rest)
     results = report_user_errors(lambda: check(cfg.data))
     print(format_check(str(cfg.data.name), results))
@@ -294,8 +320,10 @@ def compare_main(args: list[str]) -> int:
             cfg = compose(f"data={n}", *overrides)
             for key in ("eval_file", "train_file"):
                 if cfg.data.get("toy") is None and not resolve(cfg.data[key]).is_file():
-                    raise UserError(f"data.{key}: {resolve(cfg.data[key])} does not exist "
-                                    f"(set data.ann_root=/folder/with/mmedit_and_vlkeb for {n})")
+                    raise UserError(
+                        f"data.{key}: {resolve(cfg.data[key])} does not exist "
+                        f"(set data.ann_root=/folder/with/mmedit_and_vlkeb for {n})"
+                    )
             if cfg.data.get("toy") is not None:
                 image_root(cfg.data)  # generates the toy set
             rows.append(dataset_stats(cfg.data, tok))

@@ -36,10 +36,27 @@ from pathlib import Path
 import numpy as np
 
 STATS = [
-    "records", "mloc_q_in_src", "mloc_a_in_alt", "distinct_src_per_1k", "distinct_alt_per_1k",
-    "alt_tokens_mean", "alt_tokens_1", "alt_tokens_2", "alt_tokens_3", "alt_tokens_4+", "alt_yes_no",
-    "alt_numeric", "rephrase_overlap", "src_in_train", "loc_in_train", "loc_distinct", "loc_ans_tokens_mean",
-    "shared_image_per_100", "shared_image_first_100", "port_questions", "port_answers",
+    "records",
+    "mloc_q_in_src",
+    "mloc_a_in_alt",
+    "distinct_src_per_1k",
+    "distinct_alt_per_1k",
+    "alt_tokens_mean",
+    "alt_tokens_1",
+    "alt_tokens_2",
+    "alt_tokens_3",
+    "alt_tokens_4+",
+    "alt_yes_no",
+    "alt_numeric",
+    "rephrase_overlap",
+    "src_in_train",
+    "loc_in_train",
+    "loc_distinct",
+    "loc_ans_tokens_mean",
+    "shared_image_per_100",
+    "shared_image_first_100",
+    "port_questions",
+    "port_answers",
 ]
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -77,15 +94,17 @@ def stats(eval_recs: list[dict], train_recs: list[dict] | None, tokenizer=None) 
     out["distinct_src_per_1k"] = float(len({r["src"] for r in first}) * 1000 / len(first))
     out["distinct_alt_per_1k"] = float(len({str(r["alt"]).strip() for r in first}) * 1000 / len(first))
     if tokenizer is not None:
-        lens = np.array([len(tokenizer(" " + str(r["alt"]).strip(), add_special_tokens=False)["input_ids"])
-                         for r in eval_recs])
+        lens = np.array(
+            [len(tokenizer(" " + str(r["alt"]).strip(), add_special_tokens=False)["input_ids"]) for r in eval_recs]
+        )
         out["alt_tokens_mean"] = float(lens.mean())
         for k in (1, 2, 3):
             out[f"alt_tokens_{k}"] = float(np.mean(lens == k))
         out["alt_tokens_4+"] = float(np.mean(lens >= 4))
         locs = [str(r["loc_ans"]).strip() for r in eval_recs]
-        out["loc_ans_tokens_mean"] = float(np.mean([len(tokenizer(" " + a, add_special_tokens=False)["input_ids"])
-                                                    for a in locs]))
+        out["loc_ans_tokens_mean"] = float(
+            np.mean([len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in locs])
+        )
     low = [str(r["alt"]).strip().lower() for r in eval_recs]
     out["alt_yes_no"] = float(np.mean([a in ("yes", "no") for a in low]))
     out["alt_numeric"] = float(np.mean([a.isdigit() for a in low]))
@@ -99,8 +118,11 @@ def stats(eval_recs: list[dict], train_recs: list[dict] | None, tokenizer=None) 
     images = [r["image"] for r in eval_recs]
     if n >= 100:
         out["shared_image_first_100"] = float(_shared(images[:100]))
-        out["shared_image_per_100"] = float(np.mean([
-            _shared([images[int(i)] for i in np.random.default_rng(s).permutation(n)[:100]]) for s in (0, 1, 2)]))
+        out["shared_image_per_100"] = float(
+            np.mean(
+                [_shared([images[int(i)] for i in np.random.default_rng(s).permutation(n)[:100]]) for s in (0, 1, 2)]
+            )
+        )
     ports = [p for r in eval_recs for p in (r.get("port_new") or [])]
     out["port_questions"] = float(len({p["port_q"] for p in ports}))
     out["port_answers"] = float(len({p["port_a"] for p in ports}))

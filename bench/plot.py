@@ -60,8 +60,14 @@ def collect(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], list[
                     curves.setdefault(k, {}).setdefault(t, []).append(100.0 * v)
         final = {k: [100.0 * s["metrics"][k] for s in runs if k in s["metrics"]] for k in COLUMNS}
         flag = note(runs)
-        rows.append({"label": row_label(keys, values) + (f" [{flag}]" if flag else ""), "runs": len(runs), "curves": curves,
-                     "final": {k: v for k, v in final.items() if v}})
+        rows.append(
+            {
+                "label": row_label(keys, values) + (f" [{flag}]" if flag else ""),
+                "runs": len(runs),
+                "curves": curves,
+                "final": {k: v for k, v in final.items() if v},
+            }
+        )
     return keys, rows
 
 
@@ -104,8 +110,14 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
             c = colors[i % len(colors)]
             ax.plot(xs, mean, marker="o", ms=3.5, color=c, label=f"{r['label']} (n={r['runs']})")
             if r["runs"] > 1:
-                ax.fill_between(xs, [max(0.0, m - w) for m, w in stats], [min(100.0, m + w) for m, w in stats],
-                                color=c, alpha=0.2, lw=0)  # a metric lives in [0, 100]
+                ax.fill_between(
+                    xs,
+                    [max(0.0, m - w) for m, w in stats],
+                    [min(100.0, m + w) for m, w in stats],
+                    color=c,
+                    alpha=0.2,
+                    lw=0,
+                )  # a metric lives in [0, 100]
         ax.set_title(COLUMNS[k])
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
@@ -117,7 +129,7 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
         ax.set_xlabel("edits")
     for ax in axes[:, 0]:
         ax.set_ylabel("%")
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
@@ -138,8 +150,14 @@ def plot_final(rows: list[dict], out: Path, subtitle: str, band: str = "std") ->
     for i, r in enumerate(rows):
         stats = [_band(r["final"][k], band) if k in r["final"] else (math.nan, 0.0) for k in metrics]
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(xs, [m for m, _ in stats], width, yerr=[w for _, w in stats] if r["runs"] > 1 else None,
-               capsize=3, label=f"{r['label']} (n={r['runs']})")
+        ax.bar(
+            xs,
+            [m for m, _ in stats],
+            width,
+            yerr=[w for _, w in stats] if r["runs"] > 1 else None,
+            capsize=3,
+            label=f"{r['label']} (n={r['runs']})",
+        )
     ax.set_xticks(range(len(metrics)), [COLUMNS[k] for k in metrics])
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)

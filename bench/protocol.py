@@ -115,8 +115,15 @@ def peak_memory_mb(dev: torch.device) -> float:
 class Lifelong:
     """Runs one edit stream and scores it; results go to a :class:`RunWriter`."""
 
-    def __init__(self, backbone: Backbone, editor: Editor, stream: RecordSet, cfg: ProtocolConfig,
-                 writer: RunWriter | None = None, tracker=None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        editor: Editor,
+        stream: RecordSet,
+        cfg: ProtocolConfig,
+        writer: RunWriter | None = None,
+        tracker=None,
+    ) -> None:
         if cfg.edit_batch_size > 1 and not editor.can_batch_edit:
             raise ValueError(
                 f"protocol.edit_batch_size={cfg.edit_batch_size} but editor {editor.name!r} cannot batch-edit"
@@ -141,8 +148,9 @@ class Lifelong:
     def _check_stats(self, stats: dict | None, positions: list[int]) -> None:
         """Stop on a non-finite value of the editor's ``finite_stats`` (its loss) after an edit."""
         keys = getattr(self.editor, "finite_stats", ("loss",))
-        bad = {k: v for k, v in (stats or {}).items()
-               if k in keys and isinstance(v, int | float) and not math.isfinite(v)}
+        bad = {
+            k: v for k, v in (stats or {}).items() if k in keys and isinstance(v, int | float) and not math.isfinite(v)
+        }
         if not bad:
             return
         first, last = self.n_edited - len(positions) + 1, self.n_edited
@@ -152,7 +160,8 @@ class Lifelong:
         raise NonFiniteError(
             f"non-finite edit {what} from {self._where()} at {edit} of {len(self.stream)} "
             f"(record{'s' if len(records) > 1 else ''} {', '.join(map(str, records))} of {self.stream.file}); "
-            f"{nonfinite_hint(self.bb.dtype)}. The cases scored before it are kept.")
+            f"{nonfinite_hint(self.bb.dtype)}. The cases scored before it are kept."
+        )
 
     def _check_scores(self, probes: list[Probe], scores, when: str) -> None:
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s.logprob)]
@@ -162,7 +171,8 @@ class Lifelong:
         raise NonFiniteError(
             f"{len(bad)} of {len(scores)} probes scored {when} have a non-finite log-prob ({self._where()}; "
             f"first: record {p.record}, kind {p.kind}, prompt {p.prompt!r}); {nonfinite_hint(self.bb.dtype)}. "
-            "The cases scored before it are kept.")
+            "The cases scored before it are kept."
+        )
 
     # ----- scoring ----------------------------------------------------------------------------
     def cache_pre_edit(self) -> None:
@@ -210,13 +220,23 @@ class Lifelong:
         dt = time.perf_counter() - t0
         self.n_edited += len(reqs)
         self.edit_seconds += [dt / len(reqs)] * len(reqs)
-        row = {"edits": self.n_edited, "records": [self.probes[i][0].record for i in positions], "seconds": dt,
-               "peak_mem_mb": round(peak_memory_mb(dev), 1), **{k: v for k, v in (stats or {}).items()}}
+        row = {
+            "edits": self.n_edited,
+            "records": [self.probes[i][0].record for i in positions],
+            "seconds": dt,
+            "peak_mem_mb": round(peak_memory_mb(dev), 1),
+            **{k: v for k, v in (stats or {}).items()},
+        }
         if self.writer:
             self.writer.add_edit(row)
         if self.tracker:
-            self.tracker.log({"edit/seconds": dt / len(reqs), **{f"edit/{k}": v for k, v in (stats or {}).items()
-                                                                   if isinstance(v, int | float)}}, step=self.n_edited)
+            self.tracker.log(
+                {
+                    "edit/seconds": dt / len(reqs),
+                    **{f"edit/{k}": v for k, v in (stats or {}).items() if isinstance(v, int | float)},
+                },
+                step=self.n_edited,
+            )
         bar.update(len(reqs))
         self._check_stats(stats, positions)  # after the row is in edits.jsonl
 
@@ -285,10 +305,15 @@ class Lifelong:
                 tensors[f"rng/cuda{d}"] = st
         np_state = np.random.get_state()
         progress = {
-            "edits_done": self.n_edited, "mode": self.cfg.mode, "edit_seconds": self.edit_seconds,
-            "rng": {"python": _jsonable(random.getstate()),
-                    "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]},
-            "config": self.config, "time": time.time(),
+            "edits_done": self.n_edited,
+            "mode": self.cfg.mode,
+            "edit_seconds": self.edit_seconds,
+            "rng": {
+                "python": _jsonable(random.getstate()),
+                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            },
+            "config": self.config,
+            "time": time.time(),
         }
         self.writer.save_progress(progress, tensors, self.pre)
         self.save_seconds += time.perf_counter() - t0
@@ -302,7 +327,7 @@ class Lifelong:
         self.edit_seconds = list(progress["edit_seconds"])
         self.pre = pre
         self.curve = list(self.writer.curve) if self.writer else []
-        state = {n[len("editor/"):]: t for n, t in tensors.items() if n.startswith("editor/")}
+        state = {n[len("editor/") :]: t for n, t in tensors.items() if n.startswith("editor/")}
         if self.cfg.mode == "sequential":
             if self.n_edited:
                 self.editor.load_state_dict({k: v.to(self.bb.device) for k, v in state.items()})

@@ -42,8 +42,15 @@ from pathlib import Path
 import pandas as pd
 
 #: row order of tables: the baseline first, then the editors as editors.md lists them
-COLUMNS = {"rel": "Rel", "t_gen": "T-Gen", "m_gen": "M-Gen", "t_loc": "T-Loc", "m_loc": "M-Loc", "port": "Port",
-           "rel_em": "Rel-EM"}
+COLUMNS = {
+    "rel": "Rel",
+    "t_gen": "T-Gen",
+    "m_gen": "M-Gen",
+    "t_loc": "T-Loc",
+    "m_loc": "M-Loc",
+    "port": "Port",
+    "rel_em": "Rel-EM",
+}
 #: columns every table has (a run without Port or without Rel-EM, recorded before it existed, shows '-')
 MAIN_COLUMNS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc")
 #: config keys (dotted prefixes) that do not change what is measured: averaged over / ignored
@@ -52,8 +59,38 @@ NOT_SETTINGS = ("seed", "out_dir", "logger", "protocol.progress", "hydra")
 SCOPED = {"editor": "editor", "model": "model", "data": "data"}
 NOTE_SAME_STREAM = "shuffle=false: seeds share one stream"
 # t(0.975, df) for df = 1..30 (standard table); beyond, a Cornish-Fisher expansion (error < 1e-4)
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 log = logging.getLogger(__name__)
 
 
@@ -215,8 +252,9 @@ def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
         row["s/edit"] = spread([s["timing"]["s_per_edit"] for s in runs])[0]
         row["KB/edit"] = spread([s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024 for s in runs])[0]
         row["runs"] = len(runs)
-        row["seeds"] = ",".join(str(x) for x in sorted(int(s.get("seed", s.get("config", {}).get("seed", 0)))
-                                                        for s in runs))
+        row["seeds"] = ",".join(
+            str(x) for x in sorted(int(s.get("seed", s.get("config", {}).get("seed", 0))) for s in runs)
+        )
         row["note"] = note(runs)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -252,8 +290,18 @@ def _cells(df: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(s: str) -> str:
@@ -266,7 +314,9 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
         header, body = _cells(df, " ± ")
         nk = len(df.index.names)
-        align = ["left"] * nk + ["right"] * (len(header) - nk - ("note" in df.columns)) + ["left"] * ("note" in df.columns)
+        align = (
+            ["left"] * nk + ["right"] * (len(header) - nk - ("note" in df.columns)) + ["left"] * ("note" in df.columns)
+        )
         text = tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True, colalign=align)
         if (df["runs"] > 1).any():
             text += "\n\nmean ± std over runs (seeds); 95% t-intervals (`*_ci95`) in table.csv"
@@ -276,9 +326,17 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "latex":
         header, body = _cells(df, "\x00")
         nk = len(df.index.names)
-        lines = ["% bench.report table: needs \\usepackage{booktabs}; metrics in %, mean $\\pm$ std over seeds",
-                 "\\begin{tabular}{" + "l" * nk + "r" * (len(header) - nk - ("note" in df.columns)) + "l" * ("note" in df.columns) + "}", "\\toprule",
-                 " & ".join(latex_escape(h) for h in header) + " \\\\", "\\midrule"]
+        lines = [
+            "% bench.report table: needs \\usepackage{booktabs}; metrics in %, mean $\\pm$ std over seeds",
+            "\\begin{tabular}{"
+            + "l" * nk
+            + "r" * (len(header) - nk - ("note" in df.columns))
+            + "l" * ("note" in df.columns)
+            + "}",
+            "\\toprule",
+            " & ".join(latex_escape(h) for h in header) + " \\\\",
+            "\\midrule",
+        ]
         for cells in body:
             lines.append(" & ".join(latex_escape(c).replace("\x00", " $\\pm$ ") for c in cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -288,8 +346,10 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 def latex_document(df: pd.DataFrame) -> str:
     """A standalone LaTeX document around the table (what ``table.tex`` needs to compile)."""
-    return ("\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
-            "\\begin{document}\n\\small\n" + render(df, "latex") + "\n\\end{document}\n")
+    return (
+        "\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
+        "\\begin{document}\n\\small\n" + render(df, "latex") + "\n\\end{document}\n"
+    )
 
 
 def write_tables(paths: list[str | Path], out: Path, by: list[str] = ()) -> pd.DataFrame:
@@ -307,8 +367,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--format", default="markdown", choices=["markdown", "csv", "latex"])
-    ap.add_argument("--by", nargs="*", default=[], metavar="KEY",
-                    help="config keys (dotted, e.g. editor.lr) shown as key columns and splitting rows")
+    ap.add_argument(
+        "--by",
+        nargs="*",
+        default=[],
+        metavar="KEY",
+        help="config keys (dotted, e.g. editor.lr) shown as key columns and splitting rows",
+    )
     args = ap.parse_args(argv)
     out = args.out or (Path(args.paths[0]) if Path(args.paths[0]).is_dir() else Path(args.paths[0]).parent)
     df = write_tables(args.paths, out, args.by)

@@ -84,8 +84,10 @@ def prepare_run_dir(out_dir: Path, config: dict, resume, overwrite: bool) -> boo
     if mode == "true":
         raise UserError(f"resume=true but {out_dir} holds no run to resume: {why}")
     if held and not overwrite:
-        raise UserError(f"out_dir: {out_dir} holds another run's results ({', '.join(held)}; {why}); "
-                        "choose another out_dir, or set overwrite=true to replace them")
+        raise UserError(
+            f"out_dir: {out_dir} holds another run's results ({', '.join(held)}; {why}); "
+            "choose another out_dir, or set overwrite=true to replace them"
+        )
     if held:
         import shutil
 
@@ -162,8 +164,13 @@ class RunWriter:
         if pre is not None and not (d / "pre.json").is_file():
             atomic_write_json(d / "pre.json", [[i, j, ids] for (i, j), ids in pre.items()])
         name = f"editor_{step}.safetensors"
-        progress = {**progress, "editor_state": name, "cases_bytes": self._cases.tell(),
-                    "edits_bytes": self._edits.tell(), "curve": self.curve}
+        progress = {
+            **progress,
+            "editor_state": name,
+            "cases_bytes": self._cases.tell(),
+            "edits_bytes": self._edits.tell(),
+            "curve": self.curve,
+        }
         try:
             atomic_save_tensors(d / name, editor_state)
             atomic_write_json(d / "progress.json", progress)

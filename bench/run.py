@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import platform
 import random
@@ -33,9 +32,6 @@ log = logging.getLogger("bench")
 
 
 #: editor keys allowed beyond those of the editor's own YAML (set by pair files / specialize)
-EDITOR_EXTRA_KEYS = ("label", "specialized")
-
-
 def check_config(cfg: DictConfig) -> None:
     """Clear messages for the config mistakes a user makes first."""
     for group in ("editor", "model"):
@@ -74,50 +70,14 @@ def editor_yaml(cfg: DictConfig) -> Path | None:
     return None
 
 
-def _type_error(key: str, ref, v) -> str | None:
-    """Why ``v`` cannot stand where the editor YAML has ``ref`` (None: it can)."""
-    if ref is None or v is None or (isinstance(ref, str) and "${" in ref):
-        return None
-    if isinstance(ref, bool):
-        return None if isinstance(v, bool) else "expected true or false"
-    if isinstance(ref, int | float):
-        # int vs float is not checked: YAML writes a float hyperparameter as `5` (LiveEdit's lora_scale)
-        return None if not isinstance(v, bool) and isinstance(v, int | float) else "expected a number"
-    if isinstance(ref, str):
-        return None if isinstance(v, str) else "expected a string"
-    if isinstance(ref, list):
-        return None if isinstance(v, list) else "expected a list"
-    if isinstance(ref, dict):
-        return None if isinstance(v, dict) else "expected a mapping"
-    return None
-
-
 def check_editor_keys(cfg: DictConfig) -> None:
-    """Every ``editor.*`` key must be a key of the editor's YAML (or label/specialized), of its type."""
-    path = editor_yaml(cfg)
-    if path is None:
-        return
-    ref = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    given = OmegaConf.to_container(cfg.editor, resolve=True)
-    rel = path.relative_to(CONF_DIR.parent)
+    """Every ``editor.*`` key must be a field of the editor's typed config (Hydra checks the types of
+    those, at composition; ``+editor.<key>=`` appends a key Hydra does not check)."""
+    from .config import unknown_key_error
 
-    def walk(node: dict, ref: dict, prefix: str) -> None:
-        for k, v in node.items():
-            key = f"{prefix}.{k}"
-            if k not in ref:
-                if prefix == "editor" and k in EDITOR_EXTRA_KEYS:
-                    continue
-                close = difflib.get_close_matches(str(k), [str(r) for r in ref], n=1)
-                hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
-                raise UserError(f"{key}: not a key of editor {cfg.editor.name!r} ({rel}){hint} "
-                                f"valid keys: {', '.join(map(str, ref))}")
-            why = _type_error(key, ref[k], v)
-            if why:
-                raise UserError(f"{key}: {why} (as in {rel}: {ref[k]!r}), got {v!r}")
-            if isinstance(v, dict) and isinstance(ref[k], dict):
-                walk(v, ref[k], key)
-
-    walk(given, ref, "editor")
+    err = unknown_key_error(cfg.editor, editor_yaml(cfg))
+    if err is not None:
+        raise err
 
 
 class _UserErrors:
@@ -233,7 +193,9 @@ def run(cfg: DictConfig) -> dict:
     log.info("editor %s (%s) on backbone %s", label, type(editor).__name__, backbone.name)
     check_prompt_lengths(stream, backbone)  # before pre-edit scoring: a too-long prompt would hang there
     writer = RunWriter(out_dir, resume=read_progress(out_dir) if resuming else None)
-    tracker = make_tracker(cfg.get("logger"), resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir))
+    tracker = make_tracker(
+        cfg.get("logger"), resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir)
+    )
     summary = {
         "editor": label,
         "editor_name": str(cfg.editor.name),
@@ -245,8 +207,14 @@ def run(cfg: DictConfig) -> dict:
         "duplicates_dropped": dropped,
         "data_fingerprint": fingerprint(cfg.data, data),
         "threads": torch.get_num_threads(),
-        "protocol": {"mode": pcfg.mode, "chunk_size": pcfg.chunk_size, "checkpoints": pcfg.checkpoints,
-                     "edit_batch_size": pcfg.edit_batch_size, "loc_topk": 1, "scoring": "teacher-forced argmax"},
+        "protocol": {
+            "mode": pcfg.mode,
+            "chunk_size": pcfg.chunk_size,
+            "checkpoints": pcfg.checkpoints,
+            "edit_batch_size": pcfg.edit_batch_size,
+            "loc_topk": 1,
+            "scoring": "teacher-forced argmax",
+        },
         "status": "running",
         "config": resolved,
         "versions": versions(),

@@ -31,8 +31,12 @@ def save_editor(editor, out_dir: str | Path) -> Path:
     path = Path(out_dir) / EDITOR_FILE
     state = editor.state_dict()
     atomic_save_tensors(path, state, {"editor": str(editor.name), "n_edits": str(int(editor.n_edits))})
-    log.info("edited state (%d tensors, %.1f MB) written to %s", len(state),
-             sum(t.numel() * t.element_size() for t in state.values()) / 1e6, path)
+    log.info(
+        "edited state (%d tensors, %.1f MB) written to %s",
+        len(state),
+        sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
+        path,
+    )
     return path
 
 

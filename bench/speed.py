@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -42,7 +41,6 @@ import torch
 from .protocol import _sync, peak_memory_mb
 
 log = logging.getLogger("bench.speed")
-
 
 
 def editor_names() -> list[str]:
@@ -129,16 +127,29 @@ class SpeedRun:
     def __init__(self, args, overrides: list[str]) -> None:
         self.args, self.overrides = args, overrides
         self.out = Path(args.out)
-        self.res: dict = {"command": " ".join(["python -m bench.speed", *sys.argv[1:]]),
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "data": args.data,
-                          "edits": args.edits, "stored": args.stored, "batch": args.batch,
-                          "threads": torch.get_num_threads(), "overrides": overrides,
-                          "scoring": None, "editors": {}, "latency": {}, "fill": {}, "errors": {}}
+        self.res: dict = {
+            "command": " ".join(["python -m bench.speed", *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "model": args.model,
+            "data": args.data,
+            "edits": args.edits,
+            "stored": args.stored,
+            "batch": args.batch,
+            "threads": torch.get_num_threads(),
+            "overrides": overrides,
+            "scoring": None,
+            "editors": {},
+            "latency": {},
+            "fill": {},
+            "errors": {},
+        }
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        for name, text in (("speed.json", json.dumps(self.res, indent=1, default=str) + "\n"),
-                           ("speed.md", markdown(self.res))):
+        for name, text in (
+            ("speed.json", json.dumps(self.res, indent=1, default=str) + "\n"),
+            ("speed.md", markdown(self.res)),
+        ):
             tmp = self.out / (name + ".tmp")
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
@@ -202,9 +213,13 @@ class SpeedRun:
                     editor.edit(r)
                     _sync(dev)
                     secs.append(time.perf_counter() - t0)
-                row.update(s_per_edit=round(sum(secs) / len(secs), 3), edit_s=[round(s, 3) for s in secs],
-                           memory_bytes=editor.memory_bytes(),
-                           bytes_per_edit=round(editor.memory_bytes() / len(secs)), status="ok")
+                row.update(
+                    s_per_edit=round(sum(secs) / len(secs), 3),
+                    edit_s=[round(s, 3) for s in secs],
+                    memory_bytes=editor.memory_bytes(),
+                    bytes_per_edit=round(editor.memory_bytes() / len(secs)),
+                    status="ok",
+                )
                 log.info("%s: %.2f s/edit over %d edits", name, row["s_per_edit"], len(secs))
                 for row_name, (over, fill) in rows.items():
                     if row_name == name:
@@ -243,9 +258,15 @@ class SpeedRun:
         _sync(dev)
         t_s = time.perf_counter() - t0
         diff = sum(x.pred_ids != y.pred_ids for x, y in zip(batched, single, strict=True))
-        self.res["scoring"] = {"probes": len(probes), "batch_size": bb.batch_size, "batched_s": round(t_b, 3),
-                               "per_sample_s": round(t_s, 3), "speedup": round(t_s / t_b, 2),
-                               "identical_predictions": diff == 0, "differing": diff}
+        self.res["scoring"] = {
+            "probes": len(probes),
+            "batch_size": bb.batch_size,
+            "batched_s": round(t_b, 3),
+            "per_sample_s": round(t_s, 3),
+            "speedup": round(t_s / t_b, 2),
+            "identical_predictions": diff == 0,
+            "differing": diff,
+        }
         log.info("scoring: batched %.2f s, per-sample %.2f s (%.2fx), %d differing", t_b, t_s, t_s / t_b, diff)
         self.save()
 
@@ -255,7 +276,8 @@ class SpeedRun:
         import editors as editor_registry
 
         editor, note = editor_registry.get(name).build_for_timing(
-            bb, cfg.editor, requests, int(cfg.seed), bool(cfg.model.get("random_init")))
+            bb, cfg.editor, requests, int(cfg.seed), bool(cfg.model.get("random_init"))
+        )
         if note:
             row["note"] = note
             log.warning("%s: %s", name, note)
@@ -269,8 +291,12 @@ class SpeedRun:
             if isinstance(c, dict):
                 c["ratio"] = round(c["ms"] / 1e3 / base, 3)
         lat["base_ms"] = round(base * 1e3, 2)
-        log.info("%s: latency ratios to the unedited backbone (%.1f ms): %s", name, base * 1e3,
-                 ", ".join(f"{k}: {c['ratio']:.2f}x" for k, c in lat.items() if isinstance(c, dict)))
+        log.info(
+            "%s: latency ratios to the unedited backbone (%.1f ms): %s",
+            name,
+            base * 1e3,
+            ", ".join(f"{k}: {c['ratio']:.2f}x" for k, c in lat.items() if isinstance(c, dict)),
+        )
 
     def _latency(self, name: str, editor, batch, n_real: int, fill: str) -> None:
         real = editor.state_dict()
@@ -291,8 +317,14 @@ class SpeedRun:
             cell = rows[str(n)] = {"ms": round(t * 1e3, 2), "fill": how, "memory_bytes": editor.memory_bytes()}
             if hasattr(editor, "routing_stats"):  # what the batch's probes are routed to (cost driver)
                 cell["routing"] = editor.routing_stats(batch)
-            log.info("%s with %d stored edits (%s): %.1f ms%s", name, n, how, t * 1e3,
-                     f", routing {cell['routing']}" if "routing" in cell else "")
+            log.info(
+                "%s with %d stored edits (%s): %.1f ms%s",
+                name,
+                n,
+                how,
+                t * 1e3,
+                f", routing {cell['routing']}" if "routing" in cell else "",
+            )
             self.save()
         self._marginal(name, rows)
         editor.load_state_dict(real)
@@ -311,8 +343,9 @@ class SpeedRun:
     def _variant(self, name: str, overrides: dict, fill: str, editor, cfg, batch, n_real: int) -> None:
         """Latency row ``name`` of ``editor``'s real edits under other settings (``overrides``; WISE:
         ``wise_retrieve``): one editor attached at a time."""
-        import editors as editor_registry
         from omegaconf import open_dict
+
+        import editors as editor_registry
 
         real = editor.state_dict()
         editor.reset()
@@ -332,66 +365,117 @@ class SpeedRun:
 
 # ----- report -----------------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
-    out = [(f"### Speed: `{res['model']}` + `{res['data']}`, {res['edits']} edits, device {res.get('device', '?')}, "
-            f"{res['threads']} thread(s)\n"), f"Command: `{res['command']}`\n"]
+    out = [
+        (
+            f"### Speed: `{res['model']}` + `{res['data']}`, {res['edits']} edits, device {res.get('device', '?')}, "
+            f"{res['threads']} thread(s)\n"
+        ),
+        f"Command: `{res['command']}`\n",
+    ]
     sc = res.get("scoring")
     if sc:
-        out += ["| scoring | probes | batched s | per-sample s | batched speed-up | identical predictions |",
-                "|---|---|---|---|---|---|",
-                (f"| teacher-forced | {sc['probes']} | {sc['batched_s']} | {sc['per_sample_s']} | {sc['speedup']}x | "
-                 f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |"), ""]
+        out += [
+            "| scoring | probes | batched s | per-sample s | batched speed-up | identical predictions |",
+            "|---|---|---|---|---|---|",
+            (
+                f"| teacher-forced | {sc['probes']} | {sc['batched_s']} | {sc['per_sample_s']} | {sc['speedup']}x | "
+                f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |"
+            ),
+            "",
+        ]
     eds = res.get("editors", {})
     if eds:
         peak = "peak MB (process RSS so far)" if res.get("device") == "cpu" else "peak MB (this editor)"
-        out += [f"| editor | s/edit | fit s | bytes/edit (stream) | marginal bytes/stored edit | {peak} | status |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"| editor | s/edit | fit s | bytes/edit (stream) | marginal bytes/stored edit | {peak} | status |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, r in eds.items():
-            out.append(f"| {name} | {r.get('s_per_edit', '-')} | {r.get('fit_s', '-')} | {r.get('bytes_per_edit', '-')} | "
-                       f"{r.get('marginal_bytes_per_edit', '-')} | {r.get('peak_mem_mb', '-')} | "
-                       f"{str(r.get('status', '')).replace('|', '/')[:80]}"
-                       f"{' ' + r['error'].replace('|', '/')[:120] if 'error' in r else ''} |")
+            out.append(
+                f"| {name} | {r.get('s_per_edit', '-')} | {r.get('fit_s', '-')} | {r.get('bytes_per_edit', '-')} | "
+                f"{r.get('marginal_bytes_per_edit', '-')} | {r.get('peak_mem_mb', '-')} | "
+                f"{str(r.get('status', '')).replace('|', '/')[:80]}"
+                f"{' ' + r['error'].replace('|', '/')[:120] if 'error' in r else ''} |"
+            )
         out.append("")
     lat = res.get("latency", {})
     stored = [str(n) for n in res.get("stored", [])]
     names = [n for n in lat if n != "base_ms"]
     if names:
-        out += [(f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
-                 "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n"),
-                "| editor | base ms | " + " | ".join(stored) + " |",
-                "|---|---|" + "---|" * len(stored)]
+        out += [
+            (
+                f"Forward latency of one batch of {res['batch']} probes by stored edits, as a ratio to the unedited "
+                "backbone timed just before and after each editor (best of the repeats; `syn`: synthetic memory):\n"
+            ),
+            "| editor | base ms | " + " | ".join(stored) + " |",
+            "|---|---|" + "---|" * len(stored),
+        ]
         for n in names:
             cells = []
             for k in stored:
                 c = lat[n].get(k)
                 r = "?" if c is None or "ratio" not in c else f"{c['ratio']:.2f}x"
-                cells.append("-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})")
+                cells.append(
+                    "-" if c is None else f"{r} ({c['ms']:.0f} ms{', syn' if c['fill'] == 'synthetic' else ''})"
+                )
             out.append(f"| {n} | {lat[n].get('base_ms', '?')} | " + " | ".join(cells) + " |")
-        routed = [(n, k, lat[n][k]["routing"]) for n in names for k in stored
-                  if isinstance(lat[n].get(k), dict) and "routing" in lat[n][k]]
+        routed = [
+            (n, k, lat[n][k]["routing"])
+            for n in names
+            for k in stored
+            if isinstance(lat[n].get(k), dict) and "routing" in lat[n][k]
+        ]
         if routed:
             out += ["", "Stored edits each routed probe of the batch reaches (mean / max over the routed probes):", ""]
             for n in dict.fromkeys(x[0] for x in routed):
-                out.append(f"- {n}: " + ", ".join(f"{k} stored: {r['kept_mean']} / {r['kept_max']} "
-                                                  f"({r['routed']} routed)" for m, k, r in routed if m == n))
-        out += ["", ("Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
-                     "the stream):"), ""] + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names] + [""]
+                out.append(
+                    f"- {n}: "
+                    + ", ".join(
+                        f"{k} stored: {r['kept_mean']} / {r['kept_max']} ({r['routed']} routed)"
+                        for m, k, r in routed
+                        if m == n
+                    )
+                )
+        out += (
+            [
+                "",
+                (
+                    "Synthetic memories (loaded through `load_state_dict`, grown from the editor's real state after "
+                    "the stream):"
+                ),
+                "",
+            ]
+            + [f"- {n}: {res.get('fill', {}).get(n, '')}" for n in names]
+            + [""]
+        )
     if res.get("errors"):
         out.append("Failed: " + ", ".join(res["errors"]) + " (tracebacks in speed.json)\n")
     return "\n".join(out) + "\n"
 
 
 def parse(argv: list[str]):
-    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.speed",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="smol_llava", help="conf/model/<name>.yaml (default smol_llava)")
     p.add_argument("--data", default="toy_evqa", help="conf/data/<name>.yaml (default toy_evqa)")
     p.add_argument("--edits", type=int, default=20, help="edit stream length (default 20)")
-    p.add_argument("--editors", default=",".join(editor_names()), help=f"comma list (default {','.join(editor_names())})")
+    p.add_argument(
+        "--editors", default=",".join(editor_names()), help=f"comma list (default {','.join(editor_names())})"
+    )
     p.add_argument("--stored", default="0,100,1000,10000", help="stored-edit counts for the latency table")
-    p.add_argument("--score-probes", type=int, default=None,
-                   help="score only the stream's first N probes in the scoring stage (default all; 0 skips it)")
+    p.add_argument(
+        "--score-probes",
+        type=int,
+        default=None,
+        help="score only the stream's first N probes in the scoring stage (default all; 0 skips it)",
+    )
     p.add_argument("--batch", type=int, default=8, help="probes in the fixed latency batch (default 8)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per latency cell, the fastest counts (default 5)")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed forwards per latency cell, the fastest counts (default 5)"
+    )
     p.add_argument("--out", default=None, help="output folder (default results/speed/<timestamp>)")
     args, rest = p.parse_known_args(argv)
     bad = [r for r in rest if r.startswith("-")]

@@ -40,8 +40,11 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     name = str(cfg.editor.name)
     cls = editors.get(name)
     if not hasattr(cls, "train_offline"):
-        raise ValueError(f"editor {name!r} has no separate training stage (editors with one: "
-                         + ", ".join(n for n in editors.names() if hasattr(editors.get(n), "train_offline")) + ")")
+        raise ValueError(
+            f"editor {name!r} has no separate training stage (editors with one: "
+            + ", ".join(n for n in editors.names() if hasattr(editors.get(n), "train_offline"))
+            + ")"
+        )
     out_dir = resolve(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg)
     resume = bool(OmegaConf.select(cfg, "editor.train.resume", default=False))
     seed_everything(int(cfg.seed))
@@ -51,8 +54,9 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     backbone = build_backbone(cfg.model)
     backbone.freeze()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = make_tracker(cfg.get("logger"), resolved, f"train-{name}-{cfg.model.name}-{cfg.data.name}", None,
-                           str(out_dir))
+    tracker = make_tracker(
+        cfg.get("logger"), resolved, f"train-{name}-{cfg.model.name}-{cfg.data.name}", None, str(out_dir)
+    )
     try:
         result = cls.train_offline(backbone, cfg, train_set, out_dir, tracker, resume, progress)
     except BaseException:

@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("held-out exact match %.3f (before %.3f, majority %.3f)", em, em0, base)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.projector.state_dict().items()}, str(tmp),
-              metadata={"report": json.dumps(report)})
+    save_file(
+        {k: v.contiguous() for k, v in model.projector.state_dict().items()},
+        str(tmp),
+        metadata={"report": json.dumps(report)},
+    )
     os.replace(tmp, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -40,7 +40,7 @@ Mechanics
   ``distance < threshold``), else off (masking: exactly the original output). During an edit
   the mixture is on for every request (reference: ``IN_EDIT_SCOPE`` all True). With no stored
   code the mixture is off for everyone.
-* **Edit.** ``num_iter`` Adam steps (lr ``lr``) on all LoRAs and routers together, fresh
+* **Edit.** ``n_iter`` Adam steps (lr ``lr``) on all LoRAs and routers together, fresh
   optimiser state per edit (batch). ``edit_batch`` trains a batch of requests jointly, each
   with its label's preset (the paper trains 4 edits per batch: ``edit_batch_size`` in the
   YAML).
@@ -69,11 +69,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, EditorConfig
 from bench.core.inject import STATE_DTYPE, LinearWrapper, module_device
 from bench.core.optim import optimizer_update, run_steps
 from bench.core.types import Probe
@@ -130,8 +133,29 @@ class MixLoRALinear(LinearWrapper):
         return torch.where(mask, out + delta, out).reshape(out0.shape)
 
 
+@dataclass
+class ELDERConfig(EditorConfig):
+    first_layer: Any = MISSING  # int index or relative depth in [0, 1)
+    num_layers: int = MISSING
+    roles: list[str] = MISSING
+    num_loras: int = MISSING
+    top_k: int = MISSING
+    rank: int = MISSING
+    lora_alpha: float = MISSING
+    threshold: int = MISSING
+    edit_batch_size: int = MISSING
+    n_iter: int = MISSING
+    lr: float = MISSING
+    guided_weight: float = MISSING
+    seed: int = MISSING
+    early_stop_loss: float | None = MISSING
+    num_iter: int | None = None  # old name of n_iter
+
+
 @register("elder")
 class ELDER(Editor):
+    Config = ELDERConfig
+    config_aliases = {"num_iter": "n_iter"}
     can_batch_edit = True  # a batch of requests is trained jointly (reference: batch of edits per step)
     display_order = 50
     latency_fill = "codes of N random distinct top-k allocations (random presets), routers/LoRAs as edited"
@@ -181,10 +205,13 @@ class ELDER(Editor):
         self.code_bits = L * E
         self.router_w = torch.zeros(L, E, d, dtype=STATE_DTYPE, device=dev)
         self.router_b = torch.zeros(L, E, dtype=STATE_DTYPE, device=dev)
-        self.lora_A = [torch.zeros(E, m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m))
-                       for m in self.originals]
-        self.lora_B = [torch.zeros(E, self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m))
-                       for m in self.originals]
+        self.lora_A = [
+            torch.zeros(E, m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m)) for m in self.originals
+        ]
+        self.lora_B = [
+            torch.zeros(E, self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m))
+            for m in self.originals
+        ]
         self._route: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._editing = False
         self._train_presets: torch.Tensor | None = None
@@ -276,7 +303,14 @@ class ELDER(Editor):
         else:
             active = dist < self.threshold  # paper Alg. 1 / reference discriminate(): strictly below
         self._route = (idx, gates, active)
-        self.last = {"query": q, "idx": idx.detach(), "probs": probs.detach(), "codes": codes, "dist": dist, "active": active}
+        self.last = {
+            "query": q,
+            "idx": idx.detach(),
+            "probs": probs.detach(),
+            "codes": codes,
+            "dist": dist,
+            "active": active,
+        }
         return None
 
     @torch.no_grad()
@@ -337,8 +371,13 @@ class ELDER(Editor):
                 loss = ce + lam * guided if guided is not None else ce
                 return loss, {"ce": ce.item(), "guided": guided.item() if guided is not None else float("nan")}
 
-            res = run_steps(self.cfg.num_iter, forward, optimizer_update(opt), monitor="ce",
-                            stop_below=None if stop is None else float(stop))
+            res = run_steps(
+                self.cfg.n_iter,
+                forward,
+                optimizer_update(opt),
+                monitor="ce",
+                stop_below=None if stop is None else float(stop),
+            )
         finally:
             self._editing, self._train_presets, self._guided = False, None, None
             for p in params:
@@ -347,7 +386,7 @@ class ELDER(Editor):
         # codes of the edit inputs as recorded during training: the routing of the last training forward
         # (reference: get_bin_code in the forward of the last iteration, before that iteration's update;
         # paper: "precomputed and stored during training")
-        if "codes" not in self.last:  # num_iter = 0: no training forward, route once
+        if "codes" not in self.last:  # n_iter = 0: no training forward, route once
             self.route(requests)
         idx, codes = self.last["idx"], self.last["codes"].clone()
         self.codes = torch.cat([self.codes, codes])
@@ -370,9 +409,14 @@ class ELDER(Editor):
         s = {k: v.clone() for k, v in real.items()}
         L, E, k = len(self.layers), self.num_experts, self.top_k
         presets = torch.stack([torch.rand(n, E, generator=g).argsort(-1)[:, :k].sort(-1).values for _ in range(L)], 1)
-        s.update({"presets": presets, "codes": self.codes_of(presets.to(self.device)).cpu(),
-                  "preset_keys": torch.randint(2**40, 2**50, (n,), generator=g),
-                  "n_edits": torch.tensor(n, dtype=torch.long)})
+        s.update(
+            {
+                "presets": presets,
+                "codes": self.codes_of(presets.to(self.device)).cpu(),
+                "preset_keys": torch.randint(2**40, 2**50, (n,), generator=g),
+                "n_edits": torch.tensor(n, dtype=torch.long),
+            }
+        )
         return s
 
     def reset(self) -> None:

@@ -19,9 +19,13 @@ master.
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Any
 
-from bench.core.editor import Editor
+import torch
+from omegaconf import MISSING
+
+from bench.core.editor import Editor, EditorConfig
 from bench.core.inject import MasterLinear, MasterWeights
 from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -31,8 +35,23 @@ from .registry import register
 OBJECTIVES = ("target", "prompt_last")
 
 
+@dataclass
+class FTLConfig(EditorConfig):
+    layer: Any = MISSING  # int index or relative depth in [0, 1)
+    role: str = MISSING
+    n_iter: int = MISSING
+    lr: float = MISSING
+    optimizer: str = MISSING
+    weight_decay: float = MISSING
+    early_stop_loss: float = MISSING
+    objective: str = MISSING
+    steps: int | None = None  # old name of n_iter
+
+
 @register("ft_l")
 class FTL(Editor):
+    Config = FTLConfig
+    config_aliases = {"steps": "n_iter"}
     can_batch_edit = True  # one joint fine-tuning run over the batch
     display_order = 10
     layer_keys = ("layer",)
@@ -69,7 +88,9 @@ class FTL(Editor):
         w.requires_grad_(True)
         params = [w]
         opt = {
-            "adamw": lambda: torch.optim.AdamW(params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay)),
+            "adamw": lambda: torch.optim.AdamW(
+                params, lr=float(self.cfg.lr), weight_decay=float(self.cfg.weight_decay)
+            ),
             "adam": lambda: torch.optim.Adam(params, lr=float(self.cfg.lr)),
             "sgd": lambda: torch.optim.SGD(params, lr=float(self.cfg.lr)),
         }[self.cfg.optimizer]()
@@ -77,8 +98,12 @@ class FTL(Editor):
         try:
             # the layers below the tuned one are frozen: run them once per edit
             prefix = self.backbone.prefix(batch, self.layer)
-            res = run_steps(self.cfg.steps, loss_forward(lambda: self._loss(batch, prefix)), optimizer_update(opt),
-                            stop_below=float(self.cfg.early_stop_loss))
+            res = run_steps(
+                self.cfg.n_iter,
+                loss_forward(lambda: self._loss(batch, prefix)),
+                optimizer_update(opt),
+                stop_below=float(self.cfg.early_stop_loss),
+            )
         finally:
             w.requires_grad_(False)
             w.grad = None

@@ -35,7 +35,7 @@ An edit (one request at a time, as in the reference):
 3. train the chosen value (a new key's fresh value, or the expanded key's
    existing one; a fresh value is ``val_init``: ``cold``, the reference's
    ``torch.rand``, uniform on [0, 1) per entry, or ``warm``, the module's
-   output at the key token) for ``n_iter`` Adam steps at lr ``edit_lr`` on the target
+   output at the key token) for ``n_iter`` Adam steps at lr ``lr`` on the target
    cross-entropy, the model frozen.
 
 Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
@@ -67,10 +67,13 @@ the trained value (Adam's state included) is float32.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 
-from bench.core.editor import Editor, grow_rows
+from bench.core.editor import Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, as_sequence, module_device
 from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -92,8 +95,26 @@ class _Captured(Exception):
     """Raised by the hook to stop a forward once the query has been read."""
 
 
+@dataclass
+class GRACEConfig(EditorConfig):
+    module: str = MISSING
+    role: str = MISSING
+    layer: Any = MISSING  # int index or relative depth in [0, 1)
+    eps_init: float = MISSING
+    n_iter: int = MISSING
+    lr: float = MISSING
+    replacement: str = MISSING
+    val_init: str = MISSING
+    seed: int = MISSING
+    eps_expand: str = MISSING
+    early_stop_loss: float | None = MISSING
+    edit_lr: float | None = None  # old name of lr
+
+
 @register("grace")
 class GRACE(Editor):
+    Config = GRACEConfig
+    config_aliases = {"edit_lr": "lr"}
     can_batch_edit = False  # the reference edits one request at a time; edit_batch loops
     display_order = 20
     latency_fill = "keys/values/eps/labels: the real entries repeated, keys + N(0, 0.01 std) noise"
@@ -101,8 +122,12 @@ class GRACE(Editor):
 
     def __init__(self, backbone, cfg) -> None:
         super().__init__(backbone, cfg)
-        for field, allowed in (("replacement", REPLACEMENTS), ("val_init", VAL_INITS),
-                               ("eps_expand", EPS_EXPANDS), ("module", MODULES)):
+        for field, allowed in (
+            ("replacement", REPLACEMENTS),
+            ("val_init", VAL_INITS),
+            ("eps_expand", EPS_EXPANDS),
+            ("module", MODULES),
+        ):
             if cfg[field] not in allowed:
                 raise ValueError(f"editor.{field}: {cfg[field]!r} is not one of {', '.join(allowed)}")
         self.eps_init = float(cfg.eps_init)
@@ -140,8 +165,9 @@ class GRACE(Editor):
     def _set_label(self, row: int, target: list[int]) -> None:
         w = max(self.labels.shape[1], len(target))
         if w > self.labels.shape[1]:
-            pad = torch.full((self.labels.shape[0], w - self.labels.shape[1]), -1, dtype=torch.long,
-                             device=self.labels.device)
+            pad = torch.full(
+                (self.labels.shape[0], w - self.labels.shape[1]), -1, dtype=torch.long, device=self.labels.device
+            )
             self.labels = torch.cat([self.labels, pad], 1)
         self.labels[row] = -1
         self.labels[row, : len(target)] = self._label_row(target)
@@ -159,8 +185,9 @@ class GRACE(Editor):
             self.keys = torch.cat([self.keys, key[None]])
             self.values = torch.cat([self.values, value[None]])
         self.eps = torch.cat([self.eps, torch.tensor([eps], device=self.eps.device)])
-        self.labels = torch.cat([self.labels, torch.full((1, self.labels.shape[1]), -1, dtype=torch.long,
-                                                         device=self.labels.device)])
+        self.labels = torch.cat(
+            [self.labels, torch.full((1, self.labels.shape[1]), -1, dtype=torch.long, device=self.labels.device)]
+        )
         self._set_label(self.n_keys - 1, target)
         return self.n_keys - 1
 
@@ -280,13 +307,17 @@ class GRACE(Editor):
         query, out = queries[0], outs[0]
         row, action = self._update_codebook(query, out, target)
         live = self.values[row].detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([live], lr=float(self.cfg.edit_lr))
+        opt = torch.optim.Adam([live], lr=float(self.cfg.lr))
         stop = self.cfg.get("early_stop_loss")
         self._train = (row, live)
         try:
             with torch.enable_grad():
-                res = run_steps(self.cfg.n_iter, loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
-                                optimizer_update(opt), stop_below=None if stop is None else float(stop))
+                res = run_steps(
+                    self.cfg.n_iter,
+                    loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
+                    optimizer_update(opt),
+                    stop_below=None if stop is None else float(stop),
+                )
         finally:
             self._train = None
         with torch.no_grad():
@@ -307,8 +338,13 @@ class GRACE(Editor):
         self.n_edits = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.keys.clone(), "values": self.values.clone(), "eps": self.eps.clone(),
-                "labels": self.labels.clone(), "rng": self._gen.get_state()}
+        return {
+            "keys": self.keys.clone(),
+            "values": self.values.clone(),
+            "eps": self.eps.clone(),
+            "labels": self.labels.clone(),
+            "rng": self._gen.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"keys", "values", "eps", "labels"} - set(state)

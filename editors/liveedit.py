@@ -61,10 +61,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 
-from bench.core.editor import Editor, grow_rows
+from bench.core.editor import Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, module_device
 from bench.core.types import Batch, Probe
 
@@ -92,8 +95,50 @@ from .registry import register
 
 log = logging.getLogger(__name__)
 
+
+@dataclass
+class LiveEditTrainConfig:
+    epochs: int = MISSING
+    max_steps: int | None = MISSING
+    batch_size: int = MISSING
+    token_init: str = MISSING
+    lr: float = MISSING
+    lr_cut_it: list[int] = MISSING
+    lr_cut_rate: float = MISSING
+    rel_lambda: float = MISSING
+    gen_lambda: float = MISSING
+    loc_lambda: float = MISSING
+    soft_routing_lambda: float = MISSING
+    hard_routing_lambda: float = MISSING
+    seed: int = MISSING
+    log_every: int = MISSING
+    save_every: int = MISSING
+    max_minutes: float | None = MISSING
+    resume: bool = MISSING
+    routing_warmup_steps: int = MISSING
+    routing_warmup_batch_size: int | None = MISSING
+    routing_warmup_lr: float | None = MISSING
+    routing_warmup_max_gb: float = MISSING
+
+
+@dataclass
+class LiveEditConfig(EditorConfig):
+    checkpoint: str | None = MISSING
+    hard_routing: bool = MISSING
+    soft_routing: bool = MISSING
+    layer: Any = MISSING  # int index or relative depth in [0, 1)
+    module_dim: int = MISSING
+    heads: int = MISSING
+    n_query: int = MISSING
+    rank: int = MISSING
+    lora_scale: float = MISSING
+    sentinel_tokens: int | None = MISSING
+    train: LiveEditTrainConfig = field(default_factory=LiveEditTrainConfig)
+
+
 @register("liveedit")
 class LiveEdit(Editor):
+    Config = LiveEditConfig
     can_batch_edit = True  # a batch of requests is one forward; each request still adds its own expert
     needs_training = False  # trained beforehand by `python -m bench.train`; edits need a checkpoint
     display_order = 70
@@ -112,7 +157,8 @@ class LiveEdit(Editor):
             raise ValueError(
                 "editor.checkpoint: LiveEdit needs a trained expert generator. Train one with "
                 f"`python -m bench.train +editor=liveedit +model={model or '<model>'} data=<dataset>` and pass "
-                "editor.checkpoint=<its folder or .safetensors file>")
+                "editor.checkpoint=<its folder or .safetensors file>"
+            )
         return str(ckpt)
 
     @staticmethod
@@ -126,7 +172,8 @@ class LiveEdit(Editor):
                 f"editor.checkpoint: {ckpt} was trained for backbone {meta.get('backbone')!r} "
                 f"(hidden size {meta.get('hidden_size')}), but this run uses {bb.name!r} "
                 f"(hidden size {bb.hidden_size}); train one for this backbone with "
-                f"`python -m bench.train +editor=liveedit +model={bb.name}`")
+                f"`python -m bench.train +editor=liveedit +model={bb.name}`"
+            )
         if int(meta["layer"]) >= bb.num_layers:
             raise ValueError(f"editor.checkpoint: layer {meta['layer']} does not exist in {bb.name}")
         return meta
@@ -190,8 +237,13 @@ class LiveEdit(Editor):
         self._clear()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"psi": self.psi.clone(), "phi": self.phi.clone(), "U": self.U.clone(), "V": self.V.clone(),
-                "n_edits": torch.tensor([self.n_edits], dtype=torch.long)}
+        return {
+            "psi": self.psi.clone(),
+            "phi": self.phi.clone(),
+            "U": self.U.clone(),
+            "V": self.V.clone(),
+            "n_edits": torch.tensor([self.n_edits], dtype=torch.long),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"psi", "phi", "U", "V"} - set(state)
@@ -220,12 +272,17 @@ class LiveEdit(Editor):
         if img is None:
             raise ValueError("LiveEdit needs image edits")
         arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or backbone.prepare([img]).image_mask[0].sum())
-        meta = {**arch, "layer": resolve_layer(cfg.layer, backbone.num_layers), "backbone": backbone.name,
-                "hidden_size": backbone.hidden_size}
+        meta = {
+            **arch,
+            "layer": resolve_layer(cfg.layer, backbone.num_layers),
+            "backbone": backbone.name,
+            "hidden_size": backbone.hidden_size,
+        }
         torch.manual_seed(int(seed))
         net = build_net(backbone, arch).requires_grad_(False).eval()
-        return cls.with_net(backbone, cfg, net, meta), ("untrained random generator (model.random_init, no "
-                                                        "checkpoint): timing and memory only")
+        return cls.with_net(backbone, cfg, net, meta), (
+            "untrained random generator (model.random_init, no checkpoint): timing and memory only"
+        )
 
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.psi, self.phi, self.U, self.V))
@@ -255,16 +312,21 @@ class LiveEdit(Editor):
         requests = list(requests)
         for r in requests:
             if r.image is None:
-                raise ValueError("LiveEdit edits need an image (its hard routing compares vision features); "
-                                 f"request {r.prompt!r} has none")
+                raise ValueError(
+                    "LiveEdit edits need an image (its hard routing compares vision features); "
+                    f"request {r.prompt!r} has none"
+                )
         batch = self.backbone.prepare(requests)
         h = self.layer_reps(batch).float()
         vis, query, ans = token_masks(batch)
         new = []
         for b in range(batch.size):  # each request alone: its expert does not depend on its company
             hb = h[b : b + 1]
-            new.append(self.net.new_experts(hb[:, vis[b]], None, hb[:, query[b]], None,
-                                            hb[:, vis[b] | query[b] | ans[b]], None))
+            new.append(
+                self.net.new_experts(
+                    hb[:, vis[b]], None, hb[:, query[b]], None, hb[:, vis[b] | query[b] | ans[b]], None
+                )
+            )
         psi, phi, U, V = (torch.cat(t, 0) for t in zip(*new, strict=True))
         self.psi, self.phi = torch.cat([self.psi, psi]), torch.cat([self.phi, phi])
         self.U, self.V = torch.cat([self.U, U]), torch.cat([self.V, V])
@@ -296,8 +358,12 @@ class LiveEdit(Editor):
         linear in the kept experts, not in the stored ones."""
         _, _, keep, _, _ = self.route(batch, self.layer_reps(batch).float())
         kept = keep.sum(1).float() if keep.shape[0] else torch.zeros(1)  # no experts: nothing routed
-        return {"experts": self.n_experts, "routed": int(keep.shape[0]), "kept_mean": round(float(kept.mean()), 2),
-                "kept_max": int(kept.max())}
+        return {
+            "experts": self.n_experts,
+            "routed": int(keep.shape[0]),
+            "kept_mean": round(float(kept.mean()), 2),
+            "kept_max": int(kept.max()),
+        }
 
     def _hook(self, module, args, output):
         h = output[0] if isinstance(output, tuple) else output

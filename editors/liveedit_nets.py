@@ -72,8 +72,15 @@ def learned_tokens(shape: tuple[int, ...], init: str) -> nn.Parameter:
 class FeatureExtractor(nn.Module):
     """Textual feature psi (query tokens -> query reps) and visual feature phi (-> vision reps)."""
 
-    def __init__(self, d_llm: int, d_m: int, heads: int, n_query: int, sentinel_tokens: int = 0,
-                 token_init: str = "kaiming_normal") -> None:
+    def __init__(
+        self,
+        d_llm: int,
+        d_m: int,
+        heads: int,
+        n_query: int,
+        sentinel_tokens: int = 0,
+        token_init: str = "kaiming_normal",
+    ) -> None:
         super().__init__()
         self.norm_v = nn.LayerNorm(d_llm)
         self.tok_v = learned_tokens((1, n_query, d_m), token_init)
@@ -101,8 +108,9 @@ class FeatureExtractor(nn.Module):
 class ExpertGenerator(nn.Module):
     """``rank`` learned tokens attend to LN(edit reps): one rank x d_llm factor of an expert."""
 
-    def __init__(self, d_llm: int, d_m: int, heads: int, rank: int, lora_scale: float,
-                 token_init: str = "kaiming_normal") -> None:
+    def __init__(
+        self, d_llm: int, d_m: int, heads: int, rank: int, lora_scale: float, token_init: str = "kaiming_normal"
+    ) -> None:
         super().__init__()
         self.tok = learned_tokens((1, rank, d_m), token_init)
         self.norm = nn.LayerNorm(d_llm)
@@ -114,8 +122,17 @@ class ExpertGenerator(nn.Module):
 
 
 class LiveEditNet(nn.Module):
-    def __init__(self, d_llm: int, module_dim: int, heads: int, n_query: int, rank: int, lora_scale: float,
-                 sentinel_tokens: int, token_init: str = "kaiming_normal") -> None:
+    def __init__(
+        self,
+        d_llm: int,
+        module_dim: int,
+        heads: int,
+        n_query: int,
+        rank: int,
+        lora_scale: float,
+        sentinel_tokens: int,
+        token_init: str = "kaiming_normal",
+    ) -> None:
         super().__init__()
         if sentinel_tokens < 1:
             raise ValueError(f"sentinel_tokens must be >= 1, got {sentinel_tokens}")
@@ -135,8 +152,12 @@ class LiveEditNet(nn.Module):
     def new_experts(self, vision, vmask, query, qmask, edit, emask):
         """Edit features and expert: (psi [N,e,dm], phi [N,e,dm], U [N,r,d], V [N,r,d])."""
         e = self.edit_ext
-        return (e.textual(query, qmask), e.visual(query, qmask, vision, vmask),
-                self.gen_u(edit, emask), self.gen_v(edit, emask))
+        return (
+            e.textual(query, qmask),
+            e.visual(query, qmask, vision, vmask),
+            self.gen_u(edit, emask),
+            self.gen_v(edit, emask),
+        )
 
     def input_features(self, vision, vmask, query, qmask):
         """Input features: psi_in, phi_in and the sentinel's visual score [N]."""
@@ -240,8 +261,10 @@ def read_checkpoint_meta(path: str | Path) -> dict:
 
     weights, _ = checkpoint_files(path)
     if not weights.is_file():
-        raise UserError(f"editor.checkpoint: no LiveEdit checkpoint at {weights}; train one with "
-                        "`python -m bench.train +editor=liveedit +model=<model> data=<dataset>`")
+        raise UserError(
+            f"editor.checkpoint: no LiveEdit checkpoint at {weights}; train one with "
+            "`python -m bench.train +editor=liveedit +model=<model> data=<dataset>`"
+        )
     with safe_open(str(weights), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("liveedit", "{}"))
     if not meta:
@@ -264,8 +287,11 @@ def save_checkpoint(net: LiveEditNet, meta: dict, out_dir: Path, config: dict) -
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / WEIGHTS_FILE
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp),
-              metadata={"liveedit": json.dumps(meta)})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()},
+        str(tmp),
+        metadata={"liveedit": json.dumps(meta)},
+    )
     os.replace(tmp, path)
     (out_dir / CONFIG_FILE).write_text(json.dumps({"meta": meta, "config": config}, indent=1, default=str) + "\n")
     return path
@@ -277,6 +303,13 @@ def build_net(backbone, arch: dict, token_init: str = "kaiming_normal") -> LiveE
     backbone's first device); ``token_init`` only matters when training from scratch (a checkpoint
     overwrites every parameter)."""
     dev = module_device(backbone.layer(int(arch["layer"]))) if "layer" in arch else backbone.device
-    return LiveEditNet(backbone.hidden_size, int(arch["module_dim"]), int(arch["heads"]), int(arch["n_query"]),
-                       int(arch["rank"]), float(arch["lora_scale"]), int(arch["sentinel_tokens"]), token_init
-                       ).to(device=dev, dtype=STATE_DTYPE)
+    return LiveEditNet(
+        backbone.hidden_size,
+        int(arch["module_dim"]),
+        int(arch["heads"]),
+        int(arch["n_query"]),
+        int(arch["rank"]),
+        float(arch["lora_scale"]),
+        int(arch["sentinel_tokens"]),
+        token_init,
+    ).to(device=dev, dtype=STATE_DTYPE)

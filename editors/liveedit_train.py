@@ -75,8 +75,9 @@ def _pick(train, i: int, kind: str):
     raise ValueError(f"train record {train.source_index(i)} has no {kind} probe")
 
 
-def routing_losses(net, h: torch.Tensor, vis: torch.Tensor, query: torch.Tensor, rng: np.random.Generator,
-                   B: int) -> dict[str, torch.Tensor]:
+def routing_losses(
+    net, h: torch.Tensor, vis: torch.Tensor, query: torch.Tensor, rng: np.random.Generator, B: int
+) -> dict[str, torch.Tensor]:
     """Soft- and hard-routing losses of a batch of ``B`` records whose reps ``h`` [4B, L, d] hold the rows
     rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j (pairs of samples of one record; see the module doc)."""
     dev = h.device
@@ -145,9 +146,13 @@ def step_losses(ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, 
     # 4. routing losses (they read only the unedited reps h)
     out.update(routing_losses(net, h, vis, query, rng, B))
 
-    total = (lam["rel"] * out["rel"] + lam["gen"] * (out["t_gen"] + out["m_gen"]) + lam["loc"] * out["loc_kl"]
-             + lam["soft"] * (out["soft_rel"] + out["soft_abs"])
-             + lam["hard"] * (out["hard_neighbour"] + out["hard_sentinel"]))
+    total = (
+        lam["rel"] * out["rel"]
+        + lam["gen"] * (out["t_gen"] + out["m_gen"])
+        + lam["loc"] * out["loc_kl"]
+        + lam["soft"] * (out["soft_rel"] + out["soft_abs"])
+        + lam["hard"] * (out["hard_neighbour"] + out["hard_sentinel"])
+    )
     return total, {k: float(v.detach()) for k, v in out.items()}
 
 
@@ -171,9 +176,11 @@ def cache_routing_reps(ed: LiveEdit, train, batch_size: int, max_gb: float, prog
                 per[k].append((h[b, keep].to(torch.float16 if h.is_cuda else torch.float32), vis[b, keep]))
                 nbytes += per[k][-1][0].numel() * per[k][-1][0].element_size()
             if nbytes > max_gb * 2**30:
-                raise MemoryError(f"editor.train.routing_warmup: the cached reps pass {max_gb} GB after "
-                                  f"{len(per[k])} records of kind {k}; raise editor.train.routing_warmup_max_gb "
-                                  "or set editor.train.routing_warmup_steps=0 (the paper's schedule)")
+                raise MemoryError(
+                    f"editor.train.routing_warmup: the cached reps pass {max_gb} GB after "
+                    f"{len(per[k])} records of kind {k}; raise editor.train.routing_warmup_max_gb "
+                    "or set editor.train.routing_warmup_steps=0 (the paper's schedule)"
+                )
             bar.update(batch.size)
     bar.close()
     T = max(t.shape[0] for k in KINDS for t, _ in per[k])
@@ -187,8 +194,9 @@ def cache_routing_reps(ed: LiveEdit, train, batch_size: int, max_gb: float, prog
     return reps, vis, query
 
 
-def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, steps: int, start: int = 0,
-                   progress: bool = True) -> dict:
+def routing_warmup(
+    ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, steps: int, start: int = 0, progress: bool = True
+) -> dict:
     """Optional stage before the joint training (not in the paper): the feature extractors alone, trained
     with the soft- and hard-routing losses on cached layer-l_e reps, which need no LLM forward per step
     (on smol_llava, 24 steps a second on one CPU thread instead of one joint step every 2-4 s)."""
@@ -199,10 +207,14 @@ def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, s
     if B > len(train):
         raise ValueError(f"editor.train.routing_warmup_batch_size={B} but the train split has {len(train)} records")
     t0 = time.time()
-    reps, vis, query = cache_routing_reps(ed, train, int(tc.batch_size) * 4, float(tc.routing_warmup_max_gb),
-                                          progress)
-    log.info("routing warm-up: cached %d x 4 samples (%d tokens each, %.0f MB) in %.1f s", reps.shape[1],
-             reps.shape[2], reps.numel() * reps.element_size() / 2**20, time.time() - t0)
+    reps, vis, query = cache_routing_reps(ed, train, int(tc.batch_size) * 4, float(tc.routing_warmup_max_gb), progress)
+    log.info(
+        "routing warm-up: cached %d x 4 samples (%d tokens each, %.0f MB) in %.1f s",
+        reps.shape[1],
+        reps.shape[2],
+        reps.numel() * reps.element_size() / 2**20,
+        time.time() - t0,
+    )
     params = [p for n, p in net.named_parameters() if n.startswith(("edit_ext.", "inpt_ext."))]
     opt = torch.optim.Adam(params, lr=float(tc.get("routing_warmup_lr") or tc.lr))
     seed, every = int(tc.seed), max(1, int(tc.log_every)) * 10
@@ -212,23 +224,30 @@ def routing_warmup(ed: LiveEdit, train, tc, lam: dict, tracker, out_dir: Path, s
         idx = torch.as_tensor(rng.choice(reps.shape[1], size=B, replace=False), device=reps.device)
         h = reps[:, idx].flatten(0, 1).float()  # rows: rel j, t_gen B+j, m_gen 2B+j, m_loc 3B+j
         out = routing_losses(net, h, vis[:, idx].flatten(0, 1), query[:, idx].flatten(0, 1), rng, B)
-        loss = lam["soft"] * (out["soft_rel"] + out["soft_abs"]) + lam["hard"] * (out["hard_neighbour"]
-                                                                                + out["hard_sentinel"])
+        loss = lam["soft"] * (out["soft_rel"] + out["soft_abs"]) + lam["hard"] * (
+            out["hard_neighbour"] + out["hard_sentinel"]
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         acc.append({k: float(v.detach()) for k, v in out.items()})
         if step % every == 0 or step == start + steps:
-            last = {"warmup_step": step, **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
-                    "seconds": round(time.time() - t0, 1)}
+            last = {
+                "warmup_step": step,
+                **{k: float(np.mean([a[k] for a in acc])) for k in acc[0]},
+                "seconds": round(time.time() - t0, 1),
+            }
             acc = []
             # no W&B step: warm-up and joint steps are separate axes (warmup/step, train/step), and a
             # warm-up after joint steps must not break W&B's increasing step
             tracker.log({"warmup/step": step, **{f"warmup/{k}": v for k, v in last.items() if k != "warmup_step"}})
             with open(out_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps({"phase": "routing_warmup", **last}) + "\n")
-            log.info("routing warm-up step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()
-                                                                   if k != "warmup_step"))
+            log.info(
+                "routing warm-up step %d: %s",
+                step,
+                " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "warmup_step"),
+            )
     return last
 
 
@@ -243,8 +262,10 @@ def image_tokens(backbone, train) -> int:
 def total_steps(tc, n_train: int) -> int:
     """Joint training steps: ``epochs * ceil(n_train / batch_size)``, capped by ``max_steps`` (module doc)."""
     if "steps" in tc:
-        raise ValueError("editor.train.steps was replaced by editor.train.epochs (the reference's unit) and "
-                         "editor.train.max_steps (a cap; null = none)")
+        raise ValueError(
+            "editor.train.steps was replaced by editor.train.epochs (the reference's unit) and "
+            "editor.train.max_steps (a cap; null = none)"
+        )
     B = int(tc.batch_size)
     if B < 1:
         raise ValueError(f"editor.train.batch_size: {B} < 1")
@@ -259,8 +280,16 @@ def total_steps(tc, n_train: int) -> int:
     return min(steps, int(cap)) if cap is not None else steps
 
 
-def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, tracker, resume: bool = False,
-          progress: bool = True) -> dict:
+def train(
+    editor_cls: type[LiveEdit],
+    backbone,
+    cfg,
+    train_set,
+    out_dir: Path,
+    tracker,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train (or resume) a LiveEdit generator (``editor_cls``: the editor class) on ``train_set``;
     returns the final log entry."""
     from tqdm.auto import tqdm
@@ -271,13 +300,26 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
         raise ValueError("editor.train.batch_size: the routing contrasts need at least 2 records per batch")
     if B > len(train_set):
         raise ValueError(f"editor.train.batch_size={B} but the train split has only {len(train_set)} records")
-    log.info("training length: %s epochs x %d steps/epoch (%d records, batch %d), max_steps %s -> %d steps",
-             tc.get("epochs"), -(-len(train_set) // B), len(train_set), B, tc.get("max_steps"), steps)
+    log.info(
+        "training length: %s epochs x %d steps/epoch (%d records, batch %d), max_steps %s -> %d steps",
+        tc.get("epochs"),
+        -(-len(train_set) // B),
+        len(train_set),
+        B,
+        tc.get("max_steps"),
+        steps,
+    )
     out_dir = Path(out_dir)
     arch = {k: ecfg.get(k) for k in ("module_dim", "heads", "n_query", "rank", "lora_scale", "sentinel_tokens")}
     arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or image_tokens(backbone, train_set))
-    meta = {**arch, "layer": resolve_layer(ecfg.layer, backbone.num_layers), "backbone": backbone.name,
-            "hidden_size": backbone.hidden_size, "num_layers": backbone.num_layers, "data": str(cfg.data.name)}
+    meta = {
+        **arch,
+        "layer": resolve_layer(ecfg.layer, backbone.num_layers),
+        "backbone": backbone.name,
+        "hidden_size": backbone.hidden_size,
+        "num_layers": backbone.num_layers,
+        "data": str(cfg.data.name),
+    }
     torch.manual_seed(seed)
     net = build_net(backbone, arch, str(tc.token_init)).float()  # token_init: fresh training only (resume loads)
     opt = torch.optim.Adam(net.parameters(), lr=float(tc.lr))
@@ -286,8 +328,9 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
     step, warmed = 0, 0
     if (out_dir / WEIGHTS_FILE).exists():
         if not resume:
-            raise FileExistsError(f"{out_dir / WEIGHTS_FILE} exists: pass resume=true to continue it, "
-                                  "or out_dir=<another folder>")
+            raise FileExistsError(
+                f"{out_dir / WEIGHTS_FILE} exists: pass resume=true to continue it, or out_dir=<another folder>"
+            )
         state, old = load_checkpoint(out_dir)
         for k in ("backbone", "hidden_size", "layer", *arch):
             if old.get(k) != meta.get(k):
@@ -304,8 +347,13 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
     net.train()
     out_dir.mkdir(parents=True, exist_ok=True)
     ed = editor_cls.with_net(backbone, ecfg, net, meta)
-    lam = {"rel": float(tc.rel_lambda), "gen": float(tc.gen_lambda), "loc": float(tc.loc_lambda),
-           "soft": float(tc.soft_routing_lambda), "hard": float(tc.hard_routing_lambda)}
+    lam = {
+        "rel": float(tc.rel_lambda),
+        "gen": float(tc.gen_lambda),
+        "loc": float(tc.loc_lambda),
+        "soft": float(tc.soft_routing_lambda),
+        "hard": float(tc.hard_routing_lambda),
+    }
     config = OmegaConf.to_container(cfg, resolve=True)
     log_every, save_every = max(1, int(tc.log_every)), max(1, int(tc.save_every))
     meta["routing_warmup_steps"] = warmed
@@ -317,16 +365,29 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
         warmed = warm_steps
         meta["routing_warmup_steps"] = warmed
         save_checkpoint(net, {**meta, "step": step}, out_dir, config)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                    "routing_warmup_steps": warmed}, out_dir / TRAINER_FILE)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "routing_warmup_steps": warmed,
+            },
+            out_dir / TRAINER_FILE,
+        )
     max_s = float(tc.max_minutes) * 60 if tc.get("max_minutes") else None
     t0, last, ema = time.time(), {}, None
 
     def save(entry: dict) -> None:
         save_checkpoint(net, {**meta, "step": step, "last": entry}, out_dir, config)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                    "routing_warmup_steps": warmed},
-                   out_dir / TRAINER_FILE)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+                "routing_warmup_steps": warmed,
+            },
+            out_dir / TRAINER_FILE,
+        )
 
     bar = tqdm(total=steps, initial=step, desc="train liveedit", disable=not progress)
     try:
@@ -340,8 +401,14 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
             sched.step()
             step += 1
             ema = float(loss) if ema is None else 0.9 * ema + 0.1 * float(loss)
-            last = {"step": step, "loss": float(loss), "loss_ema": ema, **parts,
-                    "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            last = {
+                "step": step,
+                "loss": float(loss),
+                "loss_ema": ema,
+                **parts,
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.time() - t0, 1),
+            }
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.3f}", rel=f"{parts['rel']:.2f}", loc=f"{parts['loc_kl']:.3f}")
             if step % log_every == 0 or step == steps:
@@ -363,4 +430,3 @@ def train(editor_cls: type[LiveEdit], backbone, cfg, train_set, out_dir: Path, t
         if not (out_dir / WEIGHTS_FILE).exists():
             save(last)
     return {**last, "checkpoint": str(out_dir / WEIGHTS_FILE), "train_seconds": round(time.time() - t0, 1)}
-

@@ -43,7 +43,7 @@ Mechanics
   radius = max(farthest key, ``init_radius``)); else conflict: new cluster, and
   both radii set to half the distance (-/+ 1e-5); the old cluster's keys now
   outside its radius are forgotten (if none remain its centre is kept pointing
-  to no block). Then the block is trained ``num_iter`` Adam steps (StepLR
+  to no block). Then the block is trained ``n_iter`` Adam steps (StepLR
   halving) on the target cross-entropy of EVERY request it holds (the earlier
   requests of the block and the new ones, all forced onto it), starting from its
   current factors: after the block's last edit it has been trained on its
@@ -75,11 +75,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from bench.core.editor import Editor, grow_rows
+from bench.core.editor import Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import Steps, loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -89,7 +92,6 @@ from .registry import register
 
 NO_BLOCK = -1
 _SPLIT_EPS = 1e-5  # reference split_cluster_radii_in_half: d/2 -/+ 1e-5
-
 
 
 class MeloLinear(LinearWrapper):
@@ -173,7 +175,7 @@ class VecDB:
         block = torch.full((q.shape[0],), NO_BLOCK, dtype=torch.long, device=q.device)
         for b in inside.nonzero()[:, 0].tolist():  # only the queries inside a cluster read its points
             c = int(near[b])
-            members = order[starts[c]:ends[c]]
+            members = order[starts[c] : ends[c]]
             if members.numel():
                 j = exact_cdist(q[b : b + 1].float(), self.point_keys[members])[0].argmin()
                 block[b] = self.point_block[members[j]]
@@ -188,6 +190,7 @@ class VecDB:
     def _add_points(self, keys: torch.Tensor, cluster: int, block: int) -> None:
         n = keys.shape[0]
         self.point_keys = torch.cat([self.point_keys, keys])
+
         def ids(v: int) -> torch.Tensor:
             return torch.full((n,), v, dtype=torch.long, device=self.device)
 
@@ -271,8 +274,30 @@ def _decode_probes(t: torch.Tensor) -> list[Probe]:
     return [Probe(prompt=a, target=b, image=c, kind=d, record=e) for a, b, c, d, e in rows]
 
 
+@dataclass
+class MELOConfig(EditorConfig):
+    key_layer: Any = MISSING  # int index or relative depth in [0, 1)
+    key_role: str = MISSING
+    lora_layers: list[Any] = MISSING
+    lora_roles: list[str] = MISSING
+    init_radius: float = MISSING
+    num_block: int = MISSING
+    num_edit_per_block: int = MISSING
+    rank_per_block: int = MISSING
+    lora_alpha: float | None = MISSING
+    n_iter: int = MISSING
+    lr: float = MISSING
+    lr_step: int = MISSING
+    lr_gamma: float = MISSING
+    seed: int = MISSING
+    early_stop_loss: float | None = MISSING
+    num_iter: int | None = None  # old name of n_iter
+
+
 @register("melo")
 class MELO(Editor):
+    Config = MELOConfig
+    config_aliases = {"num_iter": "n_iter"}
     can_batch_edit = True  # edits fill blocks num_edit_per_block at a time (reference: one block per batch of 4)
     display_order = 30
     latency_fill = "one cluster per edit: the real keys repeated + noise, real radii/labels/blocks; LoRA pool as edited"
@@ -294,8 +319,11 @@ class MELO(Editor):
         try:
             self.key_layer = backbone.layer_index(cfg.key_layer, "editor.key_layer")
             # depths that land on the same layer of a shallow model name it once
-            lora_layers = list(dict.fromkeys(
-                backbone.layer_index(i, f"editor.lora_layers[{n}]") for n, i in enumerate(cfg.lora_layers)))
+            lora_layers = list(
+                dict.fromkeys(
+                    backbone.layer_index(i, f"editor.lora_layers[{n}]") for n, i in enumerate(cfg.lora_layers)
+                )
+            )
         except IndexError as e:
             raise IndexError(
                 f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "
@@ -318,10 +346,12 @@ class MELO(Editor):
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"MELO wraps nn.Linear FFN matrices; got {type(m).__name__}")
         # every LoRA on its own matrix's device, the database on the key matrix's (device_map=auto)
-        self.lora_A = [torch.zeros(m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m))
-                       for m in self.originals]
-        self.lora_B = [torch.zeros(self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m))
-                       for m in self.originals]
+        self.lora_A = [
+            torch.zeros(m.in_features, self.rank, dtype=STATE_DTYPE, device=module_device(m)) for m in self.originals
+        ]
+        self.lora_B = [
+            torch.zeros(self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m)) for m in self.originals
+        ]
         self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), module_device(self.key_module))
         self.next_block = 0
         self.block_requests: list[Probe] = []  # the requests of the block being filled (next_block - 1)
@@ -424,7 +454,7 @@ class MELO(Editor):
         stop = self.cfg.get("early_stop_loss")
         actions: list[str] = []
         dists: list[float] = []
-        res = Steps()  # no step ran (num_iter 0): loss None
+        res = Steps()  # no step ran (n_iter 0): loss None
         self._force_block = block
         self._live = (live_A, live_B)
         try:
@@ -440,8 +470,12 @@ class MELO(Editor):
                 actions.append(act)
                 if d is not None:
                     dists.append(d)
-            res = run_steps(self.cfg.num_iter, loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
-                            optimizer_update(opt, sched), stop_below=None if stop is None else float(stop))
+            res = run_steps(
+                self.cfg.n_iter,
+                loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
+                optimizer_update(opt, sched),
+                stop_below=None if stop is None else float(stop),
+            )
         finally:
             self._force_block = None
             self._live = None
@@ -473,10 +507,18 @@ class MELO(Editor):
         cl = real["db.point_cluster"].cpu()
         keys = grow_rows(real["db.point_keys"], n, g, 0.01)
         pick = torch.arange(n) % max(1, cl.shape[0])
-        s.update({"db.centers": keys, "db.point_keys": keys.clone(), "db.radii": real["db.radii"].cpu()[cl[pick]],
-                  "db.labels": real["db.labels"].cpu()[cl[pick]], "db.point_cluster": torch.arange(n),
-                  "db.point_block": real["db.point_block"].cpu()[pick],
-                  "next_block": real["next_block"].clone(), "n_edits": torch.tensor(n, dtype=torch.long)})
+        s.update(
+            {
+                "db.centers": keys,
+                "db.point_keys": keys.clone(),
+                "db.radii": real["db.radii"].cpu()[cl[pick]],
+                "db.labels": real["db.labels"].cpu()[cl[pick]],
+                "db.point_cluster": torch.arange(n),
+                "db.point_block": real["db.point_block"].cpu()[pick],
+                "next_block": real["next_block"].clone(),
+                "n_edits": torch.tensor(n, dtype=torch.long),
+            }
+        )
         return s
 
     def reset(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 #: float32 unit roundoff
-_U = 2.0 ** -24
+_U = 2.0**-24
 
 
 def exact_cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ class NearestIndex:
         qc = q.double() - self._mean
         q2 = (qc * qc).sum(1)
         approx = (q2[:, None] + self._norms[None, :]) - 2.0 * (qc @ self._centred.T)  # [B, K] squared distances
-        g64 = (d + 4) * 2.0 ** -53 / (1 - (d + 4) * 2.0 ** -53)
+        g64 = (d + 4) * 2.0**-53 / (1 - (d + 4) * 2.0**-53)
         g32 = (d + 4) * _U / (1 - (d + 4) * _U)
         lo = approx.min(1).values
         # screen error <= 2 g64 (|qc|^2 + |kc|^2), on both sides; cdist's float32 result is within

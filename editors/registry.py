@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hydra.core.config_store import ConfigStore
+
 from bench.core.editor import Editor
 
 _REGISTRY: dict[str, type[Editor]] = {}
@@ -13,6 +15,8 @@ def register(name: str):
             raise ValueError(f"editor name {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
         cls.name = name
         _REGISTRY[name] = cls
+        # its typed config, which conf/editor/<name>.yaml extends (defaults: /editor_schema/<name>@_here_)
+        ConfigStore.instance().store(group="editor_schema", name=name, node=cls.Config)
         return cls
 
     return deco

@@ -40,12 +40,14 @@ post-edit outputs and the next edits.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, EditorConfig
 from bench.core.inject import STATE_DTYPE, MasterWeights, as_sequence, module_device
 from bench.core.types import Batch, Probe
 
@@ -134,8 +136,21 @@ def sub_batch(batch: Batch, rows: Sequence[int]) -> Batch:
     )
 
 
+@dataclass
+class UltraEditConfig(EditorConfig):
+    modules: list[Any] = MISSING  # [{layer, role}, ...]
+    edit_batch_size: int = MISSING
+    lr: float = MISSING
+    ridge: float = MISSING
+    token: str = MISSING
+    cache_batch_size: int = MISSING
+    sort_by_length: bool = MISSING
+    fp16_loss_scale: float = MISSING
+
+
 @register("ultraedit")
 class UltraEdit(Editor):
+    Config = UltraEditConfig
     can_batch_edit = True  # one closed-form shift per batch of edits (the reference edits 100 at once)
     display_order = 60
     finite_stats = ("loss", "shift_norm")  # the run stops when either is NaN/inf
@@ -159,8 +174,10 @@ class UltraEdit(Editor):
             for i in range(first, last + 1):
                 name = backbone.ffn_name(i, role) if role in backbone.ffn_paths else None
                 if name is None:
-                    raise KeyError(f"editor.modules: {backbone.name} has no FFN role {role!r}; roles: "
-                                   f"{sorted(backbone.ffn_paths)} (override editor.modules for this backbone)")
+                    raise KeyError(
+                        f"editor.modules: {backbone.name} has no FFN role {role!r}; roles: "
+                        f"{sorted(backbone.ffn_paths)} (override editor.modules for this backbone)"
+                    )
                 if name in self.names:
                     raise ValueError(f"editor.modules: {name} listed twice")
                 self.names.append(name)
@@ -211,8 +228,9 @@ class UltraEdit(Editor):
                 if missing:
                     raise RuntimeError(f"UltraEdit: edited matrices not reached by the forward: {missing}")
                 scale = float(self.cfg.fp16_loss_scale) if logits.dtype == torch.float16 else 1.0
-                grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss,
-                                            [seen[j][1] for j in range(len(self.modules))])
+                grads = torch.autograd.grad(
+                    loss * scale if scale != 1.0 else loss, [seen[j][1] for j in range(len(self.modules))]
+                )
         finally:
             for h in handles:
                 h.remove()
@@ -234,8 +252,11 @@ class UltraEdit(Editor):
             return {}
         batch = self.backbone.prepare(requests)
         lengths = batch.lengths.tolist()
-        order = sorted(range(len(requests)), key=lambda b: -lengths[b]) if self.cfg.sort_by_length else \
-            list(range(len(requests)))
+        order = (
+            sorted(range(len(requests)), key=lambda b: -lengths[b])
+            if self.cfg.sort_by_length
+            else list(range(len(requests)))
+        )
         cb = int(self.cfg.cache_batch_size)
         keys: list[list[torch.Tensor]] = [[] for _ in self.modules]
         grads: list[list[torch.Tensor]] = [[] for _ in self.modules]
@@ -258,8 +279,11 @@ class UltraEdit(Editor):
                 master += dw.T.to(device=master.device, dtype=master.dtype)
             self.masters.sync()
         self.n_edits += len(requests)
-        return {"loss": sum(losses) / len(losses), "tokens": sum(int(k.shape[0]) for k in keys[0]),
-                "shift_norm": float(torch.stack([d.norm() for d in shifts]).norm())}
+        return {
+            "loss": sum(losses) / len(losses),
+            "tokens": sum(int(k.shape[0]) for k in keys[0]),
+            "shift_norm": float(torch.stack([d.norm() for d in shifts]).norm()),
+        }
 
     # ----- state ----------------------------------------------------------------------------------
     def _stat_key(self, shape: tuple[int, int], field: str) -> str:

@@ -31,7 +31,7 @@ Mechanics
   (2) reduces the per-token norms to one score per sample by the mean over its tokens (the
   max for inputs over ``long_seq`` tokens at inference). ``act: identity`` gives the
   paper's linear distance (still token-averaged).
-* **Optimiser.** Plain SGD (``edit_lr`` 1.0, ``n_iter`` steps, EasyEdit's early stop): the
+* **Optimiser.** Plain SGD (``lr`` 1.0, ``n_iter`` steps, EasyEdit's early stop): the
   gradient is multiplied by the shard's random mask, then weight decay (1e-5) is added on
   *every* entry of ``W'`` (EasyEdit masks ``new_weight.grad`` and then calls
   ``torch.optim.SGD(weight_decay=1e-5).step()``, which adds ``wd * W'`` to the masked
@@ -63,12 +63,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 from torch.nn import functional as F
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, EditorConfig
 from bench.core.inject import STATE_DTYPE, as_sequence
 from bench.core.optim import run_steps
 from bench.core.types import Probe
@@ -94,8 +97,13 @@ def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     return (flat * keep).reshape(delta.shape)
 
 
-def ties_merge(base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float],
-               density: float, normalize: bool = True) -> torch.Tensor:
+def ties_merge(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    density: float,
+    normalize: bool = True,
+) -> torch.Tensor:
     """TIES merging (Yadav et al. 2023) of ``tensors`` relative to ``base``.
 
     1. task vectors ``delta_i = t_i - base``, each trimmed to its top-``density`` magnitudes;
@@ -139,13 +147,48 @@ def _pos_mean(t: torch.Tensor) -> torch.Tensor:
     return pos.mean() if pos.numel() else t.new_zeros(())
 
 
+@dataclass
+class WISEConfig(EditorConfig):
+    layer: Any = MISSING  # int index or relative depth in [0, 1)
+    role: str = MISSING
+    act: str = MISSING
+    n_iter: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    norm_constraint: float = MISSING
+    act_margin: list[float] = MISSING
+    loc_pool_size: int = MISSING
+    out_of_scope: str = MISSING
+    loc_prompts: list[Any] = MISSING
+    mask_ratio: float = MISSING
+    save_freq: int = MISSING
+    merge_freq: int = MISSING
+    merge_alg: str = MISSING
+    densities: float = MISSING
+    weights: float = MISSING
+    merge_prev_weight: float = MISSING
+    act_ratio: float = MISSING
+    route_tokens: str = MISSING
+    long_seq: int = MISSING
+    retrieve: bool = MISSING
+    seed: int = MISSING
+    edit_lr: float | None = None  # old name of lr
+
+
 @register("wise")
 class WISE(Editor):
+    Config = WISEConfig
+    config_aliases = {"edit_lr": "lr"}
     can_batch_edit = False  # one edit at a time, like the reference (shard counters count edits)
     display_order = 40
     latency_fill = "Merge: n_merges = N // merge_freq; merged memory and pending shards = the real side memory + noise"
-    latency_variants = {"wise_retrieve": ({"retrieve": True}, "Retrieve: N // merge_freq merged + (N % merge_freq) // "
-                                          "save_freq shards, each the real side memory + noise, with the real threshold")}
+    latency_variants = {
+        "wise_retrieve": (
+            {"retrieve": True},
+            "Retrieve: N // merge_freq merged + (N % merge_freq) // "
+            "save_freq shards, each the real side memory + noise, with the real threshold",
+        )
+    }
     layer_keys = ("layer",)
     # fit() only reads out-of-scope samples from the train split (no learning); the paper's
     # margin loss needs irrelevant inputs, and the eval records' own probes must never be used.
@@ -157,16 +200,17 @@ class WISE(Editor):
         if str(c.act) not in ACTS:
             raise ValueError(f"editor.act: {c.act!r} is not one of {sorted(ACTS)}")
         if "loc_kinds" in c:
-            raise ValueError("editor.loc_kinds was replaced by editor.out_of_scope "
-                             f"(one of {sorted(OUT_OF_SCOPE)})")
+            raise ValueError(f"editor.loc_kinds was replaced by editor.out_of_scope (one of {sorted(OUT_OF_SCOPE)})")
         if str(c.out_of_scope) not in OUT_OF_SCOPE:
             raise ValueError(f"editor.out_of_scope: {c.out_of_scope!r} is not one of {sorted(OUT_OF_SCOPE)}")
         if str(c.route_tokens) not in ("all", "prompt"):
             raise ValueError(f"editor.route_tokens: {c.route_tokens!r} is not 'all' or 'prompt'")
         self.save_freq, self.merge_freq = int(c.save_freq), int(c.merge_freq)
         if self.save_freq < 1 or self.merge_freq < self.save_freq or self.merge_freq % self.save_freq:
-            raise ValueError(f"editor.save_freq ({self.save_freq}) / merge_freq ({self.merge_freq}): "
-                             "need 1 <= save_freq <= merge_freq and merge_freq a multiple of save_freq")
+            raise ValueError(
+                f"editor.save_freq ({self.save_freq}) / merge_freq ({self.merge_freq}): "
+                "need 1 <= save_freq <= merge_freq and merge_freq a multiple of save_freq"
+            )
         if str(c.merge_alg) != "ties":
             raise ValueError(f"editor.merge_alg: {c.merge_alg!r}: only 'ties' is implemented")
         if not 0.0 < float(c.mask_ratio) <= 1.0:
@@ -175,8 +219,7 @@ class WISE(Editor):
         self.act = ACTS[str(c.act)]
         self.layer_idx = self.backbone.layer_index(c.layer, "editor.layer")  # int index or relative depth
         self.module: nn.Linear = backbone.ffn(self.layer_idx, str(c.role))
-        self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc")
-                                      for p in c.loc_prompts]
+        self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc") for p in c.loc_prompts]
         if not self.loc_pool:
             raise ValueError("editor.loc_prompts: need at least one generic locality prompt")
         self._editing = False
@@ -347,8 +390,10 @@ class WISE(Editor):
             thr = [self.min_act * ratio] * len(mems)
         if not mems:
             return None
-        self._cache = (torch.stack([m.detach() for m in mems]),
-                       torch.tensor(thr, dtype=torch.float32, device=self.cur.device))
+        self._cache = (
+            torch.stack([m.detach() for m in mems]),
+            torch.tensor(thr, dtype=torch.float32, device=self.cur.device),
+        )
         return self._cache
 
     def route(self, x: torch.Tensor, orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -428,13 +473,14 @@ class WISE(Editor):
             self.cur_edits, self.cur_min_act = 0, math.inf
         batch = self.backbone.prepare([request, self._loc_sample()])
         w0 = self.base_weight()
-        lr, wd, bound = float(c.edit_lr), float(c.weight_decay), float(c.norm_constraint)
+        lr, wd, bound = float(c.lr), float(c.weight_decay), float(c.norm_constraint)
         maskf = self.mask.to(self.cur.dtype)
         meter = _StopMeter()
         prefix = self.backbone.prefix(batch, self.layer_idx)  # layers below the memory: once per edit
         self._editing, self._cache = True, None
         self.cur.requires_grad_(True)
         try:
+
             def forward():
                 ce, d_in, d_out = self._losses(batch, 1, prefix)
                 act_loss = self._act_loss(d_in, d_out)
@@ -469,9 +515,16 @@ class WISE(Editor):
         if self.n_edits % self.merge_freq == 0:
             self._merge()
         self._cache = None
-        return {"loss": res.get(), "ce": res.get("ce"), "act_loss": res.get("act_loss"), "steps": res.steps,
-                "d_in": a, "d_out": float(d_out.mean()), "shards": int(self.shards.shape[0]),
-                "merges": self.n_merges}
+        return {
+            "loss": res.get(),
+            "ce": res.get("ce"),
+            "act_loss": res.get("act_loss"),
+            "steps": res.steps,
+            "d_in": a,
+            "d_out": float(d_out.mean()),
+            "shards": int(self.shards.shape[0]),
+            "merges": self.n_merges,
+        }
 
     def _save_shard(self) -> None:
         self.shards = torch.cat([self.shards, self.cur.detach().clone().unsqueeze(0)])
@@ -491,8 +544,7 @@ class WISE(Editor):
         if self.cfg.retrieve:  # merge the last merge_freq/save_freq shards into one memory
             k = self.merge_freq // self.save_freq
             group = list(self.shards[-k:])
-            merged = ties_merge(self.base_weight(), group, [float(self.cfg.weights) / k] * k,
-                                float(self.cfg.densities))
+            merged = ties_merge(self.base_weight(), group, [float(self.cfg.weights) / k] * k, float(self.cfg.densities))
             self.shards = torch.cat([self.shards[:-k], merged.unsqueeze(0)])
             self.shard_min_act = torch.cat([self.shard_min_act[:-k], self.shard_min_act[-k:].min().view(1)])
         else:

@@ -69,7 +69,7 @@ def keys_of(editor, probes, batch_size: int) -> torch.Tensor:
     def stop(*_):
         raise _Stop
 
-    editor._install()
+    editor.attach()
     handle = editor.key_module.register_forward_hook(stop)  # runs after the editor's key hook
     out = []
     try:

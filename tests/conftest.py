@@ -100,22 +100,46 @@ def tiny_cfg(tmp_path: Path, *extra: str):
     """Config of a small run on the tiny backbone writing into tmp_path (several tests run twice
     into one dir: ``overwrite=true`` unless ``extra`` says otherwise)."""
     return make_cfg(
-        "+editor=ft_l", "+model=tiny", "edits=4", f"out_dir={tmp_path}", "data.toy.n_eval=40", "data.toy.n_train=20",
-        f"data.root={tmp_path}/data", "protocol.progress=false", "overwrite=true", *extra,
+        "+editor=ft_l",
+        "+model=tiny",
+        "edits=4",
+        f"out_dir={tmp_path}",
+        "data.toy.n_eval=40",
+        "data.toy.n_train=20",
+        f"data.root={tmp_path}/data",
+        "protocol.progress=false",
+        "overwrite=true",
+        *extra,
     )
 
 
 # LiveEdit needs a trained generator checkpoint: trained here once per session on the tiny backbone
 # (8 steps, a few seconds). The tiny random LM barely moves (near-flat logits), so the generator is
 # trained on the edit losses only, at the last layer, with large experts (lora_scale 0.01).
-LIVEEDIT_TINY = ("editor.module_dim=32", "editor.layer=-1", "editor.lora_scale=0.01", "editor.train.batch_size=4",
-                 "editor.train.lr=1e-2", "editor.train.loc_lambda=0", "editor.train.log_every=1")
+LIVEEDIT_TINY = (
+    "editor.module_dim=32",
+    "editor.layer=-1",
+    "editor.lora_scale=0.01",
+    "editor.train.batch_size=4",
+    "editor.train.lr=1e-2",
+    "editor.train.loc_lambda=0",
+    "editor.train.log_every=1",
+)
 
 
 def liveedit_train_cfg(out_dir: Path, data_root: Path, steps: int, *extra: str):
-    return make_cfg("+editor=liveedit", "+model=tiny", f"out_dir={out_dir}", f"data.root={data_root}",
-                    "data.toy.n_train=20", "data.toy.n_eval=40", f"editor.train.max_steps={steps}",
-                    "protocol.progress=false", *LIVEEDIT_TINY, *extra)
+    return make_cfg(
+        "+editor=liveedit",
+        "+model=tiny",
+        f"out_dir={out_dir}",
+        f"data.root={data_root}",
+        "data.toy.n_train=20",
+        "data.toy.n_eval=40",
+        f"editor.train.max_steps={steps}",
+        "protocol.progress=false",
+        *LIVEEDIT_TINY,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="session")

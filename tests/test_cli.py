@@ -15,7 +15,9 @@ SMALL = ["data.toy.n_eval=20", "data.toy.n_train=5", "protocol.progress=false"]
 
 def bench(*args, cwd=ROOT):
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_single_run_writes_result_files(tmp_path):
@@ -40,8 +42,17 @@ def test_single_run_writes_result_files(tmp_path):
 
 def test_multirun_then_report(tmp_path):
     sweep = tmp_path / "sweep"
-    r = bench("-m", "+editor=none,ft_l", "+model=tiny", "edits=2", f"hydra.sweep.dir={sweep}",
-              f"data.root={tmp_path}/d", "logger=wandb", "logger.mode=disabled", *SMALL)
+    r = bench(
+        "-m",
+        "+editor=none,ft_l",
+        "+model=tiny",
+        "edits=2",
+        f"hydra.sweep.dir={sweep}",
+        f"data.root={tmp_path}/d",
+        "logger=wandb",
+        "logger.mode=disabled",
+        *SMALL,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(sweep.rglob("summary.json"))) == 2
     # the multirun-end callback already wrote the sweep's combined table
@@ -58,8 +69,16 @@ def test_multirun_then_report(tmp_path):
 
 def test_seed_sweep_without_shuffle_warns_and_is_flagged(tmp_path):
     sweep = tmp_path / "sweep"
-    r = bench("-m", "+editor=none", "+model=tiny", "edits=2", "seed=0,1", f"hydra.sweep.dir={sweep}",
-              f"data.root={tmp_path}/d", *SMALL)
+    r = bench(
+        "-m",
+        "+editor=none",
+        "+model=tiny",
+        "edits=2",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        f"data.root={tmp_path}/d",
+        *SMALL,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "SEED SWEEP WITH shuffle=false" in r.stdout + r.stderr
     table_md = (sweep / "table.md").read_text()
@@ -80,8 +99,10 @@ def test_seed_sweep_warning_only_without_shuffle():
 def test_launcher_configs_compose():
     import pytest
 
-    for plugin, launcher, key in (("hydra_submitit_launcher", "slurm", "timeout_min: 480"),
-                                  ("hydra_joblib_launcher", "parallel", "n_jobs: 2")):
+    for plugin, launcher, key in (
+        ("hydra_submitit_launcher", "slurm", "timeout_min: 480"),
+        ("hydra_joblib_launcher", "parallel", "n_jobs: 2"),
+    ):
         try:
             __import__(f"hydra_plugins.{plugin}")
         except ImportError:
@@ -101,11 +122,22 @@ def test_report_by_splits_a_sweep_and_counts_averaged_runs():
 
     def summ(editor, lr, seed, rel):
         m = {"rel": rel, "t_gen": rel, "m_gen": rel, "t_loc": 1.0, "m_loc": 1.0}
-        return {"editor": editor, "model": "tiny", "data": "toy_evqa", "n_edits": 10, "metrics": m,
-                "timing": {"s_per_edit": 0.1}, "config": {"seed": seed, "editor": {"lr": lr}}}
+        return {
+            "editor": editor,
+            "model": "tiny",
+            "data": "toy_evqa",
+            "n_edits": 10,
+            "metrics": m,
+            "timing": {"s_per_edit": 0.1},
+            "config": {"seed": seed, "editor": {"lr": lr}},
+        }
 
-    runs = [summ("none", None, 0, 0.2), summ("none", None, 1, 0.4), summ("ultraedit", 1e-5, 0, 0.3),
-            summ("ultraedit", 3e-5, 0, 0.5)]
+    runs = [
+        summ("none", None, 0, 0.2),
+        summ("none", None, 1, 0.4),
+        summ("ultraedit", 1e-5, 0, 0.3),
+        summ("ultraedit", 3e-5, 0, 0.5),
+    ]
     merged = table(runs)  # two ultraedit learning rates are never averaged into one row
     assert merged.loc[("ultraedit", "1e-05"), "Rel"] == 30.0 and merged.loc[("ultraedit", "3e-05"), "runs"] == 1
     split = table(runs, ["editor.lr"])

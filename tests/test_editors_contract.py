@@ -111,8 +111,14 @@ def test_batch_edit_when_supported(editor, tiny, toy_eval):
 
 def module_tree(model: torch.nn.Module) -> list:
     """Every module (name, class, identity) with its hook dicts' keys: what attach/detach may touch."""
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-             "_backward_hooks", "_backward_pre_hooks")
+    hooks = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_pre_hooks_with_kwargs",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+    )
     return [(n, type(m), id(m), *(tuple(getattr(m, h, {})) for h in hooks)) for n, m in model.named_modules()]
 
 

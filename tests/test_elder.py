@@ -92,8 +92,11 @@ def test_presets_keyed_on_the_edit_label(elder, toy_eval):
 
     ed = elder()
     r0 = toy_eval.request(0)
-    r1 = next(r for r in map(toy_eval.request, range(1, len(toy_eval)))  # records may share images (v3)
-              if r.target != r0.target and r.image != r0.image and r.prompt != r0.prompt)
+    r1 = next(
+        r
+        for r in map(toy_eval.request, range(1, len(toy_eval)))  # records may share images (v3)
+        if r.target != r0.target and r.image != r0.image and r.prompt != r0.prompt
+    )
     a = ed._preset_for(r0)
     b = ed._preset_for(r1)
     assert not torch.equal(a, b)
@@ -105,8 +108,10 @@ def test_presets_keyed_on_the_edit_label(elder, toy_eval):
     c = ed._preset_for(other)
     assert not torch.equal(c, a) and not torch.equal(c, b)
     # case changes the label's tokens: another label
-    assert not torch.equal(ed._preset_for(dataclasses.replace(r0, target=r0.target.upper())), a) or \
-        r0.target == r0.target.upper()
+    assert (
+        not torch.equal(ed._preset_for(dataclasses.replace(r0, target=r0.target.upper())), a)
+        or r0.target == r0.target.upper()
+    )
     assert ed.presets.shape[1:] == (2, 2) and ed.presets.shape[0] in (3, 4)
     for p in (a, b, c):  # top_k distinct LoRAs per layer
         assert all(len(set(row.tolist())) == ed.top_k for row in p)
@@ -255,8 +260,19 @@ def test_threshold_sweep_script(tmp_path):
     spec = importlib.util.spec_from_file_location("elder_threshold", ROOT / "scripts" / "elder_threshold.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    df = mod.main(["+model=tiny", "edits=3", "editor.num_layers=2", "editor.num_iter=3", "protocol.progress=false",
-                   f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=10"], out_dir=tmp_path)
+    df = mod.main(
+        [
+            "+model=tiny",
+            "edits=3",
+            "editor.num_layers=2",
+            "editor.num_iter=3",
+            "protocol.progress=false",
+            f"data.root={tmp_path}/data",
+            "data.toy.n_eval=10",
+            "data.toy.n_train=10",
+        ],
+        out_dir=tmp_path,
+    )
     assert df["threshold"].tolist() == [0, 2, 4, 6, 8, 10]  # 2 layers x 4 LoRAs = 8-bit codes
     for k in ("on_rel", "on_t_loc", "on_m_loc"):
         assert df[k].is_monotonic_increasing

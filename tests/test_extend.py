@@ -16,13 +16,26 @@ def write_my_data(base):
     """The README's worked example: my_data/{images,train.json,eval.json} and my_conf/data/my_data.yaml."""
     img = base / "my_data" / "images"
     img.mkdir(parents=True)
-    for name, colour in (("red.png", (220, 30, 30)), ("red2.png", (200, 40, 40)), ("blue.png", (30, 30, 220)),
-                         ("green.png", (30, 200, 30))):
+    for name, colour in (
+        ("red.png", (220, 30, 30)),
+        ("red2.png", (200, 40, 40)),
+        ("blue.png", (30, 30, 220)),
+        ("green.png", (30, 200, 30)),
+    ):
         Image.new("RGB", (64, 64), colour).save(img / name)
-    rec = {"src": "What color is the square?", "rephrase": "Which colour does the square have?",
-           "image": "images/red.png", "image_rephrase": "images/red2.png", "alt": "purple", "pred": "red",
-           "loc": "what is 2 plus 2", "loc_ans": "4",
-           "m_loc": "images/blue.png", "m_loc_q": "What color is the square?", "m_loc_a": "blue"}
+    rec = {
+        "src": "What color is the square?",
+        "rephrase": "Which colour does the square have?",
+        "image": "images/red.png",
+        "image_rephrase": "images/red2.png",
+        "alt": "purple",
+        "pred": "red",
+        "loc": "what is 2 plus 2",
+        "loc_ans": "4",
+        "m_loc": "images/blue.png",
+        "m_loc_q": "What color is the square?",
+        "m_loc_a": "blue",
+    }
     rec2 = dict(rec, image="images/green.png", image_rephrase="images/green.png", alt="orange", pred="green")
     (base / "my_data" / "eval.json").write_text(json.dumps([rec, rec2], indent=1))
     (base / "my_data" / "train.json").write_text(json.dumps([rec2], indent=1))
@@ -34,7 +47,8 @@ def write_my_data(base):
         "train_file: my_data/train.json\n"
         "eval_file: my_data/eval.json\n"
         "skip_missing: false\n"
-        "prompts: {edit_suffix: ' The answer is:', m_loc_suffix: ' The answer is:', t_loc_suffix: '?', port_suffix: ''}\n")
+        "prompts: {edit_suffix: ' The answer is:', m_loc_suffix: ' The answer is:', t_loc_suffix: '?', port_suffix: ''}\n"
+    )
     return base / "my_conf"
 
 
@@ -47,8 +61,16 @@ def test_own_dataset_checks_and_runs(tmp_path, monkeypatch, capsys):
     assert data_main(["check", "data=my_data", "--config-dir", "my_conf"]) == 0
     out = capsys.readouterr().out
     assert "my_data" in out and "missing images: none" in out
-    cfg = make_cfg("+editor=ft_l", "+model=tiny", "data=my_data", f"hydra.searchpath=[file://{conf}]", "edits=2",
-                   "out_dir=run", "protocol.progress=false", "editor.steps=2")
+    cfg = make_cfg(
+        "+editor=ft_l",
+        "+model=tiny",
+        "data=my_data",
+        f"hydra.searchpath=[file://{conf}]",
+        "edits=2",
+        "out_dir=run",
+        "protocol.progress=false",
+        "editor.steps=2",
+    )
     s = run(cfg)
     assert s["status"] == "ok" and s["data"] == "my_data" and s["n_edits"] == 2
     cases = [json.loads(x) for x in (tmp_path / "run" / "cases.jsonl").read_text().splitlines()]
@@ -67,10 +89,17 @@ def test_new_editor_module_is_found_without_editing_the_package(tmp_path):
     shutil.copytree(ROOT / "editors", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "my_editor.py").write_text(
         "from .none import NoEdit\nfrom .registry import register\n\n\n"
-        "@register('my_editor')\nclass MyEditor(NoEdit):\n    pass\n")
+        "@register('my_editor')\nclass MyEditor(NoEdit):\n    pass\n"
+    )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", "import editors; print(editors.__file__); print(editors.names())"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import editors; print(editors.__file__); print(editors.names())"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith(str(pkg)) and "'my_editor'" in r.stdout
 
@@ -99,14 +128,24 @@ def test_save_editor_round_trip(tmp_path):
 
 
 MY_EDITOR = '''"""An editor from another package: a memory of random residual shifts (it only has to edit and be timed)."""
-import torch
+from dataclasses import dataclass
 
-from bench.core.editor import Editor, grow_rows
+import torch
+from omegaconf import MISSING
+
+from bench.core.editor import Editor, EditorConfig, grow_rows
 from editors.registry import register
+
+
+@dataclass
+class MyMemoryConfig(EditorConfig):
+    layer: int = MISSING
+    scale: float = MISSING
 
 
 @register("my_memory")
 class MyMemory(Editor):
+    Config = MyMemoryConfig
     display_order = 5
     latency_fill = "the real rows repeated + noise"
 
@@ -161,17 +200,21 @@ def test_editor_from_another_package_is_run_timed_and_ordered_without_touching_t
     (dist / "entry_points.txt").write_text("[bench.editors]\nmy_memory = my_pkg.my_memory\n")
     conf = tmp_path / "my_conf" / "editor"
     conf.mkdir(parents=True)
-    (conf / "my_memory.yaml").write_text("name: my_memory\nlayer: 2\nscale: 0.5\n")
+    (conf / "my_memory.yaml").write_text(
+        "defaults:\n  - /editor_schema/my_memory@_here_\n  - _self_\nname: my_memory\nlayer: 2\nscale: 0.5\n"
+    )
     env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{ROOT}", OMP_NUM_THREADS="1")
     search = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
-    code = ("import json, sys\n"
-            "from bench.report import display_order\n"
-            "from bench.speed import editor_names, latency_rows, main\n"
-            "print(json.dumps({'names': editor_names(), 'rows': list(latency_rows('my_memory')),"
-            " 'order': display_order('my_memory')}))\n"
-            f"main(['--model', 'tiny', '--editors', 'none,my_memory', '--edits', '2', '--stored', '0,5', '--batch', '2',"
-            f" '--repeats', '1', '--out', 'speed', 'data.root=data', 'data.toy.n_eval=40', 'data.toy.n_train=20',"
-            f" {search!r}])\n")
+    code = (
+        "import json, sys\n"
+        "from bench.report import display_order\n"
+        "from bench.speed import editor_names, latency_rows, main\n"
+        "print(json.dumps({'names': editor_names(), 'rows': list(latency_rows('my_memory')),"
+        " 'order': display_order('my_memory')}))\n"
+        f"main(['--model', 'tiny', '--editors', 'none,my_memory', '--edits', '2', '--stored', '0,5', '--batch', '2',"
+        f" '--repeats', '1', '--out', 'speed', 'data.root=data', 'data.toy.n_eval=40', 'data.toy.n_train=20',"
+        f" {search!r}])\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout.splitlines()[0])
@@ -181,8 +224,36 @@ def test_editor_from_another_package_is_run_timed_and_ordered_without_touching_t
     assert speed["latency"]["my_memory"]["5"]["fill"] == "synthetic"
     assert speed["fill"]["my_memory"] == "the real rows repeated + noise"
     # and a run of the CLI
-    r = subprocess.run([sys.executable, "-m", "bench", "+editor=my_memory", "+model=tiny", "edits=2", "out_dir=run",
-                        "protocol.progress=false", "data.root=data", "data.toy.n_eval=40", "data.toy.n_train=20",
-                        search], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "+editor=my_memory",
+            "+model=tiny",
+            "edits=2",
+            "out_dir=run",
+            "protocol.progress=false",
+            "data.root=data",
+            "data.toy.n_eval=40",
+            "data.toy.n_train=20",
+            search,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
+    # its typed config checks types and keys like every editor's
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "+editor=my_memory", "+model=tiny", "editor.scal=1", search],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "did you mean editor.scale?" in r.stderr, r.stderr[-2000:]

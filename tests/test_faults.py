@@ -22,7 +22,12 @@ from bench.results import RunWriter
 from bench.run import run
 
 T = 8
-COMMON = ("edits=8", "protocol.save_every=2", "protocol.checkpoints=[3,6]", "protocol.edit_batch_size=1")  # one edit per call: interrupts land at edit 5
+COMMON = (
+    "edits=8",
+    "protocol.save_every=2",
+    "protocol.checkpoints=[3,6]",
+    "protocol.edit_batch_size=1",
+)  # one edit per call: interrupts land at edit 5
 
 
 def cases_of(out: Path) -> dict[tuple, tuple]:
@@ -40,8 +45,19 @@ def editor_args(name: str) -> list[str]:
 
 
 def cli(out: Path, data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench", "+model=tiny", f"out_dir={out}", f"data.root={data}",
-            "data.toy.n_eval=40", "data.toy.n_train=20", "protocol.progress=false", *COMMON, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bench",
+        "+model=tiny",
+        f"out_dir={out}",
+        f"data.root={data}",
+        "data.toy.n_eval=40",
+        "data.toy.n_train=20",
+        "protocol.progress=false",
+        *COMMON,
+        *extra,
+    ]
 
 
 def n_lines(p: Path) -> int:
@@ -91,12 +107,24 @@ def reference(tmp_path_factory, data_root):
 def _inproc_cfg(out: Path, data_root: Path, name: str, *extra: str):
     from conftest import make_cfg
 
-    return make_cfg(*editor_args(name), "+model=tiny", f"out_dir={out}", f"data.root={data_root}",
-                    "data.toy.n_eval=40", "data.toy.n_train=20", "protocol.progress=false", *COMMON, *extra)
+    return make_cfg(
+        *editor_args(name),
+        "+model=tiny",
+        f"out_dir={out}",
+        f"data.root={data_root}",
+        "data.toy.n_eval=40",
+        "data.toy.n_train=20",
+        "protocol.progress=false",
+        *COMMON,
+        *extra,
+    )
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
-                         ids=["SIGKILL", "SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGKILL, signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGKILL", "SIGTERM", "SIGINT"],
+)
 def test_killed_run_resumes_to_the_same_scores(tmp_path, data_root, reference, sig, caplog):
     """A subprocess run is signalled after 5 edits; re-running it into the same dir resumes from the
     last save (edit 4) and every probe's score equals the uninterrupted run's."""
@@ -146,9 +174,12 @@ def _interrupt_at(monkeypatch, n: int):
 RESUME_EDITORS = ["ft_l", "grace", "melo", "ultraedit", "elder", "wise", "none"]
 
 
-@pytest.mark.parametrize("name", [
-    *(pytest.param(n, marks=pytest.mark.slow) if n != "ft_l" else n for n in RESUME_EDITORS),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        *(pytest.param(n, marks=pytest.mark.slow) if n != "ft_l" else n for n in RESUME_EDITORS),
+    ],
+)
 def test_resume_every_editor_in_process(tmp_path, data_root, reference, monkeypatch, name):
     """SIGTERM (as RunInterrupted) at edit 5, then resume: the same scores as an uninterrupted run."""
     ref = reference(name)
@@ -298,8 +329,16 @@ def test_failed_summary_write_removes_its_temp_file(tmp_path, monkeypatch):
 
 def test_user_error_prints_without_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "bench", "+editor=ft_l", "+model=tiny", f"out_dir={tmp_path}/o",
-           "data=evqa", "edits=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "+editor=ft_l",
+        "+model=tiny",
+        f"out_dir={tmp_path}/o",
+        "data=evqa",
+        "edits=2",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: data.root: evqa needs its image root" in r.stderr

@@ -66,7 +66,10 @@ def test_conflict_splits_radii(make, toy_eval, tiny):
     import dataclasses
 
     # two records, one-word targets (the tiny model learns a one-token value in GRACE's 100 steps)
-    a, b = dataclasses.replace(toy_eval.request(3), target="red"), dataclasses.replace(toy_eval.request(4), target="blue")
+    a, b = (
+        dataclasses.replace(toy_eval.request(3), target="red"),
+        dataclasses.replace(toy_eval.request(4), target="blue"),
+    )
     ed = make()
     d = query_dist(ed, a, b)
     assert ed.eps_init > d / 2  # default eps 1.0: b falls inside a's radius

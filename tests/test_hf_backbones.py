@@ -20,6 +20,8 @@ from bench.backbones.hf import HFVLLM, WeightsNotFound
 from bench.backbones.hosted import N_QUERY, blip2_config, llava_config, save_hosted  # small random vision side
 
 HF_MODELS = ("blip2", "llava", "minigpt4")
+
+
 @pytest.fixture(scope="module")
 def tok():
     from bench.backbones.embedded import smollm2_tokenizer
@@ -30,9 +32,16 @@ def tok():
 def tiny_llama_cfg(vocab: int, tie: bool = False):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       tie_word_embeddings=tie)
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+    )
 
 
 def build_tiny(kind: str, vocab: int):
@@ -41,8 +50,15 @@ def build_tiny(kind: str, vocab: int):
 
     torch.manual_seed(0)
     if kind == "blip2":
-        opt = OPTConfig(vocab_size=vocab, hidden_size=48, ffn_dim=96, num_hidden_layers=3, num_attention_heads=4,
-                        word_embed_proj_dim=48, max_position_embeddings=512)
+        opt = OPTConfig(
+            vocab_size=vocab,
+            hidden_size=48,
+            ffn_dim=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            word_embed_proj_dim=48,
+            max_position_embeddings=512,
+        )
         return Blip2ForConditionalGeneration(blip2_config(opt)).eval()
     if kind == "minigpt4":
         return Blip2ForConditionalGeneration(blip2_config(tiny_llama_cfg(vocab))).eval()

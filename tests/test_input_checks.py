@@ -33,8 +33,11 @@ def _no_model(monkeypatch):
     monkeypatch.setattr(br, "build_backbone", boom)
 
 
-@pytest.mark.parametrize("content", [b"", b"this is text, not a PNG", b"\x89PNG\r\n\x1a\n\x00\x00garbage"],
-                         ids=["zero-byte", "text", "truncated-png"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is text, not a PNG", b"\x89PNG\r\n\x1a\n\x00\x00garbage"],
+    ids=["zero-byte", "text", "truncated-png"],
+)
 def test_unreadable_images_named_with_record_and_field(toy, monkeypatch, content):
     cfg, rs = toy
     bad = Path(rs.image_path(rs.record(1)["image_rephrase"]))
@@ -123,7 +126,9 @@ def test_too_long_prompt_reported_before_pre_edit_scoring(toy, monkeypatch):
         raise AssertionError("pre-edit scoring started")
 
     monkeypatch.setattr(Lifelong, "cache_pre_edit", no_scoring)
-    with pytest.raises(UserError, match=r"(?s)1 probes longer than the context .*record 2 field 'rephrase' \(t_gen probe\)"):
+    with pytest.raises(
+        UserError, match=r"(?s)1 probes longer than the context .*record 2 field 'rephrase' \(t_gen probe\)"
+    ):
         run(cfg)
     assert not (Path(cfg.out_dir) / "summary.json").exists()
 
@@ -156,10 +161,13 @@ def test_toy_generation_refuses_a_foreign_folder(tmp_path):
     assert json.loads((own / "meta.json").read_text())["seed"] == 1
 
 
-@pytest.mark.parametrize("value, match", [
-    ("1.5", r"editor.layer: a float is a relative depth and must lie in \[0, 1\), got 1.5"),
-    ("7", r"editor.layer: layer 7 out of range"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("1.5", r"editor.layer: a float is a relative depth and must lie in \[0, 1\), got 1.5"),
+        ("7", r"editor.layer: layer 7 out of range"),
+    ],
+)
 def test_layer_values_checked_by_layer_index(tmp_path, monkeypatch, value, match):
     with pytest.raises(UserError, match=match):
         run(tiny_cfg(tmp_path, f"editor.layer={value}"))
@@ -175,10 +183,15 @@ def test_relative_layer_for_ft_l_and_melo(tiny, editor_factory):
 
 
 def test_unknown_and_mistyped_editor_keys(tmp_path):
-    with pytest.raises(UserError, match=r"editor.lrr: not a key of editor 'ft_l' \(conf/editor/ft_l.yaml\); "
-                                        r"did you mean editor.lr\?"):
+    with pytest.raises(
+        UserError,
+        match=r"editor.lrr: not a key of editor 'ft_l' \(conf/editor/ft_l.yaml\); "
+        r"did you mean editor.lr\?",
+    ):
         check_config(tiny_cfg(tmp_path, "+editor.lrr=1"))
-    with pytest.raises(UserError, match=r"editor.lr: expected a number \(as in conf/editor/ft_l.yaml: 0.001\), got 'abc'"):
+    with pytest.raises(
+        UserError, match=r"editor.lr: expected a number \(as in conf/editor/ft_l.yaml: 0.001\), got 'abc'"
+    ):
         check_config(tiny_cfg(tmp_path, "editor.lr=abc"))
     with pytest.raises(UserError, match=r"editor.objective: expected a string"):
         check_config(tiny_cfg(tmp_path, "editor.objective=[1]"))

@@ -22,17 +22,28 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
     src.mkdir()
     for name in SOURCES:
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(
-            ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / name).is_dir() else {}))
+            ROOT / name,
+            src / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / name).is_dir() else {}),
+        )
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip"]
-    r = subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels), "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = wheels.glob("bench-*.whl")
     # install into its own folder (this interpreter's site-packages provide torch & co.; --no-deps, offline)
     site = tmp_path / "site"
-    r = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel), "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (site / "bench" / "conf" / "editor_model" / "liveedit" / "smol_llava.yaml").is_file()
     assert (site / "bench" / "assets" / "liveedit_smol_llava_toy_evqa" / "liveedit.safetensors").is_file()
@@ -56,7 +67,16 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
     assert s["status"] == "ok" and s["n_edits"] == 2 and s["model"] == "smol_llava"
     assert (work / "data" / "generated" / "toy_evqa-s0" / "eval.json").is_file()
     # the shipped LiveEdit checkpoint is found inside the installed package (console script, out_dir relative to cwd)
-    sh(str(site / "bin" / "bench"), "+editor=liveedit", "+model=smol_llava", "edits=2", "out_dir=le", "protocol.progress=false")
+    sh(
+        str(site / "bin" / "bench"),
+        "+editor=liveedit",
+        "+model=smol_llava",
+        "edits=2",
+        "out_dir=le",
+        "protocol.progress=false",
+    )
     s = json.loads((work / "le" / "summary.json").read_text())
-    assert s["status"] == "ok" and s["config"]["editor"]["checkpoint"] == "pkg://bench/assets/liveedit_smol_llava_toy_evqa"
+    assert (
+        s["status"] == "ok" and s["config"]["editor"]["checkpoint"] == "pkg://bench/assets/liveedit_smol_llava_toy_evqa"
+    )
     assert not (site / "data").exists() and not (site / "results").exists()

@@ -45,9 +45,12 @@ def test_grace_many_keys_same_outputs(editor_factory, toy_eval, tiny, monkeypatc
     n = keys.shape[0]
     d_q = exact_cdist(q, q)
     eps = torch.full((n,), float(d_q[d_q > 0].min()) / 3)
-    state = {"keys": keys, "values": torch.randn(n, ed.values.shape[1] if ed.values.numel() else tiny.hidden_size,
-                                                     generator=g),
-             "eps": eps, "labels": torch.full((n, 1), 7)}
+    state = {
+        "keys": keys,
+        "values": torch.randn(n, ed.values.shape[1] if ed.values.numel() else tiny.hidden_size, generator=g),
+        "eps": eps,
+        "labels": torch.full((n, 1), 7),
+    }
     ed.load_state_dict(state)
     fast = logits_of(tiny, probes)
     routed = ed.route(probes)
@@ -80,13 +83,21 @@ def test_melo_route_many_clusters_same_blocks():
     centers = torch.randn(C, 64, generator=g) * 4
     cluster = torch.cat([torch.arange(C), torch.randint(0, C, (P - C,), generator=g)])
     points = centers[cluster] + 0.3 * torch.randn(P, 64, generator=g)
-    points[P - 5:] = points[cluster == cluster[P - 1]][0]  # duplicate points: ties
-    db.load({"db.centers": centers, "db.radii": torch.rand(C, generator=g) * 3,
-             "db.labels": torch.zeros(C, 1, dtype=torch.long), "db.point_keys": points,
-             "db.point_cluster": cluster, "db.point_block": torch.randint(0, 50, (P,), generator=g),
-             "db.counts": torch.zeros(2, dtype=torch.long)})
-    q = torch.cat([points[::300] + 0.05 * torch.randn(20, 64, generator=g), points[P - 3:],
-                   torch.randn(10, 64, generator=g) * 4])
+    points[P - 5 :] = points[cluster == cluster[P - 1]][0]  # duplicate points: ties
+    db.load(
+        {
+            "db.centers": centers,
+            "db.radii": torch.rand(C, generator=g) * 3,
+            "db.labels": torch.zeros(C, 1, dtype=torch.long),
+            "db.point_keys": points,
+            "db.point_cluster": cluster,
+            "db.point_block": torch.randint(0, 50, (P,), generator=g),
+            "db.counts": torch.zeros(2, dtype=torch.long),
+        }
+    )
+    q = torch.cat(
+        [points[::300] + 0.05 * torch.randn(20, 64, generator=g), points[P - 3 :], torch.randn(10, 64, generator=g) * 4]
+    )
     got = db.route(q)
     assert torch.equal(got, _melo_route_reference(db, q))
     assert (got >= 0).any() and (got < 0).any()
@@ -137,8 +148,11 @@ def test_wise_many_memories_same_outputs(editor_factory, toy_eval, tiny, retriev
     if retrieve:
         state.update(shards=mems, shard_min_act=thr, counters=torch.tensor([n, 0, 0]))
     else:
-        state.update(merged=mems[0], min_act=torch.tensor([float(thr[0]), math.inf], dtype=torch.float64),
-                     counters=torch.tensor([1000, 0, 1]))
+        state.update(
+            merged=mems[0],
+            min_act=torch.tensor([float(thr[0]), math.inf], dtype=torch.float64),
+            counters=torch.tensor([1000, 0, 1]),
+        )
     ed.load_state_dict(state)
     with torch.no_grad():
         idx_ref, new_ref = _wise_hook_reference(ed, x, o)
@@ -150,8 +164,9 @@ def test_wise_many_memories_same_outputs(editor_factory, toy_eval, tiny, retriev
 
 
 @pytest.mark.parametrize("hard", [True, False])
-def test_liveedit_many_experts_same_outputs(editor_factory, liveedit_tiny_checkpoint, toy_eval, tiny, monkeypatch,
-                                            hard):
+def test_liveedit_many_experts_same_outputs(
+    editor_factory, liveedit_tiny_checkpoint, toy_eval, tiny, monkeypatch, hard
+):
     from bench.speed import synthetic_state
 
     ed = editor_factory("liveedit", {"checkpoint": liveedit_tiny_checkpoint, "hard_routing": hard})

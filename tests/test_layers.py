@@ -104,8 +104,9 @@ def cycles(edges: set[tuple[str, str]]) -> list[list[str]]:
 
 def test_no_import_goes_up_a_layer():
     edges = import_edges(modules())
-    up = sorted(f"{a} ({LAYER_NAMES[layer(a)]}) imports {b} ({LAYER_NAMES[layer(b)]})"
-                for a, b in edges if layer(b) > layer(a))
+    up = sorted(
+        f"{a} ({LAYER_NAMES[layer(a)]}) imports {b} ({LAYER_NAMES[layer(b)]})" for a, b in edges if layer(b) > layer(a)
+    )
     assert not up, "back edges:\n" + "\n".join(up)
 
 
@@ -116,9 +117,13 @@ def test_no_import_cycles():
 
 def test_the_walker_sees_a_back_edge(tmp_path):
     """The check can fail: a core module importing an editor is reported."""
-    for rel, text in {"bench/__init__.py": "", "bench/core/__init__.py": "", "editors/__init__.py": "",
-                      "bench/core/types.py": "def f():\n    from editors import x\n",
-                      "editors/x.py": "from bench.core import types\n"}.items():
+    for rel, text in {
+        "bench/__init__.py": "",
+        "bench/core/__init__.py": "",
+        "editors/__init__.py": "",
+        "bench/core/types.py": "def f():\n    from editors import x\n",
+        "editors/x.py": "from bench.core import types\n",
+    }.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     edges = import_edges(modules(tmp_path))

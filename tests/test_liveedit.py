@@ -44,8 +44,10 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, toy_root):
     assert meta["step"] == 3 and any(not torch.equal(w2[k], w3[k]) for k in w2)
     assert len((out / "log.jsonl").read_text().splitlines()) == 3
     # no cap: the length in epochs, 20 train records / batch 4 = 5 steps an epoch
-    r = train(liveedit_train_cfg(out, tmp_path / "data", "null", "editor.train.epochs=1", "++editor.train.resume=true"),
-              progress=False)
+    r = train(
+        liveedit_train_cfg(out, tmp_path / "data", "null", "editor.train.epochs=1", "++editor.train.resume=true"),
+        progress=False,
+    )
     assert r["step"] == 5 and load_checkpoint(out)[1]["step"] == 5
 
 
@@ -69,8 +71,17 @@ def test_routing_warmup_trains_only_the_extractors_once(tmp_path, toy_root):
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert sum(x.get("phase") == "routing_warmup" for x in logs) == 2 and logs[-1]["step"] == 1
     # raising the setting runs only the missing steps, numbered on
-    train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", "editor.train.routing_warmup_steps=30",
-                             "editor.train.log_every=1"), progress=False)
+    train(
+        liveedit_train_cfg(
+            out,
+            tmp_path / "data",
+            1,
+            "++editor.train.resume=true",
+            "editor.train.routing_warmup_steps=30",
+            "editor.train.log_every=1",
+        ),
+        progress=False,
+    )
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["warmup_step"] for x in logs if x.get("phase") == "routing_warmup"] == [10, 20, 30]
     assert load_checkpoint(out)[1]["routing_warmup_steps"] == 30
@@ -97,8 +108,14 @@ def test_routing_losses_on_compact_cache_equal_full_reps(tiny, toy_root, tmp_pat
         v_full, q_full, _ = token_masks(batch)
         full = routing_losses(ed.net, h, v_full, q_full, np.random.default_rng(1), 4)
         t = torch.tensor(idx)
-        compact = routing_losses(ed.net, reps[:, t].flatten(0, 1).float(), vis[:, t].flatten(0, 1),
-                                 query[:, t].flatten(0, 1), np.random.default_rng(1), 4)
+        compact = routing_losses(
+            ed.net,
+            reps[:, t].flatten(0, 1).float(),
+            vis[:, t].flatten(0, 1),
+            query[:, t].flatten(0, 1),
+            np.random.default_rng(1),
+            4,
+        )
         for k in full:
             assert torch.allclose(full[k], compact[k], atol=1e-5), k
     finally:
@@ -112,8 +129,11 @@ def test_missing_and_wrong_backbone_checkpoint(tiny, liveedit_tiny_checkpoint, t
     from safetensors.torch import save_file
 
     state, meta = load_checkpoint(liveedit_tiny_checkpoint)
-    save_file(state, str(tmp_path / "liveedit.safetensors"),
-              metadata={"liveedit": json.dumps({**meta, "backbone": "smol_llava", "hidden_size": 576})})
+    save_file(
+        state,
+        str(tmp_path / "liveedit.safetensors"),
+        metadata={"liveedit": json.dumps({**meta, "backbone": "smol_llava", "hidden_size": 576})},
+    )
     with pytest.raises(ValueError, match="trained for backbone 'smol_llava'"):
         editors.build(OmegaConf.merge(cfg, {"checkpoint": str(tmp_path)}), tiny)
 
@@ -164,8 +184,9 @@ def test_routing_stats_count_kept_experts(make, tiny, toy_eval):
     _, _, keep, _, _ = ed.route(batch, ed.layer_reps(batch).float())
     assert st["kept_max"] == int(keep.sum(1).max()) and st["kept_mean"] == round(float(keep.sum(1).float().mean()), 2)
     state = ed.state_dict()
-    ed.load_state_dict({**state, **{k: state[k].repeat(3, 1, 1) for k in ("psi", "phi", "U", "V")},
-                        "n_edits": torch.tensor([6])})
+    ed.load_state_dict(
+        {**state, **{k: state[k].repeat(3, 1, 1) for k in ("psi", "phi", "U", "V")}, "n_edits": torch.tensor([6])}
+    )
     st3 = ed.routing_stats(batch)
     assert st3["experts"] == 6 and st3["kept_max"] == 3 * st["kept_max"]
     assert st3["kept_mean"] == pytest.approx(3 * st["kept_mean"], abs=0.02)
@@ -209,8 +230,9 @@ def test_ablation_switches_change_routing(make, tiny, toy_eval):
     kept_n = keep_ns.sum(1, keepdim=True).clamp(min=1)
     assert torch.allclose(c_ns, keep_ns.float() / kept_n)
     vis, query, _ = token_masks(batch)
-    psi_in = torch.cat([full.net.input_features(h[b:b + 1, vis[b]], None, h[b:b + 1, query[b]], None)[0]
-                        for b in range(4)])
+    psi_in = torch.cat(
+        [full.net.input_features(h[b : b + 1, vis[b]], None, h[b : b + 1, query[b]], None)[0] for b in range(4)]
+    )
     s = full.net.sim(psi_in, full.psi)
     expect = torch.softmax(s, 1) * torch.sigmoid(s)
     assert torch.allclose(c_nh, expect, atol=1e-6)
@@ -332,9 +354,15 @@ def logits_of_base(ed, backbone, probes):
 
 # ----- initialisation, training length, shipped checkpoint ----------------------------------------------
 def _token_tensors(net):
-    return {"edit_ext.tok_v": net.edit_ext.tok_v, "edit_ext.tok_t": net.edit_ext.tok_t,
-            "inpt_ext.tok_v": net.inpt_ext.tok_v, "inpt_ext.tok_t": net.inpt_ext.tok_t,
-            "inpt_ext.sentinel": net.inpt_ext.sentinel, "gen_u.tok": net.gen_u.tok, "gen_v.tok": net.gen_v.tok}
+    return {
+        "edit_ext.tok_v": net.edit_ext.tok_v,
+        "edit_ext.tok_t": net.edit_ext.tok_t,
+        "inpt_ext.tok_v": net.inpt_ext.tok_v,
+        "inpt_ext.tok_t": net.inpt_ext.tok_t,
+        "inpt_ext.sentinel": net.inpt_ext.sentinel,
+        "gen_u.tok": net.gen_u.tok,
+        "gen_v.tok": net.gen_v.tok,
+    }
 
 
 def test_fresh_tokens_start_kaiming_normal_as_the_reference():
@@ -393,8 +421,15 @@ def test_shipped_checkpoint_loads_whatever_the_init():
     from editors.liveedit import LiveEditNet
 
     state, meta = load_checkpoint(SHIPPED)
-    arch = (meta["hidden_size"], meta["module_dim"], meta["heads"], meta["n_query"], meta["rank"],
-            meta["lora_scale"], meta["sentinel_tokens"])
+    arch = (
+        meta["hidden_size"],
+        meta["module_dim"],
+        meta["heads"],
+        meta["n_query"],
+        meta["rank"],
+        meta["lora_scale"],
+        meta["sentinel_tokens"],
+    )
     nets = []
     for seed, init in ((0, "kaiming_normal"), (1, "standard_normal")):
         torch.manual_seed(seed)

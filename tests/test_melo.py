@@ -20,7 +20,7 @@ def melo(editor_factory):
 
 def keys_of(ed, tiny, probes):
     """Query keys the editor computes for probes (installs the wrappers if needed)."""
-    ed._install()
+    ed.attach()
     with torch.no_grad():
         tiny.forward(tiny.prepare(probes))
     return ed._keys.clone()
@@ -224,8 +224,10 @@ def test_stream_longer_than_num_block_fills_blocks_in_order(melo, tiny, toy_eval
 def test_batches_never_split_across_blocks(melo, toy_eval):
     reqs = [toy_eval.request(i) for i in range(12)]
     ed = melo(init_radius=1e-3, num_iter=1)  # 4 edits per block
-    got = [(ed.edit_batch(reqs[a:b])["block"], len(ed.block_requests))
-           for a, b in ((0, 3), (3, 5), (5, 6), (6, 7), (7, 12))]
+    got = [
+        (ed.edit_batch(reqs[a:b])["block"], len(ed.block_requests))
+        for a, b in ((0, 3), (3, 5), (5, 6), (6, 7), (7, 12))
+    ]
     # 3 -> block 0; 2 do not fit in its last slot -> block 1; 1 -> block 1 (3 held); 1 fills it;
     # a batch of 5 (> 4) gets block 2 to itself
     assert got == [(0, 3), (1, 2), (1, 3), (1, 0), (2, 0)]
@@ -273,7 +275,7 @@ def test_key_layer_must_precede_lora_layers(melo):
 
 def _old_full_pool_edit(ed, tiny, req, num_iter):
     """The edit loop as it was: Adam (+ StepLR) over every block's factors, full forward each step."""
-    ed._install()
+    ed.attach()
     batch = tiny.prepare([req])
     params = ed.lora_A + ed.lora_B
     for p in params:
@@ -374,8 +376,9 @@ def test_radius_script_on_tiny(tmp_path, tiny, toy_eval):
     """scripts/melo_radius.py on the train split: keys as the editor reads them in an edit, one row per
     distribution, a radius inside the observed range, the CSV written."""
     mod = _radius_script()
-    res = mod.main(["+model=tiny", f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=12"],
-                   out_dir=tmp_path)
+    res = mod.main(
+        ["+model=tiny", f"data.root={tmp_path}/data", "data.toy.n_eval=10", "data.toy.n_train=12"], out_dir=tmp_path
+    )
     t = res["table"]
     assert len(t) == 5 and (t["n"] == 12).all() and (t["q0"] <= t["q100"]).all()
     assert t["q0"].min() <= res["radius"] <= t["q100"].max() and res["J"] >= 0

@@ -25,8 +25,18 @@ def test_length_mismatch_and_empty_rejected():
 
 def test_aggregate_is_mean_of_probes_per_metric():
     cases = [
-        {"kind": "rel", "score": 1.0}, {"kind": "rel", "score": 0.5},
-        {"kind": "t_gen", "score": 0.0}, {"kind": "m_loc", "score": 0.25}, {"kind": "port", "score": 1.0},
+        {"kind": "rel", "score": 1.0},
+        {"kind": "rel", "score": 0.5},
+        {"kind": "t_gen", "score": 0.0},
+        {"kind": "m_loc", "score": 0.25},
+        {"kind": "port", "score": 1.0},
     ]
-    assert aggregate(cases) == {"rel": 0.75, "t_gen": 0.0, "m_loc": 0.25, "port": 1.0,
-                                "rel_em": 0.5, "t_gen_em": 0.0, "port_em": 1.0}
+    assert aggregate(cases) == {
+        "rel": 0.75,
+        "t_gen": 0.0,
+        "m_loc": 0.25,
+        "port": 1.0,
+        "rel_em": 0.5,
+        "t_gen_em": 0.0,
+        "port_em": 1.0,
+    }

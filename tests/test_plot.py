@@ -17,11 +17,30 @@ def make_run(root, name, editor, seed, curve, lr=1e-3, port=False):
     metrics = {"rel": final, "t_gen": final, "m_gen": final, "t_loc": 1 - final / 2, "m_loc": 1.0}
     if port:
         metrics["port"] = final / 2
-    cfg = {"seed": seed, "shuffle": True, "edits": curve[-1][0], "editor": {"name": editor, "label": editor, "lr": lr},
-           "model": {"name": "tiny"}, "data": {"name": "toy_evqa"}, "protocol": {"mode": "sequential"}}
-    (d / "summary.json").write_text(json.dumps({
-        "status": "ok", "editor": editor, "model": "tiny", "data": "toy_evqa", "n_edits": curve[-1][0], "seed": seed,
-        "metrics": metrics, "timing": {"s_per_edit": 0.1}, "config": cfg}))
+    cfg = {
+        "seed": seed,
+        "shuffle": True,
+        "edits": curve[-1][0],
+        "editor": {"name": editor, "label": editor, "lr": lr},
+        "model": {"name": "tiny"},
+        "data": {"name": "toy_evqa"},
+        "protocol": {"mode": "sequential"},
+    }
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": "ok",
+                "editor": editor,
+                "model": "tiny",
+                "data": "toy_evqa",
+                "n_edits": curve[-1][0],
+                "seed": seed,
+                "metrics": metrics,
+                "timing": {"s_per_edit": 0.1},
+                "config": cfg,
+            }
+        )
+    )
     lines = ["edits,rel,t_gen,m_gen,t_loc,m_loc,s_per_edit"]
     lines += [f"{t},{v},{v},{v},{1 - v / 2},1.0,0.1" for t, v in curve]
     (d / "curve.csv").write_text("\n".join(lines) + "\n")

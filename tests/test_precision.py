@@ -42,9 +42,19 @@ OVERRIDES = {"grace": ("editor.early_stop_loss=0.01",), "melo": ("editor.early_s
 
 
 def run_cfg(editor: str, dtype: str, out: Path, *extra: str):
-    return make_cfg(f"+editor={editor}", "+model=smol_llava", f"edits={EDITS}", "shuffle=true", "seed=0",
-                    f"model.dtype={dtype}", f"out_dir={out}", "overwrite=true", "protocol.progress=false",
-                    *OVERRIDES.get(editor, ()), *extra)
+    return make_cfg(
+        f"+editor={editor}",
+        "+model=smol_llava",
+        f"edits={EDITS}",
+        "shuffle=true",
+        "seed=0",
+        f"model.dtype={dtype}",
+        f"out_dir={out}",
+        "overwrite=true",
+        "protocol.progress=false",
+        *OVERRIDES.get(editor, ()),
+        *extra,
+    )
 
 
 _RUNS: dict = {}
@@ -110,8 +120,9 @@ def test_every_editor_in_every_dtype_on_smollm2_inside_paper_classes(kind, edito
     smol_llava's settings (same LM). LiveEdit's generator is trained per backbone: not run here."""
     from bench.backbones.hosted import hosted_model_cfg
 
-    check_editor_dtype(editor, dtype, tmp_path_factory.getbasetemp() / "precision_hosted",
-                       hosted_model_cfg(kind, hosted[kind], dtype))
+    check_editor_dtype(
+        editor, dtype, tmp_path_factory.getbasetemp() / "precision_hosted", hosted_model_cfg(kind, hosted[kind], dtype)
+    )
 
 
 # ----- reset in every dtype ------------------------------------------------------------------------------
@@ -123,8 +134,9 @@ def smol_by_dtype():
 
     def get(dtype: str):
         if dtype not in cache:
-            cache[dtype] = build_backbone(OmegaConf.merge(OmegaConf.load(CONF / "model" / "smol_llava.yaml"),
-                                                          {"dtype": dtype}))
+            cache[dtype] = build_backbone(
+                OmegaConf.merge(OmegaConf.load(CONF / "model" / "smol_llava.yaml"), {"dtype": dtype})
+            )
         return cache[dtype]
 
     return get
@@ -139,11 +151,17 @@ def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype, toy_
     bb = smol_by_dtype(dtype)
     img = sorted(str(p) for p in (toy_root / "images").glob("*.png"))[:2]
     # bit-exactness, not edit quality, is tested here: ELDER's 50 Adam steps cut to 5 (CPU float16 is slow)
-    cfg = make_cfg(f"+editor={editor}", "+model=smol_llava", *OVERRIDES.get(editor, ()),
-                   *(("editor.num_iter=5",) if editor == "elder" else ()))
-    ps = [Probe("What shape is shown? The answer is:", "a heart", img[0]),
-          Probe("What colour is the object? The answer is:", "violet", img[1]),
-          Probe("Water boils at", "100 degrees", None, "t_loc")]
+    cfg = make_cfg(
+        f"+editor={editor}",
+        "+model=smol_llava",
+        *OVERRIDES.get(editor, ()),
+        *(("editor.num_iter=5",) if editor == "elder" else ()),
+    )
+    ps = [
+        Probe("What shape is shown? The answer is:", "a heart", img[0]),
+        Probe("What colour is the object? The answer is:", "violet", img[1]),
+        Probe("Water boils at", "100 degrees", None, "t_loc"),
+    ]
     with torch.no_grad():
         ref = bb.forward(bb.prepare(ps)).logits.clone()
     assert ref.dtype == getattr(torch, dtype)
@@ -167,9 +185,18 @@ def test_reset_is_bit_exact_in_half_precision(editor, dtype, smol_by_dtype, toy_
 
 # ----- the non-finite guard -------------------------------------------------------------------------------
 def tiny_run_cfg(tmp_path: Path, editor: str = "ft_l", *extra: str):
-    return make_cfg(f"+editor={editor}", "+model=tiny", "edits=4", f"out_dir={tmp_path / 'run'}",
-                    "data.toy.n_eval=40", "data.toy.n_train=20", f"data.root={tmp_path}/data",
-                    "protocol.progress=false", "protocol.checkpoints=[1,2]", *extra)
+    return make_cfg(
+        f"+editor={editor}",
+        "+model=tiny",
+        "edits=4",
+        f"out_dir={tmp_path / 'run'}",
+        "data.toy.n_eval=40",
+        "data.toy.n_train=20",
+        f"data.root={tmp_path}/data",
+        "protocol.progress=false",
+        "protocol.checkpoints=[1,2]",
+        *extra,
+    )
 
 
 def test_nan_loss_fails_the_run_and_keeps_what_was_scored(tmp_path, monkeypatch):
@@ -198,7 +225,9 @@ def test_nan_loss_fails_the_run_and_keeps_what_was_scored(tmp_path, monkeypatch)
 def test_half_precision_hint_names_the_other_dtypes():
     from bench.core.errors import nonfinite_hint
 
-    assert "model.dtype=bfloat16" in nonfinite_hint(torch.float16) and "model.dtype=float32" in nonfinite_hint("float16")
+    assert "model.dtype=bfloat16" in nonfinite_hint(torch.float16) and "model.dtype=float32" in nonfinite_hint(
+        "float16"
+    )
     assert "model.dtype=float32" in nonfinite_hint(torch.bfloat16)
 
 
@@ -219,8 +248,11 @@ def test_nan_score_fails_the_run_and_counts_nonfinite_logprobs(tmp_path, monkeyp
         return real_eval(self, *a, **k)
 
     monkeypatch.setattr(protocol.Lifelong, "evaluate", evaluate)
-    with pytest.raises(NonFiniteError, match=r"1 of \d+ probes scored after 4 edits have a non-finite log-prob "
-                                             r"\(editor 'ft_l' with model.dtype=float32; first: record \d+"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"1 of \d+ probes scored after 4 edits have a non-finite log-prob "
+        r"\(editor 'ft_l' with model.dtype=float32; first: record \d+",
+    ):
         run(tiny_run_cfg(tmp_path, "ft_l", "protocol.checkpoints=null"))
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "failed" and s["nonfinite_logprobs"] == 1 and "metrics" not in s
@@ -275,8 +307,11 @@ def test_editor_state_sits_on_the_device_of_its_module(editor, request):
     held = [*_tensors(ed, set(), own), *((f"state_dict[{k!r}]", t) for k, t in ed.state_dict().items())]
     # bookkeeping may live on the CPU: integers (counters, RNG state, labels) and float64 Python numbers packed
     # for state_dict (WISE's running minima); trained or stored values may not
-    wrong = [(n, tuple(t.shape)) for n, t in held
-             if t.is_floating_point() and t.dtype != torch.float64 and t.device.type != "meta"]
+    wrong = [
+        (n, tuple(t.shape))
+        for n, t in held
+        if t.is_floating_point() and t.dtype != torch.float64 and t.device.type != "meta"
+    ]
     assert not wrong, f"{editor}: tensors on the CPU (backbone.device) instead of the layer's device: {wrong}"
 
 
@@ -293,31 +328,49 @@ def no_load(monkeypatch):
 
 
 def blip2_run(tmp_path: Path, editor: str, *extra: str):
-    return make_cfg(f"+editor={editor}", "+model=blip2", "model.random_init=true", "edits=2",
-                    f"out_dir={tmp_path / 'run'}", "data.toy.n_eval=20", "data.toy.n_train=10",
-                    f"data.root={tmp_path}/data", "protocol.progress=false", *extra)
+    return make_cfg(
+        f"+editor={editor}",
+        "+model=blip2",
+        "model.random_init=true",
+        "edits=2",
+        f"out_dir={tmp_path / 'run'}",
+        "data.toy.n_eval=20",
+        "data.toy.n_train=10",
+        f"data.root={tmp_path}/data",
+        "protocol.progress=false",
+        *extra,
+    )
 
 
 def test_liveedit_checkpoint_checked_before_the_backbone_loads(tmp_path, no_load):
-    with pytest.raises(UserError, match=r"editor.checkpoint: LiveEdit needs a trained expert generator.*"
-                                        r"\+model=blip2"):
+    with pytest.raises(
+        UserError,
+        match=r"editor.checkpoint: LiveEdit needs a trained expert generator.*"
+        r"\+model=blip2",
+    ):
         run(blip2_run(tmp_path, "liveedit", "editor.checkpoint=null"))
     with pytest.raises(UserError, match=r"no LiveEdit checkpoint at .*nowhere"):
         run(blip2_run(tmp_path, "liveedit", f"editor.checkpoint={tmp_path}/nowhere", "overwrite=true"))
     shipped = make_cfg("+editor=liveedit", "+model=smol_llava").editor.checkpoint
-    with pytest.raises(UserError, match=r"trained for backbone 'smol_llava' \(hidden size 576\), but this run uses "
-                                        r"'blip2' \(hidden size 2560\)"):
+    with pytest.raises(
+        UserError,
+        match=r"trained for backbone 'smol_llava' \(hidden size 576\), but this run uses "
+        r"'blip2' \(hidden size 2560\)",
+    ):
         run(blip2_run(tmp_path, "liveedit", f"editor.checkpoint={shipped}", "overwrite=true"))
 
 
-@pytest.mark.parametrize(("editor", "override", "message"), [
-    ("grace", "editor.layer=40", r"editor.layer: layer 40 out of range for blip2 with 32 decoder layers"),
-    ("wise", "editor.layer=1.5", r"editor.layer: a float is a relative depth"),
-    ("melo", "editor.lora_layers=[0.75,33]", r"editor.lora_layers\[1\]: layer 33 out of range"),
-    ("elder", "editor.first_layer=30", r"first_layer=30 \(layer 30\) \+ editor.num_layers=6 exceeds .* 32"),
-    ("ultraedit", "editor.modules=[{role:out,first:0.5,last:32}]", r"editor.modules\[0\].last: layer 32"),
-    ("ft_l", "editor.layer=-33", r"editor.layer: layer -33 out of range"),
-])
+@pytest.mark.parametrize(
+    ("editor", "override", "message"),
+    [
+        ("grace", "editor.layer=40", r"editor.layer: layer 40 out of range for blip2 with 32 decoder layers"),
+        ("wise", "editor.layer=1.5", r"editor.layer: a float is a relative depth"),
+        ("melo", "editor.lora_layers=[0.75,33]", r"editor.lora_layers\[1\]: layer 33 out of range"),
+        ("elder", "editor.first_layer=30", r"first_layer=30 \(layer 30\) \+ editor.num_layers=6 exceeds .* 32"),
+        ("ultraedit", "editor.modules=[{role:out,first:0.5,last:32}]", r"editor.modules\[0\].last: layer 32"),
+        ("ft_l", "editor.layer=-33", r"editor.layer: layer -33 out of range"),
+    ],
+)
 def test_layer_ranges_checked_before_the_backbone_loads(editor, override, message, tmp_path, no_load):
     with pytest.raises(UserError, match=message):
         run(blip2_run(tmp_path, editor, override))
@@ -326,10 +379,25 @@ def test_layer_ranges_checked_before_the_backbone_loads(editor, override, messag
 def test_missing_weights_exit_2_without_traceback(tmp_path):
     """The first command a user types on a paper backbone, without its weights."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "bench", "+editor=liveedit", "+model=blip2", "edits=2",
-                        "data.toy.n_eval=20", "data.toy.n_train=10", f"data.root={tmp_path}/data",
-                        f"out_dir={tmp_path}/run"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "+editor=liveedit",
+            "+model=blip2",
+            "edits=2",
+            "data.toy.n_eval=20",
+            "data.toy.n_train=10",
+            f"data.root={tmp_path}/data",
+            f"out_dir={tmp_path}/run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "error: model blip2: no Blip2ForConditionalGeneration weights and tokenizer found" in p.stderr

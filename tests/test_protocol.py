@@ -94,7 +94,9 @@ def test_single_mode_resets_after_each_record(tiny, toy_eval, spy):
 
 
 def test_chunked_mode(tiny, toy_eval, spy):
-    proto = Lifelong(tiny, spy, toy_eval.select(list(range(5))), ProtocolConfig(mode="chunked", chunk_size=2, progress=False))
+    proto = Lifelong(
+        tiny, spy, toy_eval.select(list(range(5))), ProtocolConfig(mode="chunked", chunk_size=2, progress=False)
+    )
     cases = proto.run()
     assert [e for e, _ in spy.events] == ["reset", "edit", "edit", "reset", "edit", "edit", "reset", "edit", "reset"]
     assert len({c["pos"] for c in cases}) == 5
@@ -143,8 +145,18 @@ def test_crash_keeps_results_already_computed(tmp_path, monkeypatch):
 
 def test_portability_metric_on_vlkeb_style_data(tmp_path):
     summary = run(tiny_cfg(tmp_path, "data=toy_vlkeb", "edits=3"))
-    assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "port",
-                                                                          "rel_em", "t_gen_em", "m_gen_em", "port_em"}
+    assert summary["data"] == "toy_vlkeb" and set(summary["metrics"]) == {
+        "rel",
+        "t_gen",
+        "m_gen",
+        "t_loc",
+        "m_loc",
+        "port",
+        "rel_em",
+        "t_gen_em",
+        "m_gen_em",
+        "port_em",
+    }
     kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
     assert kinds.count("port") == 3
 
@@ -152,7 +164,9 @@ def test_portability_metric_on_vlkeb_style_data(tmp_path):
 def test_edit_batch_size_null_takes_the_editors_reference_batch():
     from bench.protocol import resolve_edit_batch_size
 
-    assert ProtocolConfig.from_cfg({"edit_batch_size": None}, {"name": "elder", "edit_batch_size": 4}).edit_batch_size == 4
+    assert (
+        ProtocolConfig.from_cfg({"edit_batch_size": None}, {"name": "elder", "edit_batch_size": 4}).edit_batch_size == 4
+    )
     assert ProtocolConfig.from_cfg({"edit_batch_size": None}, {"name": "ft_l"}).edit_batch_size == 1
     assert ProtocolConfig.from_cfg({}, None).edit_batch_size == 1
     # the command line (an integer in protocol.edit_batch_size) wins over the editor's value

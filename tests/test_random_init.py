@@ -42,17 +42,46 @@ def test_paper_configs_on_meta(kind):
 
 
 SHRINK = {
-    "blip2": {"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                "num_attention_heads": 2, "image_size": 28},
-              "qformer_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                 "num_attention_heads": 2, "encoder_hidden_size": 32},
-              "num_query_tokens": 4,
-              "text_config": {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "word_embed_proj_dim": 32}},
-    "llava": {"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                "num_attention_heads": 2, "image_size": 28},
-              "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                              "num_attention_heads": 2, "num_key_value_heads": 2}},
+    "blip2": {
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+        },
+        "qformer_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 32,
+        },
+        "num_query_tokens": 4,
+        "text_config": {
+            "hidden_size": 32,
+            "ffn_dim": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "word_embed_proj_dim": 32,
+        },
+    },
+    "llava": {
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 28,
+        },
+        "text_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+        },
+    },
 }
 
 
@@ -62,14 +91,24 @@ def test_shrunk_random_instance_scores(kind, tmp_path):
     build_backbone, embeds an image, scores probes; two builds give the same weights (seeded)."""
     img = tmp_path / "a.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
-    over = {"random_init": True, "random_config_overrides": SHRINK[kind], "dtype": "float32", "device_map": None,
-            "device": "cpu", "vision": {"image_size": None}, "feature_disk_cache": False}
+    over = {
+        "random_init": True,
+        "random_config_overrides": SHRINK[kind],
+        "dtype": "float32",
+        "device_map": None,
+        "device": "cpu",
+        "vision": {"image_size": None},
+        "feature_disk_cache": False,
+    }
     cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{kind}.yaml"), over)
     bb = build_backbone(cfg)
     assert bb.hidden_size == 32 and bb.num_layers == 2
     n_img = 4 if kind == "blip2" else (28 // 14) ** 2
     assert bb.image_embeds([str(img)]).shape == (1, n_img, 32)
-    ps = [Probe("What colour is the square?", "red", str(img)), Probe("The capital of France is", "Paris", None, "t_loc")]
+    ps = [
+        Probe("What colour is the square?", "red", str(img)),
+        Probe("The capital of France is", "Paris", None, "t_loc"),
+    ]
     s = bb.score(ps)
     assert len(s) == 2 and all(0.0 <= x.token_acc <= 1.0 and x.logprob < 0 for x in s)
     again = build_backbone(cfg)

@@ -6,9 +6,17 @@ from conftest import SHARED_DATA
 from bench.core.records import PROBE_KINDS, Prompts, RecordError, RecordSet
 
 GOOD = {
-    "src": "What color is the shape?", "pred": "red", "alt": "blue", "rephrase": "Which color is the shape?",
-    "image": "a.png", "image_rephrase": "b.png", "loc": "what is two plus two", "loc_ans": "4",
-    "m_loc": "c.png", "m_loc_q": "How many shapes are there?", "m_loc_a": "3",
+    "src": "What color is the shape?",
+    "pred": "red",
+    "alt": "blue",
+    "rephrase": "Which color is the shape?",
+    "image": "a.png",
+    "image_rephrase": "b.png",
+    "loc": "what is two plus two",
+    "loc_ans": "4",
+    "m_loc": "c.png",
+    "m_loc_q": "How many shapes are there?",
+    "m_loc_a": "3",
 }
 
 
@@ -94,9 +102,13 @@ def test_loader_on_every_toy_set(tmp_path, kind):
 
 
 REAL = [
-    ("mmedit/vqa/vqa_train.json", 6345), ("mmedit/vqa/vqa_eval.json", 2093),
-    ("mmedit/caption/caption_train_edit.json", 2849), ("mmedit/caption/caption_eval_edit.json", 1000),
-    ("vlkeb/train.json", 5000), ("vlkeb/eval.json", 3174), ("vlkeb/eval_edit_onehop.json", 1278),
+    ("mmedit/vqa/vqa_train.json", 6345),
+    ("mmedit/vqa/vqa_eval.json", 2093),
+    ("mmedit/caption/caption_train_edit.json", 2849),
+    ("mmedit/caption/caption_eval_edit.json", 1000),
+    ("vlkeb/train.json", 5000),
+    ("vlkeb/eval.json", 3174),
+    ("vlkeb/eval_edit_onehop.json", 1278),
 ]
 
 

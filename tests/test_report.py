@@ -12,10 +12,17 @@ from bench.report import NOTE_SAME_STREAM, latex_document, main, render, spread,
 
 
 def summ(editor="ft_l", seed=0, rel=0.5, shuffle=True, port=None, **cfg_over):
-    cfg = {"seed": seed, "shuffle": shuffle, "edits": 10, "out_dir": f"/tmp/r{seed}", "logger": {"name": "none"},
-           "protocol": {"mode": "sequential", "chunk_size": 100, "edit_batch_size": 1, "progress": True},
-           "editor": {"name": editor, "label": editor, **({"lr": 1e-4} if editor != "none" else {})},
-           "model": {"name": "tiny"}, "data": {"name": "toy_evqa"}}
+    cfg = {
+        "seed": seed,
+        "shuffle": shuffle,
+        "edits": 10,
+        "out_dir": f"/tmp/r{seed}",
+        "logger": {"name": "none"},
+        "protocol": {"mode": "sequential", "chunk_size": 100, "edit_batch_size": 1, "progress": True},
+        "editor": {"name": editor, "label": editor, **({"lr": 1e-4} if editor != "none" else {})},
+        "model": {"name": "tiny"},
+        "data": {"name": "toy_evqa"},
+    }
     for k, v in cfg_over.items():
         node = cfg
         *path, last = k.split("__")
@@ -25,8 +32,18 @@ def summ(editor="ft_l", seed=0, rel=0.5, shuffle=True, port=None, **cfg_over):
     m = {"rel": rel, "t_gen": rel, "m_gen": rel, "t_loc": 1.0, "m_loc": 1.0}
     if port is not None:
         m["port"] = port
-    return {"editor": editor, "model": "tiny", "data": "toy_evqa", "n_edits": 10, "seed": seed, "metrics": m,
-            "timing": {"s_per_edit": 0.1}, "editor_memory_bytes": 2048, "config": cfg, "status": "ok"}
+    return {
+        "editor": editor,
+        "model": "tiny",
+        "data": "toy_evqa",
+        "n_edits": 10,
+        "seed": seed,
+        "metrics": m,
+        "timing": {"s_per_edit": 0.1},
+        "editor_memory_bytes": 2048,
+        "config": cfg,
+        "status": "ok",
+    }
 
 
 def test_t_quantile_and_spread():
@@ -38,16 +55,24 @@ def test_t_quantile_and_spread():
 
 
 def test_rows_split_by_protocol_and_average_only_over_seeds():
-    runs = [summ(seed=0, rel=0.4), summ(seed=1, rel=0.6),                          # sequential, 2 seeds
-            summ(seed=0, rel=0.9, protocol__mode="single"),                        # single
-            summ(seed=0, rel=0.2, protocol__mode="chunked", protocol__chunk_size=5),
-            summ(seed=0, rel=0.3, protocol__edit_batch_size=4),
-            summ(seed=0, rel=0.1, shuffle=False),
-            summ(seed=5, rel=0.7, out_dir="/elsewhere", logger={"name": "wandb"}, protocol__progress=False)]
+    runs = [
+        summ(seed=0, rel=0.4),
+        summ(seed=1, rel=0.6),  # sequential, 2 seeds
+        summ(seed=0, rel=0.9, protocol__mode="single"),  # single
+        summ(seed=0, rel=0.2, protocol__mode="chunked", protocol__chunk_size=5),
+        summ(seed=0, rel=0.3, protocol__edit_batch_size=4),
+        summ(seed=0, rel=0.1, shuffle=False),
+        summ(seed=5, rel=0.7, out_dir="/elsewhere", logger={"name": "wandb"}, protocol__progress=False),
+    ]
     df = table(runs)
     # the varying settings became key columns, constant ones did not
-    assert list(df.index.names) == ["editor", "shuffle", "protocol.mode", "protocol.chunk_size",
-                                    "protocol.edit_batch_size"]
+    assert list(df.index.names) == [
+        "editor",
+        "shuffle",
+        "protocol.mode",
+        "protocol.chunk_size",
+        "protocol.edit_batch_size",
+    ]
     assert len(df) == 5 and df["runs"].sum() == 7
     seq = df.loc[("ft_l", "true", "sequential", "100", "1")]
     assert seq["runs"] == 3 and seq["seeds"] == "0,1,5"  # out_dir/logger/progress differ, still averaged
@@ -81,14 +106,19 @@ def test_seed_sweep_without_shuffle_is_flagged():
 
 
 def test_markdown_keeps_key_values_shows_spread_and_dashes_for_missing():
-    runs = [summ("ft_l", 0, 0.4, editor__lr=3e-05), summ("ft_l", 1, 0.6, editor__lr=3e-05),
-            summ("ft_l", 0, 0.5, port=0.25, editor__lr=1e-04)]
+    runs = [
+        summ("ft_l", 0, 0.4, editor__lr=3e-05),
+        summ("ft_l", 1, 0.6, editor__lr=3e-05),
+        summ("ft_l", 0, 0.5, port=0.25, editor__lr=1e-04),
+    ]
     df = table(runs, ["editor.lr"])
     md = render(df, "markdown")
     assert "| 3e-05 " in md and "| 0.0001 " in md
     assert "50.00 ± 14.14" in md  # mean ± std of 40 and 60
-    port_cells = [line.split("|")[[c.strip() for c in md.split("\n")[0].split("|")].index("Port")].strip()
-                  for line in md.split("\n")[2:4]]
+    port_cells = [
+        line.split("|")[[c.strip() for c in md.split("\n")[0].split("|")].index("Port")].strip()
+        for line in md.split("\n")[2:4]
+    ]
     assert sorted(port_cells) == ["-", "25.00"] and "nan" not in md
     csv = pd.read_csv(__import__("io").StringIO(render(df, "csv")))
     assert {"Rel", "Rel_std", "Rel_ci95", "runs", "seeds"} <= set(csv.columns)
@@ -113,8 +143,11 @@ ENGINES = [e for e in ("pdflatex", "lualatex", "tectonic") if shutil.which(e)]
 
 @pytest.mark.skipif(not ENGINES, reason="no TeX engine (pdflatex/lualatex/tectonic) installed")
 def test_latex_table_compiles(tmp_path):
-    runs = [summ("ft_l", 0, 0.4, editor__lr=3e-05), summ("ft_l", 1, 0.6, editor__lr=3e-05),
-            summ("ft_l", 0, 0.5, port=0.25, editor__lr=1e-04, editor__label="ft_l#2%&")]
+    runs = [
+        summ("ft_l", 0, 0.4, editor__lr=3e-05),
+        summ("ft_l", 1, 0.6, editor__lr=3e-05),
+        summ("ft_l", 0, 0.5, port=0.25, editor__lr=1e-04, editor__label="ft_l#2%&"),
+    ]
     (tmp_path / "t.tex").write_text(latex_document(table(runs, ["editor.lr"])))
     engine = ENGINES[0]
     cmd = [engine, "t.tex"] if engine == "tectonic" else [engine, "-interaction=nonstopmode", "-halt-on-error", "t.tex"]

@@ -42,8 +42,19 @@ def results(tmp_path_factory) -> dict[str, dict]:
     out = {}
     for name, extra in EDITORS.items():
         d = tmp_path_factory.mktemp(name)
-        s = run(compose(f"editor={name}", "model=smol_llava", "data=toy_evqa", f"edits={EDITS}", "shuffle=true",
-                        "seed=0", f"out_dir={d}", "protocol.progress=false", *extra))
+        s = run(
+            compose(
+                f"editor={name}",
+                "model=smol_llava",
+                "data=toy_evqa",
+                f"edits={EDITS}",
+                "shuffle=true",
+                "seed=0",
+                f"out_dir={d}",
+                "protocol.progress=false",
+                *extra,
+            )
+        )
         assert s["status"] == "ok", (name, s.get("error"))
         out[name] = {k: 100.0 * v for k, v in s["metrics"].items()} | {"s_per_edit": s["timing"]["s_per_edit"]}
     if os.environ.get("BENCH_SIGNATURES_JSON"):  # the README's table of this stream
@@ -61,15 +72,19 @@ def test_ft_l_forgets_and_loses_locality(results):
     Table 2: they degrade general abilities; shared/docs/editors.md): each edit holds when made, but after
     a long stream most are overwritten and locality collapses."""
     r, base = results["ft_l"], results["none"]
-    assert r["rel"] < 70.0, _show(r)            # forgotten: far from the ~100 each edit reaches when made
+    assert r["rel"] < 70.0, _show(r)  # forgotten: far from the ~100 each edit reaches when made
     assert r["t_loc"] < 70.0 and r["m_loc"] < 70.0, _show(r)
     assert r["rel"] > base["rel"], (_show(r), _show(base))  # it did edit
 
 
-MELO_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "toy_evqa v3, radius 15 (scripts/melo_radius.py on the train split; edits share images, so every "
-    "edit conflicts with another within 2 r): rel=88.3 t_gen=20.0 m_gen=31.6 t_loc=100.0 m_loc=100.0 on "
-    "this stream; MELO's conflict shrinking costs reliability (100-edit table: Rel 96.4 +- 3.4)"))
+MELO_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "toy_evqa v3, radius 15 (scripts/melo_radius.py on the train split; edits share images, so every "
+        "edit conflicts with another within 2 r): rel=88.3 t_gen=20.0 m_gen=31.6 t_loc=100.0 m_loc=100.0 on "
+        "this stream; MELO's conflict shrinking costs reliability (100-edit table: Rel 96.4 +- 3.4)"
+    ),
+)
 
 
 @pytest.mark.parametrize("name", ["grace", pytest.param("melo", marks=MELO_XFAIL)])

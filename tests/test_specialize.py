@@ -42,8 +42,12 @@ def cfg_job(capsys, monkeypatch, *args, resolve: bool = False) -> dict:
 def test_applied_whatever_the_order():
     spec = OmegaConf.load(PAIR_DIR / "liveedit" / "smol_llava.yaml")
     paper = OmegaConf.load(CONF / "editor" / "liveedit.yaml")
-    for ov in (("+editor=liveedit", "+model=smol_llava"), ("+model=smol_llava", "+editor=liveedit"),
-               ("editor=liveedit", "model=smol_llava"), ("model=smol_llava", "editor=liveedit")):
+    for ov in (
+        ("+editor=liveedit", "+model=smol_llava"),
+        ("+model=smol_llava", "+editor=liveedit"),
+        ("editor=liveedit", "model=smol_llava"),
+        ("model=smol_llava", "editor=liveedit"),
+    ):
         cfg = make_cfg(*ov)
         assert cfg.editor.checkpoint == spec.checkpoint != paper.checkpoint, ov
         assert cfg.editor.module_dim == spec.module_dim != paper.module_dim, ov
@@ -63,14 +67,18 @@ def test_ultraedit_on_smol_llava_through_plain_hydra_compose():
 
 def test_plain_hydra_compose_refuses_the_plus_spelling():
     """Hydra's own compose() with `+editor=` fails loudly (never runs without the pair file)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), pytest.raises(
-            ConfigCompositionException, match="Multiple values for (editor|model)"):
+    with (
+        initialize_config_dir(config_dir=str(CONF), version_base="1.3"),
+        pytest.raises(ConfigCompositionException, match="Multiple values for (editor|model)"),
+    ):
         compose(config_name="config", overrides=["+editor=ultraedit", "+model=smol_llava"])
 
 
 def test_command_line_wins():
-    for ov in (("editor.module_dim=64", "+editor=liveedit", "+model=smol_llava", "editor.train.lr=0.5"),
-               ("+editor=liveedit", "+model=smol_llava", "editor.module_dim=64", "editor.train.lr=0.5")):
+    for ov in (
+        ("editor.module_dim=64", "+editor=liveedit", "+model=smol_llava", "editor.train.lr=0.5"),
+        ("+editor=liveedit", "+model=smol_llava", "editor.module_dim=64", "editor.train.lr=0.5"),
+    ):
         cfg = make_cfg(*ov)
         assert cfg.editor.module_dim == 64 and cfg.editor.train.lr == 0.5
         assert cfg.editor.train.batch_size == OmegaConf.load(PAIR_DIR / "liveedit" / "smol_llava.yaml").train.batch_size
@@ -80,7 +88,7 @@ def test_other_backbones_keep_paper_values():
     cfg = make_cfg("+editor=liveedit", "+model=tiny")
     paper = OmegaConf.load(CONF / "editor" / "liveedit.yaml")
     assert cfg.editor.module_dim == paper.module_dim and cfg.editor.checkpoint is None
-    assert "specialized" not in cfg.editor
+    assert cfg.editor.get("specialized") is None  # no pair file for tiny
 
 
 @pytest.mark.parametrize("path", PAIRS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -111,13 +119,27 @@ def test_cfg_job_equals_the_recorded_config_with_config_dir(tmp_path):
     mine = tmp_path / "myconf"
     (mine / "editor_model" / "ft_l").mkdir(parents=True)
     (mine / "editor_model" / "ft_l" / "tiny.yaml").write_text(
-        "lr: 0.0123\nsteps: 2\nspecialized: {file: editor_model/ft_l/tiny.yaml}\n")
+        "lr: 0.0123\nsteps: 2\nspecialized: {file: editor_model/ft_l/tiny.yaml}\n"
+    )
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1", OMP_NUM_THREADS="1")
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "bench", "+model=tiny", "+editor=ft_l", "edits=2", "editor.steps=3",
-            f"data.root={tmp_path}/d", f"hydra.run.dir={run_dir}", *SMALL, "--config-dir", str(mine)]
-    shown = subprocess.run([*args, "--cfg", "job", "--resolve"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+    args = [
+        sys.executable,
+        "-m",
+        "bench",
+        "+model=tiny",
+        "+editor=ft_l",
+        "edits=2",
+        "editor.steps=3",
+        f"data.root={tmp_path}/d",
+        f"hydra.run.dir={run_dir}",
+        *SMALL,
+        "--config-dir",
+        str(mine),
+    ]
+    shown = subprocess.run(
+        [*args, "--cfg", "job", "--resolve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
     job = yaml.safe_load(shown.stdout)
     assert job["editor"]["lr"] == 0.0123 and job["editor"]["steps"] == 3
@@ -146,8 +168,9 @@ def test_editor_values_in_an_editor_sweep_become_force_adds():
     the editor group first, so the value must be `++` (set or add) to reach every job."""
     from bench.config import normalize_overrides
 
-    out = normalize_overrides(["+editor=grace,melo", "+model=smol_llava", "editor.early_stop_loss=0.01",
-                               "model.dtype=x"])
+    out = normalize_overrides(
+        ["+editor=grace,melo", "+model=smol_llava", "editor.early_stop_loss=0.01", "model.dtype=x"]
+    )
     assert out == ["editor=grace,melo", "model=smol_llava", "++editor.early_stop_loss=0.01", "model.dtype=x"]
     assert normalize_overrides(["editor=grace", "editor.lr=1"]) == ["editor=grace", "editor.lr=1"]
     assert normalize_overrides(["editor=glob(*)", "+editor.x=1"]) == ["editor=glob(*)", "+editor.x=1"]

@@ -9,15 +9,32 @@ import pytest
 from bench.speed import editor_names, latency_rows, main, parse, synthetic_state
 
 # the tiny backbone has 4 layers (editor layers as in the per-editor tests); fewer steps keep it fast
-TINY = ["elder.num_layers=2", "grace.n_iter=10", "melo.num_iter=5",
-        "elder.num_iter=5", "ft_l.steps=5"]
+TINY = ["elder.num_layers=2", "grace.n_iter=10", "melo.num_iter=5", "elder.num_iter=5", "ft_l.steps=5"]
 
 
 def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
     out = tmp_path / "speed"
-    res = main(["--model", "tiny", "--edits", "3", "--stored", "0,10", "--batch", "4", "--repeats", "1",
-                "--out", str(out), f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20",
-                f"liveedit.checkpoint={liveedit_tiny_checkpoint}", *TINY])
+    res = main(
+        [
+            "--model",
+            "tiny",
+            "--edits",
+            "3",
+            "--stored",
+            "0,10",
+            "--batch",
+            "4",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            f"data.root={tmp_path}/data",
+            "data.toy.n_eval=40",
+            "data.toy.n_train=20",
+            f"liveedit.checkpoint={liveedit_tiny_checkpoint}",
+            *TINY,
+        ]
+    )
     saved = json.loads((out / "speed.json").read_text())
     assert saved["scoring"]["identical_predictions"] and saved["scoring"]["probes"] == 15
     assert not saved["errors"], saved["errors"]
@@ -25,7 +42,13 @@ def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
         r = saved["editors"][name]
         assert r["status"] == "ok" and len(r["edit_s"]) == 3 and r["s_per_edit"] >= 0
     assert [n for e in editor_names() for n in latency_rows(e)] == [
-        "grace", "melo", "wise", "wise_retrieve", "elder", "liveedit"]
+        "grace",
+        "melo",
+        "wise",
+        "wise_retrieve",
+        "elder",
+        "liveedit",
+    ]
     for name in (n for e in editor_names() for n in latency_rows(e)):
         rows = saved["latency"][name]
         assert {k for k in rows if k.isdigit()} == {"0", "10"}
@@ -70,14 +93,38 @@ def test_cli_checks_arguments():
 def test_speed_paper_backbone_random_init(tmp_path):
     """model.random_init=true through the CLI (LLaVA's real config, shrunk): editors run, LiveEdit
     without a checkpoint gets an untrained generator for timing."""
-    shrink = ("+model.random_config_overrides={vision_config:{hidden_size:32,intermediate_size:64,num_hidden_layers:2,"
-              "num_attention_heads:2,image_size:28},text_config:{hidden_size:32,intermediate_size:64,"
-              "num_hidden_layers:2,num_attention_heads:2,num_key_value_heads:2}}")
+    shrink = (
+        "+model.random_config_overrides={vision_config:{hidden_size:32,intermediate_size:64,num_hidden_layers:2,"
+        "num_attention_heads:2,image_size:28},text_config:{hidden_size:32,intermediate_size:64,"
+        "num_hidden_layers:2,num_attention_heads:2,num_key_value_heads:2}}"
+    )
     out = tmp_path / "speed"
-    main(["--model", "llava", "--edits", "2", "--stored", "0,5", "--editors", "grace,liveedit", "--repeats", "1",
-          "--out", str(out), "model.random_init=true", "model.dtype=float32", "model.device=cpu",
-          "model.device_map=null", "model.vision.image_size=null", shrink, f"data.root={tmp_path}/data",
-          "data.toy.n_eval=40", "data.toy.n_train=20", "grace.n_iter=5"])
+    main(
+        [
+            "--model",
+            "llava",
+            "--edits",
+            "2",
+            "--stored",
+            "0,5",
+            "--editors",
+            "grace,liveedit",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "model.random_init=true",
+            "model.dtype=float32",
+            "model.device=cpu",
+            "model.device_map=null",
+            "model.vision.image_size=null",
+            shrink,
+            f"data.root={tmp_path}/data",
+            "data.toy.n_eval=40",
+            "data.toy.n_train=20",
+            "grace.n_iter=5",
+        ]
+    )
     saved = json.loads((out / "speed.json").read_text())
     assert saved["model_config"]["random_init"] is True and not saved["errors"]
     assert "untrained" in saved["editors"]["liveedit"]["note"]

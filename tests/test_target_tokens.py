@@ -45,7 +45,7 @@ def enc(tok, text: str) -> list[int]:
 
 def reference_target(tok, context: str, target: str) -> list[int]:
     """The reference evaluators' target: encode context + " " + target, drop the context's own token count."""
-    return enc(tok, context + " " + target)[len(enc(tok, context)):]
+    return enc(tok, context + " " + target)[len(enc(tok, context)) :]
 
 
 def bare_backbone(tok, model: str | None = None) -> Backbone:
@@ -62,20 +62,73 @@ def sp_dir(tmp_path_factory):
     (BPE, byte fallback, split digits, dummy prefix, identity normalisation, whitespace kept, unk/bos/eos
     = 0/1/2), and the tokenizer_config LLaVA-1.5 ships (LlamaTokenizer, add_bos_token, no eos, legacy)."""
     import sentencepiece as spm  # a dev extra (pyproject.toml)
-    words = ["the", "answer", "is", "what", "colour", "red", "blue", "green", "sky", "how", "many", "shapes", "are", "there", "two", "three", "capital", "of", "france", "paris", "photo", "a", "field", "which", "city", "shape", "shown"]
+
+    words = [
+        "the",
+        "answer",
+        "is",
+        "what",
+        "colour",
+        "red",
+        "blue",
+        "green",
+        "sky",
+        "how",
+        "many",
+        "shapes",
+        "are",
+        "there",
+        "two",
+        "three",
+        "capital",
+        "of",
+        "france",
+        "paris",
+        "photo",
+        "a",
+        "field",
+        "which",
+        "city",
+        "shape",
+        "shown",
+    ]
     words += [w.capitalize() for w in words]
     rng = random.Random(0)
     lines = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(400)]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=420, model_type="bpe", byte_fallback=True,
-        split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=420,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     d = tmp_path_factory.mktemp("llama_sp")
     (d / "tokenizer.model").write_bytes(buf.getvalue())
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
-        "padding_side": "left", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": True,
+                "padding_side": "left",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
     return d
 
 
@@ -100,8 +153,13 @@ def load_tokenizer(sp_dir, kind: str):
             from transformers.tokenization_utils_sentencepiece import SentencePieceBackend as Slow
         except ImportError:  # transformers 4.x: the slow LlamaTokenizer
             from transformers import LlamaTokenizer as Slow
-        return Slow(vocab_file=str(sp_dir / "tokenizer.model"), legacy=True, bos_token="<s>", eos_token="</s>",
-                    unk_token="<unk>")
+        return Slow(
+            vocab_file=str(sp_dir / "tokenizer.model"),
+            legacy=True,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+        )
     fast = LlamaTokenizerFast.from_pretrained(sp_dir)  # tokenizer_config.json: legacy=True
     return legacy_fast(fast) if kind == "fast_legacy" else fast
 
@@ -153,8 +211,12 @@ def test_llava_standin_scores_joint_target_tokens(sp_dir, tmp_path, tmp_path_fac
     assert enc(bb.tokenizer, " red")[0] == bb.tokenizer.convert_tokens_to_ids(BARE)  # the reloaded tokenizer is legacy
     img = tmp_path_factory.mktemp("img") / "a.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(img)
-    ps = [Probe("What colour is the field? The answer is:", "red", str(img)), Probe("The capital of France is", "Paris"),
-          Probe("a photo of", "a green field", str(img)), Probe("Which city? The answer is:", "Zürich")]
+    ps = [
+        Probe("What colour is the field? The answer is:", "red", str(img)),
+        Probe("The capital of France is", "Paris"),
+        Probe("a photo of", "a green field", str(img)),
+        Probe("Which city? The answer is:", "Zürich"),
+    ]
     batch = bb.prepare(ps)
     n_img = int(batch.image_mask[0].sum())
     for b, p in enumerate(ps):
@@ -164,7 +226,7 @@ def test_llava_standin_scores_joint_target_tokens(sp_dir, tmp_path, tmp_path_fac
         assert batch.target_ids[b] == want == bb.encode_target(p)
         assert len(enc(bb.tokenizer, " " + p.target)) == len(want) + 1  # what the old path scored
         ids = batch.input_ids[b, : int(batch.lengths[b])].tolist()
-        text = ids[1 + (n_img if p.image else 0):]
+        text = ids[1 + (n_img if p.image else 0) :]
         assert ids[0] == bb.tokenizer.bos_token_id and text == enc(bb.tokenizer, context + " " + p.target)
         assert int(batch.prompt_last[b]) + 1 + len(want) == int(batch.lengths[b])
     assert_batch_consistent(bb, ps)
@@ -223,8 +285,15 @@ def test_short_smol_llava_run_per_probe_scores_unchanged(tmp_path, monkeypatch):
     identical (~15 s)."""
     from bench.run import run
 
-    common = ("+model=smol_llava", "+editor=ft_l", "edits=4", "data.toy.n_eval=12", "data.toy.n_train=4",
-              f"data.root={tmp_path}/data", "protocol.progress=false")
+    common = (
+        "+model=smol_llava",
+        "+editor=ft_l",
+        "edits=4",
+        "data.toy.n_eval=12",
+        "data.toy.n_train=4",
+        f"data.root={tmp_path}/data",
+        "protocol.progress=false",
+    )
     new = run(make_cfg(*common, f"out_dir={tmp_path}/joint"))
     with monkeypatch.context() as m:
         m.setattr(Backbone, "encode_joint", separate)

@@ -80,7 +80,8 @@ def test_rephrase_image_is_the_second_render_style(tmp_path):
         # style 2: stripes of a darker shade of the same background
         colours = {px for _, px in b.getcolors(maxcolors=100000)}
         assert BACKGROUNDS[c.background] in colours and any(
-            all(abs(x - 0.9 * y) <= 1 for x, y in zip(px, BACKGROUNDS[c.background], strict=True)) for px in colours)
+            all(abs(x - 0.9 * y) <= 1 for x, y in zip(px, BACKGROUNDS[c.background], strict=True)) for px in colours
+        )
 
 
 def test_pools_disjoint():

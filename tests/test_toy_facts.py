@@ -16,7 +16,7 @@ def _words(s):
 
 
 def _contains(a, b):
-    return any(a[i:i + len(b)] == b for i in range(len(a) - len(b) + 1))
+    return any(a[i : i + len(b)] == b for i in range(len(a) - len(b) + 1))
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,11 @@ def test_known_facts():
     city = {e.name: e for e in F.entity_pool("city")}
     assert city["Lyon, France"].facts["national_capital"] == "Paris"
     us = {e.name: e for e in F.entity_pool("us_city")}
-    assert us["Chicago, Illinois"].facts == {"time_zone": "Central Time Zone", "region": "Midwest",
-                                              "state_capital": "Springfield"}
+    assert us["Chicago, Illinois"].facts == {
+        "time_zone": "Central Time Zone",
+        "region": "Midwest",
+        "state_capital": "Springfield",
+    }
     assert us["Seattle, Washington"].facts["time_zone"] == "Pacific Time Zone"
     assert us["Mesa, Arizona"].facts["time_zone"] == "Mountain Time Zone"
     # a state capital is left out of its kind: the state_capital answer would be part of its name
@@ -129,13 +132,23 @@ def test_nq_no_question_with_two_answers():
 
 def test_nq_templates():
     patterns = [
-        r"what is the capital city of .+", r"which continent is .+ part of", r"how many people live in .+",
-        r"what is the total area of .+ in square kilometres", r"what is the official currency of .+",
-        r"what is the international calling code for .+", r"what is the internet country code domain of .+",
-        r"which countries share a border with .+", r"what is the largest city in .+", r".+ is the capital of which country",
-        r"in which country is the city of .+ located", r"what is the population of .+", r"what state is .+ located in",
-        r"what time zone is .+ in", r"what is the capital of the state of .+",
-        r"which census region of the united states is .+ in", r"what is the most populous city in .+",
+        r"what is the capital city of .+",
+        r"which continent is .+ part of",
+        r"how many people live in .+",
+        r"what is the total area of .+ in square kilometres",
+        r"what is the official currency of .+",
+        r"what is the international calling code for .+",
+        r"what is the internet country code domain of .+",
+        r"which countries share a border with .+",
+        r"what is the largest city in .+",
+        r".+ is the capital of which country",
+        r"in which country is the city of .+ located",
+        r"what is the population of .+",
+        r"what state is .+ located in",
+        r"what time zone is .+ in",
+        r"what is the capital of the state of .+",
+        r"which census region of the united states is .+ in",
+        r"what is the most populous city in .+",
     ]
     qs = [q for q, _ in F.nq_pool("train") + F.nq_pool("eval")]
     used = {p for p in patterns if any(re.fullmatch(p, q) for q in qs)}
@@ -148,16 +161,28 @@ def test_deterministic_and_fresh_lists():
         assert a == b and a is not b
     assert F.nq_pool("eval") == F.nq_pool("eval")
     # a new interpreter (different hash seed) gives the same split
-    code = ("from bench.toy import facts as F; import hashlib;"
-            "print(hashlib.sha1(repr((F.nq_pool('train'), [F.entity_pool(k) for k in F.KINDS])).encode()).hexdigest())")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    code = (
+        "from bench.toy import facts as F; import hashlib;"
+        "print(hashlib.sha1(repr((F.nq_pool('train'), [F.entity_pool(k) for k in F.KINDS])).encode()).hexdigest())"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
 
 
 def test_loading_is_fast():
-    code = ("import time; t = time.process_time(); from bench.toy import facts as F;"
-            "[F.entity_pool(k) for k in F.KINDS]; F.nq_pool('train'); F.nq_pool('eval'); print(time.process_time() - t)")
+    code = (
+        "import time; t = time.process_time(); from bench.toy import facts as F;"
+        "[F.entity_pool(k) for k in F.KINDS]; F.nq_pool('train'); F.nq_pool('eval'); print(time.process_time() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 2.0  # CPU seconds (import, pools and both NQ splits), robust to a busy machine
     t = time.time()

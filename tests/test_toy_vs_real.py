@@ -15,16 +15,45 @@ from bench.datastats import stats
 
 # statistic -> value on the real eval split (train split for *_in_train), SmolLM2 tokens
 REAL = {
-    "evqa": {"mloc_q_in_src": 0.02, "mloc_a_in_alt": 0.17, "distinct_src_per_1k": 953, "distinct_alt_per_1k": 544,
-             "alt_tokens_mean": 1.83, "alt_tokens_1": 0.52, "alt_tokens_2": 0.29, "alt_tokens_3": 0.11,
-             "alt_tokens_4+": 0.08, "alt_yes_no": 0.14, "alt_numeric": 0.17, "rephrase_overlap": 0.45,
-             "loc_in_train": 0.0, "loc_ans_tokens_mean": 5.83, "shared_image_first_100": 62,
-             "shared_image_per_100": 6.0},
-    "eic": {"mloc_q_in_src": 0.0, "alt_tokens_mean": 12.0, "distinct_alt_per_1k": 1000, "rephrase_overlap": 0.20,
-            "loc_in_train": 0.0, "loc_ans_tokens_mean": 5.96, "shared_image_first_100": 0},
-    "vlkeb_onehop": {"mloc_q_in_src": 0.46, "mloc_a_in_alt": 0.0, "distinct_src_per_1k": 471,
-                     "distinct_alt_per_1k": 902, "alt_tokens_mean": 4.05, "rephrase_overlap": 0.23,
-                     "loc_in_train": 0.0, "loc_ans_tokens_mean": 6.70, "port_questions": 948, "port_answers": 769},
+    "evqa": {
+        "mloc_q_in_src": 0.02,
+        "mloc_a_in_alt": 0.17,
+        "distinct_src_per_1k": 953,
+        "distinct_alt_per_1k": 544,
+        "alt_tokens_mean": 1.83,
+        "alt_tokens_1": 0.52,
+        "alt_tokens_2": 0.29,
+        "alt_tokens_3": 0.11,
+        "alt_tokens_4+": 0.08,
+        "alt_yes_no": 0.14,
+        "alt_numeric": 0.17,
+        "rephrase_overlap": 0.45,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 5.83,
+        "shared_image_first_100": 62,
+        "shared_image_per_100": 6.0,
+    },
+    "eic": {
+        "mloc_q_in_src": 0.0,
+        "alt_tokens_mean": 12.0,
+        "distinct_alt_per_1k": 1000,
+        "rephrase_overlap": 0.20,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 5.96,
+        "shared_image_first_100": 0,
+    },
+    "vlkeb_onehop": {
+        "mloc_q_in_src": 0.46,
+        "mloc_a_in_alt": 0.0,
+        "distinct_src_per_1k": 471,
+        "distinct_alt_per_1k": 902,
+        "alt_tokens_mean": 4.05,
+        "rephrase_overlap": 0.23,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 6.70,
+        "port_questions": 948,
+        "port_answers": 769,
+    },
 }
 REAL_FILES = {
     "evqa": ("mmedit/vqa/vqa_eval.json", "mmedit/vqa/vqa_train.json"),
@@ -33,17 +62,45 @@ REAL_FILES = {
 }
 # statistic -> allowed |toy - real| (absolute), or ("min", x) / ("max", x) for one-sided bounds
 TOLERANCE = {
-    "evqa": {"mloc_q_in_src": 0.05, "mloc_a_in_alt": 0.15, "distinct_src_per_1k": ("min", 200),
-             "distinct_alt_per_1k": ("min", 300), "alt_tokens_mean": 0.3, "alt_tokens_1": 0.1, "alt_tokens_2": 0.1,
-             "alt_tokens_3": 0.08, "alt_tokens_4+": 0.08, "alt_yes_no": 0.05, "alt_numeric": 0.06,
-             "rephrase_overlap": 0.1, "loc_in_train": 0.0, "loc_ans_tokens_mean": 2.5,
-             "shared_image_first_100": 25, "shared_image_per_100": 8},
-    "eic": {"mloc_q_in_src": 0.05, "alt_tokens_mean": 2.5, "distinct_alt_per_1k": ("min", 900),
-            "rephrase_overlap": 0.15, "loc_in_train": 0.0, "loc_ans_tokens_mean": 2.5, "shared_image_first_100": 0},
-    "vlkeb_onehop": {"mloc_q_in_src": 0.3, "mloc_a_in_alt": 0.05, "distinct_src_per_1k": ("min", 10),
-                     "distinct_alt_per_1k": ("min", 600), "alt_tokens_mean": 1.0, "rephrase_overlap": 0.2,
-                     "loc_in_train": 0.0, "loc_ans_tokens_mean": 3.0, "port_questions": ("min", 15),
-                     "port_answers": ("min", 200)},
+    "evqa": {
+        "mloc_q_in_src": 0.05,
+        "mloc_a_in_alt": 0.15,
+        "distinct_src_per_1k": ("min", 200),
+        "distinct_alt_per_1k": ("min", 300),
+        "alt_tokens_mean": 0.3,
+        "alt_tokens_1": 0.1,
+        "alt_tokens_2": 0.1,
+        "alt_tokens_3": 0.08,
+        "alt_tokens_4+": 0.08,
+        "alt_yes_no": 0.05,
+        "alt_numeric": 0.06,
+        "rephrase_overlap": 0.1,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 2.5,
+        "shared_image_first_100": 25,
+        "shared_image_per_100": 8,
+    },
+    "eic": {
+        "mloc_q_in_src": 0.05,
+        "alt_tokens_mean": 2.5,
+        "distinct_alt_per_1k": ("min", 900),
+        "rephrase_overlap": 0.15,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 2.5,
+        "shared_image_first_100": 0,
+    },
+    "vlkeb_onehop": {
+        "mloc_q_in_src": 0.3,
+        "mloc_a_in_alt": 0.05,
+        "distinct_src_per_1k": ("min", 10),
+        "distinct_alt_per_1k": ("min", 600),
+        "alt_tokens_mean": 1.0,
+        "rephrase_overlap": 0.2,
+        "loc_in_train": 0.0,
+        "loc_ans_tokens_mean": 3.0,
+        "port_questions": ("min", 15),
+        "port_answers": ("min", 200),
+    },
 }
 TOY = {"evqa": "toy_evqa", "eic": "toy_eic", "vlkeb_onehop": "toy_vlkeb"}
 
@@ -92,9 +149,20 @@ def test_recorded_real_figures_match_the_files(real, tokenizer):
 
 def test_statistics_see_a_structural_regression(tokenizer):
     """The statistics catch what v2 had wrong: m_loc reusing edit questions and answers, few prompts."""
-    recs = [{"src": "What color is it?", "rephrase": "Which color is it?", "alt": "red", "image": f"{i % 3}.png",
-             "loc": "q", "loc_ans": "a", "m_loc": "x.png", "m_loc_q": "What color is it?", "m_loc_a": "red"}
-            for i in range(100)]
+    recs = [
+        {
+            "src": "What color is it?",
+            "rephrase": "Which color is it?",
+            "alt": "red",
+            "image": f"{i % 3}.png",
+            "loc": "q",
+            "loc_ans": "a",
+            "m_loc": "x.png",
+            "m_loc_q": "What color is it?",
+            "m_loc_a": "red",
+        }
+        for i in range(100)
+    ]
     s = stats(recs, recs, tokenizer)
     assert s["mloc_q_in_src"] == 1.0 and s["mloc_a_in_alt"] == 1.0
     assert s["distinct_src_per_1k"] == 10.0 and s["loc_in_train"] == 1.0

@@ -33,7 +33,9 @@ def test_wandb_receives_config_group_and_metrics(monkeypatch):
         return run
 
     fake_wandb(monkeypatch, init)
-    t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "offline", "project": "p"}), {"edits": 3}, "n", "sweep1", "/tmp")
+    t = make_tracker(
+        OmegaConf.create({"name": "wandb", "mode": "offline", "project": "p"}), {"edits": 3}, "n", "sweep1", "/tmp"
+    )
     t.log({"curve/rel": 0.5}, step=10)
     t.finish({"final/rel": 0.5})
     assert seen["config"] == {"edits": 3} and seen["group"] == "sweep1" and seen["mode"] == "offline"
@@ -77,10 +79,14 @@ def test_wandb_name_carries_seed_and_offline_dir_is_logged(monkeypatch, caplog, 
 
     fake_wandb(monkeypatch, init)
     with caplog.at_level(logging.INFO, logger="bench.tracking"):
-        t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "offline"}), {"seed": 2}, "ft_l-tiny-toy", None, "/tmp")
+        t = make_tracker(
+            OmegaConf.create({"name": "wandb", "mode": "offline"}), {"seed": 2}, "ft_l-tiny-toy", None, "/tmp"
+        )
         t.finish()
     assert seen["name"] == "ft_l-tiny-toy-s2"
     sync_dir = str(tmp_path / "wandb" / "offline-run-1-abc")
     assert t.sync_dir == sync_dir and f"wandb sync {sync_dir}" in caplog.text
-    t = make_tracker(OmegaConf.create({"name": "wandb", "mode": "online", "group": "g"}), {"seed": 0}, "x-s0", "sw", "/tmp")
+    t = make_tracker(
+        OmegaConf.create({"name": "wandb", "mode": "online", "group": "g"}), {"seed": 0}, "x-s0", "sw", "/tmp"
+    )
     assert seen["name"] == "x-s0" and seen["group"] == "g" and t.sync_dir is None  # no double suffix; config group wins

@@ -131,8 +131,10 @@ def test_weight_change_is_the_closed_form_of_the_cache(make, tiny, toy_eval):
     norms = {s: copy.deepcopy(n) for s, n in ed.norms.items()}
     for j, s in enumerate(ed.shapes):
         norms[s].update(torch.cat([keys[j], grads[j]], -1))
-    want = [closed_form_shift(keys[j], value_shift(keys[j], grads[j], norms[s], ed.lr), 1.0).T
-            for j, s in enumerate(ed.shapes)]
+    want = [
+        closed_form_shift(keys[j], value_shift(keys[j], grads[j], norms[s], ed.lr), 1.0).T
+        for j, s in enumerate(ed.shapes)
+    ]
     before = [m.weight.detach().clone() for m in ed.modules]
     ed.edit_batch(reqs)  # (sorted by length inside: the closed form does not depend on row order)
     for m, w0, dw in zip(ed.modules, before, want, strict=True):

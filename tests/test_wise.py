@@ -29,8 +29,11 @@ def logits_of(backbone, probes):
 # ----- TIES ------------------------------------------------------------------------------------------
 def test_ties_sign_election_and_disjoint_mean():
     base = torch.ones(4)
-    deltas = [torch.tensor([2.0, -1.0, 0.5, 0.0]), torch.tensor([-1.0, -3.0, 0.5, 0.0]),
-              torch.tensor([-2.0, 1.0, 0.0, 0.0])]
+    deltas = [
+        torch.tensor([2.0, -1.0, 0.5, 0.0]),
+        torch.tensor([-1.0, -3.0, 0.5, 0.0]),
+        torch.tensor([-2.0, 1.0, 0.0, 0.0]),
+    ]
     out = ties_merge(base, [base + d for d in deltas], [1 / 3] * 3, density=1.0)
     # e0: sum -1 -> '-', mean of (-1,-2); e1: '-', mean of (-1,-3); e2: '+', zeros never vote; e3: nothing
     assert torch.allclose(out, base + torch.tensor([-1.5, -2.0, 0.5, 0.0]))
@@ -143,8 +146,11 @@ def test_retrieve_picks_most_activated_memory_per_sample(make):
     da[:, 0], db[:, 1] = 1.0, 1.0  # memory A reacts to input feature 0, memory B to feature 1
     db[:, 2] = 0.5  # and B a little to feature 2
     state = ed.state_dict()
-    state.update(shards=torch.stack([w0 + da, w0 + db]), shard_min_act=torch.tensor([1e-3, 1e-3]),
-                 counters=torch.tensor([2, 0, 0]))
+    state.update(
+        shards=torch.stack([w0 + da, w0 + db]),
+        shard_min_act=torch.tensor([1e-3, 1e-3]),
+        counters=torch.tensor([2, 0, 0]),
+    )
     ed.load_state_dict(state)
     x = torch.zeros(3, 2, in_dim)
     x[0, :, 0] = 3.0  # sample 0 -> A

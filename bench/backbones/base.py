@@ -32,15 +32,14 @@ from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Probe, ProbeS
 
 log = logging.getLogger(__name__)
 
+
 def _get_path(root: nn.Module, path: str) -> nn.Module:
     mod = root
     for part in path.split("."):
         if not part:
             continue
         if not hasattr(mod, part):
-            raise AttributeError(
-                f"module path '{path}' not found: {type(mod).__name__} has no attribute '{part}'"
-            )
+            raise AttributeError(f"module path '{path}' not found: {type(mod).__name__} has no attribute '{part}'")
         mod = getattr(mod, part)
     return mod
 
@@ -223,7 +222,9 @@ class Backbone(nn.Module):
     def encode_target(self, probe: Probe) -> list[int]:
         """``probe``'s target tokens exactly as :meth:`prepare` lays them out (:meth:`encode_joint`)."""
         if not isinstance(probe, Probe):
-            raise TypeError(f"encode_target takes a Probe (target tokens depend on the prompt), got {type(probe).__name__}")
+            raise TypeError(
+                f"encode_target takes a Probe (target tokens depend on the prompt), got {type(probe).__name__}"
+            )
         return self.encode_joint(self.probe_context(probe), probe.target)[1]
 
     def _split_template(self, has_image: bool) -> tuple[str, str, str]:
@@ -344,8 +345,12 @@ class Backbone(nn.Module):
         n = batch.inputs_embeds.shape[1]
         position_ids = torch.arange(n, device=batch.inputs_embeds.device).unsqueeze(0).expand(batch.size, n)
         with self._in_context(batch):
-            return module(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                          position_ids=position_ids, use_cache=False)
+            return module(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
 
     @torch.no_grad()
     def prefix(self, batch: Batch, k: int) -> Prefix:
@@ -390,9 +395,13 @@ class Backbone(nn.Module):
         k = self.layer_index(k) if h is None or h.k else 0
         if k:
             if h is None or h.k != k:
-                raise ValueError(f"forward_from({k}): needs prefix(batch, {k}), got one for layer {getattr(h, 'k', None)}")
+                raise ValueError(
+                    f"forward_from({k}): needs prefix(batch, {k}), got one for layer {getattr(h, 'k', None)}"
+                )
             if h.shape != tuple(batch.attention_mask.shape):
-                raise ValueError(f"forward_from: prefix of a batch {h.shape} used with a batch {tuple(batch.attention_mask.shape)}")
+                raise ValueError(
+                    f"forward_from: prefix of a batch {h.shape} used with a batch {tuple(batch.attention_mask.shape)}"
+                )
         layers = self.layers
         real = [layers[i] for i in range(k)]
         given = _Given(h.output) if k else None
@@ -405,8 +414,9 @@ class Backbone(nn.Module):
                 layers[i] = m
         return self.lm_head()(hidden) if head else hidden
 
-    def label_logits(self, batch: Batch, h: Prefix | None = None, rows: torch.Tensor | None = None,
-                     pos: torch.Tensor | None = None) -> torch.Tensor:
+    def label_logits(
+        self, batch: Batch, h: Prefix | None = None, rows: torch.Tensor | None = None, pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits ``[N, V]`` at the positions that predict target tokens only (the head is not run
         elsewhere). ``h``: a :meth:`prefix` to start from; ``rows``/``pos``: a subset of
         :meth:`Batch.label_positions` (default: all of them)."""

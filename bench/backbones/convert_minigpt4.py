@@ -125,7 +125,9 @@ def convert(blip2: Path, vicuna: Path, minigpt4: Path, out: Path, dtype: str | N
     del vision
     parts = _weight_files(vicuna)
     for i, f in enumerate(parts, 1):
-        write(f"model-lm-{i:05d}-of-{len(parts):05d}.safetensors", {f"language_model.{k}": v for k, v in _read(f).items()})
+        write(
+            f"model-lm-{i:05d}-of-{len(parts):05d}.safetensors", {f"language_model.{k}": v for k, v in _read(f).items()}
+        )
     write("model-projection.safetensors", _projection(minigpt4, config.qformer_config.hidden_size, v_cfg.hidden_size))
     config.save_pretrained(out)
     (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
@@ -134,7 +136,9 @@ def convert(blip2: Path, vicuna: Path, minigpt4: Path, out: Path, dtype: str | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.backbones.convert_minigpt4", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.backbones.convert_minigpt4", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--blip2", required=True, type=Path, help="HF BLIP-2 folder (vision tower + Q-Former)")
     ap.add_argument("--vicuna", required=True, type=Path, help="HF LLaMA folder of Vicuna-7B")
     ap.add_argument("--minigpt4", required=True, type=Path, help="MiniGPT-4 checkpoint with llama_proj")

@@ -157,7 +157,9 @@ class EmbeddedVLLM(Backbone):
         elif vis_cfg.source == "random":
             self.vision = RandomConvEncoder(int(vis_cfg.channels), int(vis_cfg.patch), int(vis_cfg.seed))
         else:
-            raise ValueError(f"model.vision.source: unknown value {vis_cfg.source!r}; valid: efficientnet_lite0, random")
+            raise ValueError(
+                f"model.vision.source: unknown value {vis_cfg.source!r}; valid: efficientnet_lite0, random"
+            )
         self.pool = int(vis_cfg.pool)
         self.taps = tuple(int(t) for t in (vis_cfg.get("taps") or ()))
         feat_dim = self.vision.out_channels + self.vision.tap_channels(self.taps)
@@ -209,8 +211,10 @@ class EmbeddedVLLM(Backbone):
         """The on-disk feature cache (``model.feature_disk_cache``, default true), keyed by the
         encoder's class, weights fingerprint, taps, pooling and image preprocessing."""
         if self._disk is None and self._disk_on:
-            enc = (f"embedded|{type(self.vision).__name__}|w={weights_fingerprint(self.vision)}|taps={list(self.taps)}"
-                   f"|pool={self.pool}|{self.loader.describe()}|v1")
+            enc = (
+                f"embedded|{type(self.vision).__name__}|w={weights_fingerprint(self.vision)}|taps={list(self.taps)}"
+                f"|pool={self.pool}|{self.loader.describe()}|v1"
+            )
             self._disk = DiskFeatureCache(enc)
         return self._disk
 

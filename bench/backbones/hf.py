@@ -130,7 +130,8 @@ def _not_found(cfg, source: str, e: OSError) -> WeightsNotFound:
     return WeightsNotFound(
         f"model {cfg.name}: no {cfg.hf_class} weights and tokenizer found at {source!r} on this machine "
         f"(nothing is downloaded; {reason}). Get them with: {cfg.download_hint}; "
-        f"then pass model.path=/path/to/that/folder")
+        f"then pass model.path=/path/to/that/folder"
+    )
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -155,8 +156,9 @@ def standin_tokenizer(vocab_size: int):
     spec = json.loads(tok.backend_tokenizer.to_str())
     vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < vocab_size}
     spec["model"]["vocab"] = vocab
-    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
-                               if ("".join(m) if isinstance(m, list) else m.replace(" ", "")) in vocab]
+    spec["model"]["merges"] = [
+        m for m in spec["model"]["merges"] if ("".join(m) if isinstance(m, list) else m.replace(" ", "")) in vocab
+    ]
     spec["added_tokens"] = [a for a in spec["added_tokens"] if a["id"] < vocab_size]
     special = {k: getattr(tok, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if getattr(tok, k)}
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **special)
@@ -173,8 +175,10 @@ def random_config(cfg):
     name = str(cfg.get("random_config") or "")
     path = Path(name) if Path(name).is_absolute() else CONFIGS / name
     if not name or not path.is_file():
-        raise FileNotFoundError(f"model.random_config: no config {path} (shipped: "
-                                f"{', '.join(sorted(p.name for p in CONFIGS.glob('*.json')))})")
+        raise FileNotFoundError(
+            f"model.random_config: no config {path} (shipped: "
+            f"{', '.join(sorted(p.name for p in CONFIGS.glob('*.json')))})"
+        )
     d = json.loads(path.read_text())["config"]
     over = cfg.get("random_config_overrides")
     if over:
@@ -197,9 +201,16 @@ def build_random(cfg, dtype: torch.dtype, device: str | torch.device | None = No
         vlm = cls._from_config(config, dtype=dtype)
     n = sum(p.numel() for p in vlm.parameters())
     tok = standin_tokenizer(int(config.text_config.vocab_size))
-    log.warning("model %s: RANDOM weights (model.random_init=true; %s, %.2fB parameters, %s on %s) and a stand-in "
-                "tokenizer (SmolLM2's BPE, %d tokens): for timing and memory only, metrics mean nothing",
-                cfg.name, path.name, n / 1e9, dtype, device, len(tok))
+    log.warning(
+        "model %s: RANDOM weights (model.random_init=true; %s, %.2fB parameters, %s on %s) and a stand-in "
+        "tokenizer (SmolLM2's BPE, %d tokens): for timing and memory only, metrics mean nothing",
+        cfg.name,
+        path.name,
+        n / 1e9,
+        dtype,
+        device,
+        len(tok),
+    )
     return vlm.eval(), tok
 
 
@@ -249,8 +260,10 @@ class HFVLLM(Backbone):
             cfg = self.vlm.config
             sel = (getattr(cfg, "vision_feature_layer", None), getattr(cfg, "vision_feature_select_strategy", None))
             lm = {id(t) for t in (*self.lm.parameters(), *self.lm.buffers())}
-            enc = (f"hf|{type(self.vlm).__name__}|w={weights_fingerprint(self.vlm, exclude=lm)}|dtype={self.dtype}"
-                   f"|select={sel}|{self.loader.describe()}|v1")
+            enc = (
+                f"hf|{type(self.vlm).__name__}|w={weights_fingerprint(self.vlm, exclude=lm)}|dtype={self.dtype}"
+                f"|select={sel}|{self.loader.describe()}|v1"
+            )
             self._disk = DiskFeatureCache(enc)
         return self._disk
 
@@ -270,4 +283,3 @@ class HFVLLM(Backbone):
                 if self._disk is not None:
                     self._disk.put(p, f)
         return torch.stack([self.features.get(p) for p in images])  # type: ignore[misc]
-

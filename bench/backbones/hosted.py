@@ -20,10 +20,10 @@ import torch
 from omegaconf import OmegaConf
 
 #: the small random vision side (ViT and Q-Former) of the hosted models
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-              patch_size=8)
-QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-               encoder_hidden_size=32)
+VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
+QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=32)
 N_QUERY = 4
 #: the kinds a SmolLM2 LM can be hosted in: model YAML -> the class it names
 KINDS = ("minigpt4", "llava")
@@ -32,17 +32,24 @@ KINDS = ("minigpt4", "llava")
 def blip2_config(text_cfg, n_query: int = N_QUERY):
     from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig
 
-    return Blip2Config(vision_config=Blip2VisionConfig(**VISION).to_dict(),
-                       qformer_config=Blip2QFormerConfig(**QFORMER).to_dict(),
-                       text_config=text_cfg.to_dict(), num_query_tokens=n_query)
+    return Blip2Config(
+        vision_config=Blip2VisionConfig(**VISION).to_dict(),
+        qformer_config=Blip2QFormerConfig(**QFORMER).to_dict(),
+        text_config=text_cfg.to_dict(),
+        num_query_tokens=n_query,
+    )
 
 
 def llava_config(text_cfg):
     from transformers import CLIPVisionConfig, LlavaConfig
 
-    return LlavaConfig(vision_config=CLIPVisionConfig(**VISION, projection_dim=32).to_dict(),
-                       text_config=text_cfg.to_dict(), vision_feature_layer=-2,
-                       vision_feature_select_strategy="default", image_token_index=0)
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**VISION, projection_dim=32).to_dict(),
+        text_config=text_cfg.to_dict(),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_token_index=0,
+    )
 
 
 def save_hosted(kind: str, out: Path, seed: int = 0) -> Path:
@@ -62,8 +69,9 @@ def save_hosted(kind: str, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     if kind == "llava":
         vlm = LlavaForConditionalGeneration(llava_config(lm.config)).eval()
-        vlm.model.language_model.load_state_dict({k[len("model."):]: v for k, v in sd.items()
-                                                  if k.startswith("model.")})
+        vlm.model.language_model.load_state_dict(
+            {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+        )
         vlm.lm_head.weight.data.copy_(lm.lm_head.weight)
     else:
         vlm = Blip2ForConditionalGeneration(blip2_config(lm.config)).eval()

@@ -145,8 +145,10 @@ class ImageLoader:
 
     def describe(self) -> str:
         """The preprocessing, for cache keys: size, resize mode, normalisation."""
-        return (f"size={self.size}|resize={self.resize}|mean={self.mean.flatten().tolist()}"
-                f"|std={self.std.flatten().tolist()}")
+        return (
+            f"size={self.size}|resize={self.resize}|mean={self.mean.flatten().tolist()}"
+            f"|std={self.std.flatten().tolist()}"
+        )
 
     def _square(self, im: Image.Image) -> Image.Image:
         s, (w, h) = self.size, im.size
@@ -289,8 +291,9 @@ class DiskFeatureCache:
         if not self._announced:
             (self.folder).mkdir(parents=True, exist_ok=True)
             (self.folder / "encoder.txt").write_text(self.encoder + "\n")
-            logging.getLogger(__name__).info("caching image features on disk in %s (model.feature_disk_cache=false "
-                                             "turns it off)", self.folder)
+            logging.getLogger(__name__).info(
+                "caching image features on disk in %s (model.feature_disk_cache=false turns it off)", self.folder
+            )
             self._announced = True
         try:
             atomic_save_tensors(f, {"features": value}, {"image": os.path.abspath(path)})

@@ -20,10 +20,13 @@ rounded to ``model.dtype``.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from omegaconf import MISSING, open_dict
 
 from .inject import Attachments
 from .types import Arch, Probe
@@ -32,6 +35,36 @@ if TYPE_CHECKING:  # annotations only: core imports nothing above it at run time
     from bench.backbones.base import Backbone
 
     from .records import RecordSet
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditorConfig:
+    """The typed config every editor's extends (one dataclass per editor, next to its class, registered
+    as a Hydra structured config by ``editors.registry.register``): its fields are the keys of
+    ``conf/editor/<name>.yaml`` with their types; the YAML holds the values and their sources. Hydra
+    checks the keys and types of the YAML, of ``conf/editor_model`` pair files and of overrides."""
+
+    name: str = MISSING
+    label: str | None = None  # the name rows and run folders carry (default: the YAML's)
+    specialized: Any = None  # {file: conf/editor_model/<editor>/<model>.yaml}, set by a pair file
+
+
+def apply_aliases(cls: type[Editor], cfg) -> None:
+    """Old key names (:attr:`Editor.config_aliases`, e.g. ``steps`` for ``n_iter``) given a value move to
+    their new name, with a warning; the old key is left None."""
+    for old, new in cls.config_aliases.items():
+        v = cfg.get(old) if hasattr(cfg, "get") else None
+        if v is None:
+            continue
+        log.warning(
+            "editor.%s is the old name of editor.%s (%s); it still works, use editor.%s", old, new, cls.name, new
+        )
+        with open_dict(cfg):
+            cfg[new] = v
+            cfg[old] = None
 
 
 class Editor(abc.ABC):
@@ -46,6 +79,10 @@ class Editor(abc.ABC):
     #: config keys that hold decoder-layer specs (int index or relative depth; a list holds several;
     #: ``a.b`` reads ``b`` of every mapping in the list ``a``), checked by :meth:`preflight`
     layer_keys: ClassVar[tuple[str, ...]] = ()
+    #: the editor's typed config (:class:`EditorConfig` subclass with its YAML's keys)
+    Config: ClassVar[type] = EditorConfig
+    #: old key name -> its name now (one name for one idea across editors: ``n_iter``, ``lr``)
+    config_aliases: ClassVar[dict[str, str]] = {}
 
     # ----- what the harness asks an editor about itself (it holds no editor names) ---------------
     #: position in tables, plots and the default editor list of ``bench.speed`` (ascending, ties by name)
@@ -63,8 +100,9 @@ class Editor(abc.ABC):
         raise NotImplementedError(f"{self.name} has no synthetic memory (latency_fill is None)")
 
     @classmethod
-    def build_for_timing(cls, backbone: Backbone, cfg, requests: Sequence[Probe], seed: int,
-                         random_init: bool = False) -> tuple[Editor, str | None]:
+    def build_for_timing(
+        cls, backbone: Backbone, cfg, requests: Sequence[Probe], seed: int, random_init: bool = False
+    ) -> tuple[Editor, str | None]:
         """The editor ``bench.speed`` times, and a note for its row: by default ``cls(backbone, cfg)``
         (LiveEdit without a checkpoint on a random-init backbone, ``random_init``, builds an untrained
         generator)."""
@@ -83,6 +121,7 @@ class Editor(abc.ABC):
                 arch.layer_index(spec, f"editor.{name}")
 
     def __init__(self, backbone: Backbone, cfg) -> None:
+        apply_aliases(type(self), cfg)
         self.backbone = backbone
         self.cfg = cfg
         self.n_edits = 0

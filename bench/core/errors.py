@@ -37,10 +37,10 @@ class NonFiniteError(RuntimeError):
 #: what to try when a run in this dtype gives a non-finite number
 NONFINITE_HINTS = {
     "float16": "float16's range is narrow (max 65504): try model.dtype=bfloat16 (float32's range at half the "
-               "memory) or model.dtype=float32",
+    "memory) or model.dtype=float32",
     "bfloat16": "try model.dtype=float32 (bfloat16 keeps 8 mantissa bits)",
     "float32": "the numbers diverged in float32: try a smaller editor learning rate (editor.lr / editor.edit_lr) "
-               "or fewer steps",
+    "or fewer steps",
 }
 
 

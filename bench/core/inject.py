@@ -130,7 +130,8 @@ class MasterWeights:
         self.params = params
         self.snapshot = WeightSnapshot(params)
         self.master: dict[str, torch.Tensor] = {
-            k: p if p.dtype == STATE_DTYPE else p.detach().to(STATE_DTYPE).clone() for k, p in params.items()}
+            k: p if p.dtype == STATE_DTYPE else p.detach().to(STATE_DTYPE).clone() for k, p in params.items()
+        }
         self._out: dict[str, torch.Tensor] | None = None  # the masters while taken out (:meth:`take_out`)
 
     def take_out(self) -> None:

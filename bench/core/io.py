@@ -35,8 +35,7 @@ def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | No
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -48,9 +48,16 @@ def optimizer_update(opt: torch.optim.Optimizer, scheduler=None) -> Callable[[to
     return update
 
 
-def run_steps(n_steps: int, forward: Callable[[], tuple[torch.Tensor, dict[str, float]]],
-              update: Callable[[torch.Tensor], None], *, monitor: str = "loss", stop_below: float | None = None,
-              stop: Callable[[], bool] | None = None, after: Callable[[float], None] | None = None) -> Steps:
+def run_steps(
+    n_steps: int,
+    forward: Callable[[], tuple[torch.Tensor, dict[str, float]]],
+    update: Callable[[torch.Tensor], None],
+    *,
+    monitor: str = "loss",
+    stop_below: float | None = None,
+    stop: Callable[[], bool] | None = None,
+    after: Callable[[float], None] | None = None,
+) -> Steps:
     out = Steps()
     for i in range(1, int(n_steps) + 1):
         loss, values = forward()

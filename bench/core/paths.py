@@ -18,7 +18,7 @@ def resolve(path: str | Path) -> Path:
     the working directory (as Hydra's own output dir is)."""
     s = str(path)
     if s.startswith(PKG_PREFIX):
-        return PACKAGE_DIR / s[len(PKG_PREFIX):]
+        return PACKAGE_DIR / s[len(PKG_PREFIX) :]
     p = Path(s).expanduser()
     return p if p.is_absolute() else Path(os.path.normpath(Path.cwd() / p))
 

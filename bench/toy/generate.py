@@ -43,9 +43,17 @@ GENERATOR_VERSION = 3
 
 # The projector's reading questions (bench.train_projector): one per attribute it must read.
 QUESTIONS = {
-    "color": ["What color is the shape?", "What is the color of the shapes in the picture?", "Which color do the shapes have?"],
+    "color": [
+        "What color is the shape?",
+        "What is the color of the shapes in the picture?",
+        "Which color do the shapes have?",
+    ],
     "shape": ["What shape is shown?", "What kind of shape is in the picture?", "Which shape does the image show?"],
-    "count": ["How many shapes are there?", "What is the number of shapes in the picture?", "How many objects does the image show?"],
+    "count": [
+        "How many shapes are there?",
+        "What is the number of shapes in the picture?",
+        "How many objects does the image show?",
+    ],
 }
 MLOC_EDIT_TEMPLATE_SHARE = 0.04  # OK-VQA questions rarely reuse a VQAv2 edit question (E-VQA: 2% exactly equal)
 CLASSES = [(s, c, n) for s in SHAPES for c in COLORS for n in COUNTS]  # 320
@@ -120,8 +128,7 @@ def _mloc(rng: np.random.Generator, root: Path, loc_classes: list[tuple], kind: 
         k = _pick(rng, list(F.KINDS))
         ent = _pick(rng, _entity_split(k, "mloc"))
         # VLKEB's m_loc questions are entity questions, about half worded exactly as some edit's
-        q = _src_question(rng, k, split) if rng.random() < 0.5 else \
-            _pick(rng, F.entity_rephrases(k))
+        q = _src_question(rng, k, split) if rng.random() < 0.5 else _pick(rng, F.entity_rephrases(k))
         return {"m_loc": img, "m_loc_q": q, "m_loc_a": ent.name}
     if rng.random() < MLOC_EDIT_TEMPLATE_SHARE:  # an edit-style question about an unedited scene
         family = _pick(rng, ["color", "shape", "count"])
@@ -138,8 +145,15 @@ def _loc_pool(split: str, kind: str) -> list[tuple[str, str]]:
     return [(prefix + q, a) for q, a in F.nq_pool(split)]
 
 
-def _groups(rng: np.random.Generator, n: int, edit_classes: list[tuple], families: list[str],
-            weights: np.ndarray, used: set, grouped: bool) -> list[list[tuple[tuple, str]]]:
+def _groups(
+    rng: np.random.Generator,
+    n: int,
+    edit_classes: list[tuple],
+    families: list[str],
+    weights: np.ndarray,
+    used: set,
+    grouped: bool,
+) -> list[list[tuple[tuple, str]]]:
     """Groups of (class, family) scopes, each group one image; no scope twice (``used``)."""
     sizes, probs = list(GROUP_SIZES), np.array(list(GROUP_SIZES.values()))
     out, total = [], 0
@@ -168,19 +182,29 @@ def _evqa_record(rng, root, c: Content, image: str, family: str, split: str) -> 
     reph = _fill(_pick(rng, fam["rephrase"]), slots)
     true = _truth(family, c)  # "" where the scene does not decide it (the edit target is counterfactual)
     alt = _pick(rng, [a for a in fam["answers"] if a != true])
-    return {"image": image, "image_rephrase": save_render(root, c, _variant(rng), style=2),
-            "src": src, "rephrase": reph, "pred": true, "alt": alt}
+    return {
+        "image": image,
+        "image_rephrase": save_render(root, c, _variant(rng), style=2),
+        "src": src,
+        "rephrase": reph,
+        "pred": true,
+        "alt": alt,
+    }
 
 
 def _caption(c: Content, seed: int) -> str:
     frame = G.CAPTION_FRAMES[hash_key(f"{seed}-{c.shape}-{c.color}-{c.count}") % len(G.CAPTION_FRAMES)]
-    d = (f"a single {c.color} {c.shape}" if c.count == 1
-         else f"{COUNT_WORDS[c.count]} {c.color} {c.shape}{'es' if c.shape.endswith('s') else 's'}")
+    d = (
+        f"a single {c.color} {c.shape}"
+        if c.count == 1
+        else f"{COUNT_WORDS[c.count]} {c.color} {c.shape}{'es' if c.shape.endswith('s') else 's'}"
+    )
     return frame.format(d=d, D=d[0].upper() + d[1:], bg=c.background)
 
 
-def make_records(kind: str, root: Path, seed: int, n_train: int, n_eval: int,
-                 scopes: dict | None = None) -> dict[str, list[dict]]:
+def make_records(
+    kind: str, root: Path, seed: int, n_train: int, n_eval: int, scopes: dict | None = None
+) -> dict[str, list[dict]]:
     """Build the train and eval records of one toy dataset, rendering images under ``root``.
     When ``scopes`` is a dict, ``scopes[split]`` receives each record's edit scope
     (``"shape-colour-count"`` class key and question family / entity kind; toy_eic: content key)."""
@@ -193,11 +217,15 @@ def make_records(kind: str, root: Path, seed: int, n_train: int, n_eval: int,
     if kind == "toy_eic":
         contents = [Content(s, c, b, n) for (s, c, n) in edit_classes for b in BACKGROUNDS]
         if n_train + n_eval > len(contents):
-            raise ValueError(f"{kind}: asked for {n_train} train + {n_eval} eval records but only "
-                             f"{len(contents)} non-conflicting edit scopes exist")
+            raise ValueError(
+                f"{kind}: asked for {n_train} train + {n_eval} eval records but only "
+                f"{len(contents)} non-conflicting edit scopes exist"
+            )
         order = rng.permutation(len(contents))
-        plan = {"eval": [[(contents[i], "")] for i in order[:n_eval]],
-                "train": [[(contents[i], "")] for i in order[n_eval:n_eval + n_train]]}
+        plan = {
+            "eval": [[(contents[i], "")] for i in order[:n_eval]],
+            "train": [[(contents[i], "")] for i in order[n_eval : n_eval + n_train]],
+        }
     else:
         if kind == "toy_evqa":
             families = list(G.FAMILIES)
@@ -208,12 +236,16 @@ def make_records(kind: str, root: Path, seed: int, n_train: int, n_eval: int,
             families = list(F.KINDS)
             weights = np.ones(len(families))
         if n_train + n_eval > len(edit_classes) * len(families):
-            raise ValueError(f"{kind}: asked for {n_train} train + {n_eval} eval records but only "
-                             f"{len(edit_classes) * len(families)} non-conflicting edit scopes exist")
+            raise ValueError(
+                f"{kind}: asked for {n_train} train + {n_eval} eval records but only "
+                f"{len(edit_classes) * len(families)} non-conflicting edit scopes exist"
+            )
         used: set = set()
         grouped = kind == "toy_evqa"
-        plan = {"eval": _groups(rng, n_eval, edit_classes, families, weights, used, grouped),
-                "train": _groups(rng, n_train, edit_classes, families, weights, used, grouped)}
+        plan = {
+            "eval": _groups(rng, n_eval, edit_classes, families, weights, used, grouped),
+            "train": _groups(rng, n_train, edit_classes, families, weights, used, grouped),
+        }
     drawn: dict = {}
     for split in ("eval", "train"):
         locs = _loc_pool(split, kind)
@@ -230,8 +262,14 @@ def make_records(kind: str, root: Path, seed: int, n_train: int, n_eval: int,
                     rec = _evqa_record(rng, root, c, image, family, split)
                 elif kind == "toy_eic":
                     prompts = G.CAPTION_PROMPTS_EVAL if split == "eval" else G.CAPTION_PROMPTS_TRAIN
-                    rec = {"image": image, "image_rephrase": save_render(root, c, _variant(rng), style=2),
-                           "src": "a photo of", "rephrase": _pick(rng, prompts), "pred": "", "alt": _caption(c, seed)}
+                    rec = {
+                        "image": image,
+                        "image_rephrase": save_render(root, c, _variant(rng), style=2),
+                        "src": "a photo of",
+                        "rephrase": _pick(rng, prompts),
+                        "pred": "",
+                        "alt": _caption(c, seed),
+                    }
                 else:
                     rec = _vlkeb_record(rng, root, c, image, family, split, drawn)
                 i = len(out[split])
@@ -263,7 +301,7 @@ def _vary(rng: np.random.Generator, text: str, lead: bool = True) -> str:
     for i, w in enumerate(words):
         core, alts = _word_alts(w)
         if len(alts) > 1:
-            words[i] = _pick(rng, list(alts)) + w[len(core):]
+            words[i] = _pick(rng, list(alts)) + w[len(core) :]
     out = " ".join(words)
     first = _pick(rng, list(_LEADS)) if lead else ""
     return first + out[0].lower() + out[1:] if first and not out.startswith(("U.S.", "I ")) else out
@@ -274,7 +312,7 @@ def _variants(text: str) -> set[str]:
     out = [""]
     for w in text.split(" "):
         core, alts = _word_alts(w)
-        out = [f"{o} {a}{w[len(core):]}".lstrip() for o in out for a in alts]
+        out = [f"{o} {a}{w[len(core) :]}".lstrip() for o in out for a in alts]
     return set(out)
 
 
@@ -297,7 +335,7 @@ def _src_question(rng: np.random.Generator, kind: str, split: str) -> str:
     core = q
     for lead in _LEADS:
         if lead and q.startswith(lead):
-            core = q[len(lead):]
+            core = q[len(lead) :]
     return template if core.lower() in taken else q
 
 
@@ -327,10 +365,20 @@ def _vlkeb_record(rng, root, c: Content, image: str, ekind: str, split: str, dra
     rel = F.RELATIONS[rel_name]
     answer = ent.facts[rel_name]
     return {
-        "image": image, "image_rephrase": save_render(root, c, _variant(rng), style=2),
-        "src": src, "rephrase": _pick(rng, F.entity_rephrases(ekind)), "pred": "", "alt": ent.name,
-        "port_new": [{"port_edit_q": _pick(rng, rel.edit_q).format(entity=ent.name), "port_edit_a": answer,
-                      "port_q": _vary(rng, _pick(rng, rel.port_q), lead=False), "port_a": answer}],
+        "image": image,
+        "image_rephrase": save_render(root, c, _variant(rng), style=2),
+        "src": src,
+        "rephrase": _pick(rng, F.entity_rephrases(ekind)),
+        "pred": "",
+        "alt": ent.name,
+        "port_new": [
+            {
+                "port_edit_q": _pick(rng, rel.edit_q).format(entity=ent.name),
+                "port_edit_a": answer,
+                "port_q": _vary(rng, _pick(rng, rel.port_q), lead=False),
+                "port_a": answer,
+            }
+        ],
     }
 
 
@@ -360,7 +408,11 @@ def is_own(root: Path) -> bool:
     if (root / MARKER).is_file():
         return True
     meta = read_meta(root)
-    return bool(meta) and set(meta) == {"kind", "seed", "n_train", "n_eval", "version"} and str(meta["kind"]).startswith("toy_")
+    return (
+        bool(meta)
+        and set(meta) == {"kind", "seed", "n_train", "n_eval", "version"}
+        and str(meta["kind"]).startswith("toy_")
+    )
 
 
 def is_toy_current(kind: str, root: Path, seed: int, n_train: int, n_eval: int) -> bool:
@@ -378,8 +430,10 @@ def ensure_toy(kind: str, root: Path, seed: int, n_train: int, n_eval: int) -> P
     if root.is_dir() and any(root.iterdir()) and not is_own(root):
         from ..core.errors import UserError
 
-        raise UserError(f"data.root: {root} is not empty and holds no toy dataset made by bench "
-                        f"(no {MARKER} marker); choose an empty or new folder for the generated {kind} set")
+        raise UserError(
+            f"data.root: {root} is not empty and holds no toy dataset made by bench "
+            f"(no {MARKER} marker); choose an empty or new folder for the generated {kind} set"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("generated by bench.toy.generate; this folder may be rewritten\n")
     scopes: dict = {}

@@ -87,8 +87,9 @@ def _polygon(cx: float, cy: float, r: float, sides: int, rot: float) -> list[tup
     ]
 
 
-def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float, fill,
-                outline=None, width: int = 0) -> None:
+def _draw_shape(
+    d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float, fill, outline=None, width: int = 0
+) -> None:
     line = {"outline": outline, "width": width} if outline is not None else {}
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, **line)
@@ -115,8 +116,16 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         for dx, dy in ((1, 0), (0, 1)):
             hx, hy = (dx * c - dy * s) * r * 1.15, (dx * s + dy * c) * r * 1.15
             px, py = -hy / (r * 1.15) * w, hx / (r * 1.15) * w
-            d.polygon([(cx - hx - px, cy - hy - py), (cx - hx + px, cy - hy + py), (cx + hx + px, cy + hy + py),
-                       (cx + hx - px, cy + hy - py)], fill=fill, **line)
+            d.polygon(
+                [
+                    (cx - hx - px, cy - hy - py),
+                    (cx - hx + px, cy - hy + py),
+                    (cx + hx + px, cy + hy + py),
+                    (cx + hx - px, cy + hy - py),
+                ],
+                fill=fill,
+                **line,
+            )
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
