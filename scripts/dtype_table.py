@@ -36,9 +36,18 @@ def run_one(backbone: str, dtype: str, editor: str, edits: int, seed: int, root:
     from bench.run import run
 
     out_dir = root / backbone / dtype / editor
-    cfg = compose(f"+editor={editor}", "+model=smol_llava", f"edits={edits}", "shuffle=true", f"seed={seed}",
-                  f"model.dtype={dtype}", f"out_dir={out_dir}", "overwrite=true", "protocol.progress=false",
-                  *OVERRIDES.get(editor, ()))
+    cfg = compose(
+        f"+editor={editor}",
+        "+model=smol_llava",
+        f"edits={edits}",
+        "shuffle=true",
+        f"seed={seed}",
+        f"model.dtype={dtype}",
+        f"out_dir={out_dir}",
+        "overwrite=true",
+        "protocol.progress=false",
+        *OVERRIDES.get(editor, ()),
+    )
     if backbone != "smol_llava":
         with open_dict(cfg):
             cfg.model = hosted_model_cfg(backbone, save_hosted(backbone, root / "hosted" / backbone), dtype)
@@ -77,10 +86,19 @@ def table(rows: list[dict], wide: bool = False) -> str:
         def cell(k, m=m):
             return f"{100 * m[k]:.1f}" if k in m else "-"
 
-        out.append({"backbone": r["backbone"], "dtype": r["dtype"], "editor": r["editor"], "status": r["status"],
-                    "Rel": cell("rel"), "T-Loc": cell("t_loc"), "M-Loc": cell("m_loc"),
-                    "non-finite (loss/logprob)": f"{r.get('nonfinite_losses', '-')}/{r.get('nonfinite_logprobs', '-')}",
-                    "s/edit": f"{r['s_per_edit']:.3f}" if r.get("s_per_edit") is not None else "-"})
+        out.append(
+            {
+                "backbone": r["backbone"],
+                "dtype": r["dtype"],
+                "editor": r["editor"],
+                "status": r["status"],
+                "Rel": cell("rel"),
+                "T-Loc": cell("t_loc"),
+                "M-Loc": cell("m_loc"),
+                "non-finite (loss/logprob)": f"{r.get('nonfinite_losses', '-')}/{r.get('nonfinite_logprobs', '-')}",
+                "s/edit": f"{r['s_per_edit']:.3f}" if r.get("s_per_edit") is not None else "-",
+            }
+        )
     df = pd.DataFrame(out)
     if wide:  # one row per backbone x editor, "Rel / T-Loc / M-Loc" per dtype
         df["cell"] = df["Rel"] + " / " + df["T-Loc"] + " / " + df["M-Loc"]
@@ -89,8 +107,11 @@ def table(rows: list[dict], wide: bool = False) -> str:
         df.columns = ["backbone", "editor", *[f"{d}: Rel / T-Loc / M-Loc" for d in df.columns[2:]]]
         order = {b: i for i, b in enumerate(BACKBONES)} | {e: i for i, e in enumerate(EDITORS)}
         return df.sort_values(["backbone", "editor"], key=lambda c: c.map(order)).to_markdown(index=False)
-    order = {b: i for i, b in enumerate(BACKBONES)} | {d: i for i, d in enumerate(DTYPES)} | \
-        {e: i for i, e in enumerate(EDITORS)}
+    order = (
+        {b: i for i, b in enumerate(BACKBONES)}
+        | {d: i for i, d in enumerate(DTYPES)}
+        | {e: i for i, e in enumerate(EDITORS)}
+    )
     df = df.sort_values(["backbone", "editor", "dtype"], key=lambda c: c.map(order))
     return df.to_markdown(index=False)
 

@@ -31,11 +31,11 @@ import torch
 
 import editors
 from bench.backbones import build_backbone
+from bench.config import compose
+from bench.core.metrics import aggregate
 from bench.data import build_data, with_images
-from bench.metrics import aggregate
 from bench.protocol import Lifelong, ProtocolConfig
 from bench.run import check_config, seed_everything, select_stream
-from bench.config import compose
 
 
 def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
@@ -58,13 +58,22 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     rows = []
     for t in range(0, ed.codes.shape[1] + 3, 2):  # distances are even integers; on iff dist < t
         cases = [dict(a, score=(a if d < t else b)["score"]) for a, b, d in zip(on, off, dist, strict=True)]
-        kinds = {k: sum(d < t for c, d in zip(on, dist, strict=True) if c["kind"] == k)
-                 / max(1, sum(c["kind"] == k for c in on)) for k in ("rel", "t_gen", "m_gen", "t_loc", "m_loc")}
-        rows.append({"threshold": t, **{k: round(100 * v, 2) for k, v in aggregate(cases).items()
-                                        if isinstance(v, float)},
-                     **{f"on_{k}": round(100 * v, 1) for k, v in kinds.items()}})
+        kinds = {
+            k: sum(d < t for c, d in zip(on, dist, strict=True) if c["kind"] == k)
+            / max(1, sum(c["kind"] == k for c in on))
+            for k in ("rel", "t_gen", "m_gen", "t_loc", "m_loc")
+        }
+        rows.append(
+            {
+                "threshold": t,
+                **{k: round(100 * v, 2) for k, v in aggregate(cases).items() if isinstance(v, float)},
+                **{f"on_{k}": round(100 * v, 1) for k, v in kinds.items()},
+            }
+        )
     df = pd.DataFrame(rows)
-    out = (out_dir or ROOT / "results" / "tune") / f"elder_threshold_{cfg.model.name}_{cfg.data.name}_{cfg.edits}_s{cfg.seed}.csv"
+    out = (
+        out_dir or ROOT / "results" / "tune"
+    ) / f"elder_threshold_{cfg.model.name}_{cfg.data.name}_{cfg.edits}_s{cfg.seed}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     print(df.to_string(index=False))

@@ -85,8 +85,9 @@ def keys_of(editor, probes, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def best_radius(gen: list[tuple[torch.Tensor, torch.Tensor]], loc: list[torch.Tensor],
-                conflict: torch.Tensor | None = None) -> tuple[float, float, list[float]]:
+def best_radius(
+    gen: list[tuple[torch.Tensor, torch.Tensor]], loc: list[torch.Tensor], conflict: torch.Tensor | None = None
+) -> tuple[float, float, list[float]]:
     """(r, J(r), [each term at r]) maximising J(r) = sum_g P(own_g & d_g <= r) - sum_l P(d_l <= r)
     - P(c <= 2 r).
 
@@ -126,7 +127,7 @@ def main(overrides: list[str], out_dir: Path | None = None) -> dict:
         if o.startswith("n="):
             n = int(o[2:])
         elif o.startswith("stream="):
-            stream = int(o[len("stream="):])
+            stream = int(o[len("stream=") :])
         else:
             rest.append(o)
     cfg = compose("editor=melo", *rest)
@@ -143,8 +144,16 @@ def main(overrides: list[str], out_dir: Path | None = None) -> dict:
     keys = keys_of(ed, flat, int(cfg.protocol.score_batch_size or bb.batch_size))
     by = {k: keys[[j for j, p in enumerate(flat) if p.kind == k]] for k in KINDS}
     targets = [ps[0].target for ps in probes]
-    dist = {k: [] for k in ("t_gen: own edit", "m_gen: own edit", "other edit, other target (nearest)",
-                            "t_loc: nearest edit", "m_loc: nearest edit")}
+    dist = {
+        k: []
+        for k in (
+            "t_gen: own edit",
+            "m_gen: own edit",
+            "other edit, other target (nearest)",
+            "t_loc: nearest edit",
+            "m_loc: nearest edit",
+        )
+    }
     near = {k: [] for k in ("t_gen", "m_gen", "t_loc", "m_loc")}  # (distance, own?) to the nearest stored key
     for s0 in range(0, len(probes), stream):
         idx = torch.arange(s0, min(s0 + stream, len(probes)))
@@ -168,26 +177,48 @@ def main(overrides: list[str], out_dir: Path | None = None) -> dict:
     rows = []
     for k, v in dist.items():
         v = v[torch.isfinite(v)]
-        rows.append({"distribution": k, "n": v.numel(),
-                     **{f"q{int(x * 100)}": round(float(torch.quantile(v, x)), 3) for x in q},
-                     "<= radius": round(float((v <= radius).float().mean()), 3)})
+        rows.append(
+            {
+                "distribution": k,
+                "n": v.numel(),
+                **{f"q{int(x * 100)}": round(float(torch.quantile(v, x)), 3) for x in q},
+                "<= radius": round(float((v <= radius).float().mean()), 3),
+            }
+        )
     table = pd.DataFrame(rows)
     own = {k: float(near[k][1].float().mean()) for k in ("t_gen", "m_gen")}
-    print(f"{cfg.model.name}: key layer {ed.key_layer} ({cfg.editor.key_layer}), role {ed.key_role}; "
-          f"{len(train)} train records of {cfg.data.name} in streams of {stream}")
+    print(
+        f"{cfg.model.name}: key layer {ed.key_layer} ({cfg.editor.key_layer}), role {ed.key_role}; "
+        f"{len(train)} train records of {cfg.data.name} in streams of {stream}"
+    )
     print(table.to_string(index=False))
     print(f"rephrase's nearest stored key is its own edit's: t_gen {own['t_gen']:.3f}, m_gen {own['m_gen']:.3f}")
     conf = dist["other edit, other target (nearest)"]
     conf = conf[torch.isfinite(conf)]
-    for rr in sorted({radius, 0.5, 5.5, 15, *(round2(float(x), torch.cat(loc)) for x in torch.quantile(dist['m_gen: own edit'], torch.tensor([0.25, 0.5, 0.75])))}):
+    for rr in sorted(
+        {
+            radius,
+            0.5,
+            5.5,
+            15,
+            *(
+                round2(float(x), torch.cat(loc))
+                for x in torch.quantile(dist["m_gen: own edit"], torch.tensor([0.25, 0.5, 0.75]))
+            ),
+        }
+    ):
         g = [float(((d <= rr) & o).float().mean()) for d, o in gen]
         lo = [float((d <= rr).float().mean()) for d in loc]
         cf = float((conf <= 2 * rr).float().mean())
-        print(f"  r = {rr:<6g} routed to own edit: t_gen {g[0]:.3f} m_gen {g[1]:.3f}; "
-              f"locality routed: t_loc {lo[0]:.3f} m_loc {lo[1]:.3f}; conflicts {cf:.3f}; J = {sum(g) - sum(lo) - cf:.3f}")
-    print(f"best r = {r:.4f}, J = {j:.3f} (t_gen {at[0]:.3f} + m_gen {at[1]:.3f} - t_loc {at[2]:.3f} - m_loc {at[3]:.3f}"
-          f" - conflicts {at[4]:.3f}); "
-          f"radius = {radius:g}")
+        print(
+            f"  r = {rr:<6g} routed to own edit: t_gen {g[0]:.3f} m_gen {g[1]:.3f}; "
+            f"locality routed: t_loc {lo[0]:.3f} m_loc {lo[1]:.3f}; conflicts {cf:.3f}; J = {sum(g) - sum(lo) - cf:.3f}"
+        )
+    print(
+        f"best r = {r:.4f}, J = {j:.3f} (t_gen {at[0]:.3f} + m_gen {at[1]:.3f} - t_loc {at[2]:.3f} - m_loc {at[3]:.3f}"
+        f" - conflicts {at[4]:.3f}); "
+        f"radius = {radius:g}"
+    )
     out = (out_dir or ROOT / "results" / "tune") / f"melo_radius_{cfg.model.name}_{cfg.data.name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     long = pd.DataFrame([{"distribution": k, "distance": float(x)} for k, v in dist.items() for x in v.tolist()])
