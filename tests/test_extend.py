@@ -1,5 +1,5 @@
-"""Extending and inspecting without touching the project: your own dataset (JSON + images, README "Bring your own
-dataset"), your own editor module (found without editing editors/__init__.py), the saved edited state."""
+"""Extending and inspecting without touching the project: your own dataset (JSON + images, README
+"Extending"), your own editor module (found without editing editors/__init__.py), the saved edited state."""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
 One stream (``toy_evqa``, 40 edits, shuffled with seed 0) is edited by every editor at its
 shipped settings on ``smol_llava`` (GRACE and MELO with ``editor.early_stop_loss=0.01``, which
-gives the same probes as their reference 100/50 steps on this backbone, see README), and each
+gives the same probes as their reference 100/50 steps on this backbone, docs/speed.md), and each
 test asserts the pattern its paper reports, with a margin. A pattern the harness does not
 reproduce stays a red ``xfail`` with the measured numbers and the reason; it is never loosened.
 
     OMP_NUM_THREADS=1 python -m pytest -q -m slow tests/test_signatures.py   # 7 min on an idle 2-core machine
 
-With one thread the scores are exactly those recorded in README (thread counts change log-probs at 1e-4).
+With one thread the scores are exactly those recorded in docs/editors.md (thread counts change log-probs at 1e-4).
 """
 
 from __future__ import annotations

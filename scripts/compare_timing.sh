@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# Wall time of the full 8-editor comparison (issue 11): smol_llava, toy_evqa, 100 edits, shuffle=true seed=0,
-# in two queues of one thread each (the 2-core machine), at reference settings (every editor's shipped YAML)
+# Wall time of the full 8-editor comparison: smol_llava, toy_evqa, 100 edits, shuffle=true seed=0,
+# in two queues of one thread each (a 2-core machine), at reference settings (every editor's shipped YAML)
 # or fast (GRACE and MELO with editor.early_stop_loss=0.01, queues rebalanced). Prints each queue's wall time;
-# the tables:
-#   bash scripts/issue11_timing.sh TAG ref      # reference settings
-#   bash scripts/issue11_timing.sh TAG fast     # early stopping for GRACE and MELO
-#   bash scripts/issue11_timing.sh TAG report   # results/tables/TAG_{ref,fast}_smol_llava_toy_evqa_100_s0
+# the tables (docs/speed.md, "The full comparison in minutes"):
+#   bash scripts/compare_timing.sh ref [NAME]      # reference settings
+#   bash scripts/compare_timing.sh fast [NAME]     # early stopping for GRACE and MELO
+#   bash scripts/compare_timing.sh report [NAME]   # results/tables/NAME-reference and NAME-early_stop
+# NAME (default smol_llava-toy_evqa-100x1) names the sweeps (results/sweeps/NAME-{ref,fast}-*) and tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TAG=${1:?tag}
-PHASE=${2:?ref, fast or report}
+PHASE=${1:?ref, fast or report}
+NAME=${2:-smol_llava-toy_evqa-100x1}
 PY=${PY:-.venv/bin/python}
 COMMON=(model=smol_llava data=toy_evqa edits=100 shuffle=true seed=0 protocol.progress=false)
 export OMP_NUM_THREADS=1
 queue() {  # name, then the python -m bench arguments
   local name=$1; shift
   local t0; t0=$(date +%s)
-  $PY -m bench -m "$@" "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$TAG-$PHASE-$name > "results/sweeps/$TAG-$PHASE-$name.log" 2>&1
+  $PY -m bench -m "$@" "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-$PHASE-$name > "results/sweeps/$NAME-$PHASE-$name.log" 2>&1
   echo "queue $name: $(( $(date +%s) - t0 )) s"
 }
 [ "$PHASE" = report ] && {
-  $PY -m bench.report results/sweeps/$TAG-ref-*/ --out results/tables/${TAG}_ref_smol_llava_toy_evqa_100_s0
-  $PY -m bench.report results/sweeps/$TAG-fast-*/ --out results/tables/${TAG}_fast_smol_llava_toy_evqa_100_s0
+  $PY -m bench.report results/sweeps/$NAME-ref-*/ --out results/tables/$NAME-reference
+  $PY -m bench.report results/sweeps/$NAME-fast-*/ --out results/tables/$NAME-early_stop
   exit 0
 }
 mkdir -p results/sweeps

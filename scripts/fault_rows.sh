@@ -1,11 +1,22 @@
-#!/bin/bash
-# Re-runs the rows of issue 13 (results/tables/issue13_faults.md). Tiny backbone (fast).
-# Needs root for the disk-full and read-only rows (a small tmpfs at /tmp/fa/mnt).
-cd /work/wt-faults
+#!/usr/bin/env bash
+# Re-runs every row of the faults table (results/tables/faults.md, docs/faults.md): ft_l on the tiny
+# backbone, a toy_evqa set of 60 eval records, one fault per row (signals, disk full, read-only dir,
+# bad values, defective copies of the annotation file); prints each row's exit code and summary.
+#   bash scripts/fault_rows.sh [REPO]
+# REPO: the checkout to test (default: the one holding this script); every command runs from its root.
+# PY: the interpreter (default REPO/.venv/bin/python).
+# FAULTS_DIR: scratch folder (default ${TMPDIR:-/tmp}/bench-faults; its tab/w is emptied first).
+# The disk-full and read-only rows need root: they mount a 160 KiB tmpfs at FAULTS_DIR/mnt.
+# The real-data duplicate row runs when REPO/../shared/data (or SHARED_DATA) holds mmedit/vqa/vqa_eval.json.
+REPO=$(cd "${1:-$(dirname "$0")/..}" && pwd)
+cd "$REPO" || exit 2
 export OMP_NUM_THREADS=1
-PY=/work/main/.venv/bin/python
-W=/tmp/fa/tab/w; rm -rf $W; mkdir -p $W
-mkdir -p /tmp/fa/mnt; mountpoint -q /tmp/fa/mnt || mount -t tmpfs -o size=160k tmpfs /tmp/fa/mnt
+PY=${PY:-$REPO/.venv/bin/python}
+FA=${FAULTS_DIR:-${TMPDIR:-/tmp}/bench-faults}
+SHARED=${SHARED_DATA:-$REPO/../shared/data}
+M=$FA/mnt
+W=$FA/tab/w; rm -rf "$W"; mkdir -p "$W"
+mkdir -p "$M"; mountpoint -q "$M" || mount -t tmpfs -o size=160k tmpfs "$M"
 D="data.root=$W/toy data.toy.n_eval=60 data.toy.n_train=20 protocol.progress=false"
 summ() { $PY -c "import json,sys; s=json.load(open('$1/summary.json')); print({k: s.get(k) for k in ('status','error','edits_done','resumable_from_edit','resumed_at_edit','threads')}); print('metrics', s.get('metrics') or s.get('last_checkpoint'))"; }
 wait_edits() { while [ "$(cat $1/edits.jsonl 2>/dev/null | wc -l)" -lt $2 ]; do sleep 0.05; done; }
@@ -34,21 +45,21 @@ a, b = cases('$W/ref'), cases('$W/kill')
 print('SIGKILL+resume vs uninterrupted: %d probes, identical: %s' % (len(a), a == b))
 PY
 
-echo "## row: disk full (out_dir on a 160 KiB tmpfs)"; mount -o remount,size=160k /tmp/fa/mnt; rm -rf /tmp/fa/mnt/*
-$RUN out_dir=/tmp/fa/mnt/run protocol.checkpoints=[10,20,30,40] > $W/full.log 2>&1; echo "rc=$?"; tail -1 $W/full.log
-summ /tmp/fa/mnt/run; ls -a /tmp/fa/mnt/run /tmp/fa/mnt/run/progress 2>&1; find /tmp/fa/mnt -name "*.tmp" | wc -l
+echo "## row: disk full (out_dir on a 160 KiB tmpfs)"; mount -o remount,size=160k $M; rm -rf "$M"/*
+$RUN out_dir=$M/run protocol.checkpoints=[10,20,30,40] > $W/full.log 2>&1; echo "rc=$?"; tail -1 $W/full.log
+summ $M/run; ls -a $M/run $M/run/progress 2>&1; find $M -name "*.tmp" | wc -l
 $PY -c "
 import json
-lines=open('/tmp/fa/mnt/run/cases.jsonl.partial').read().splitlines(); [json.loads(l) for l in lines]; print('cases.jsonl.partial: %d lines, all valid JSON' % len(lines))"
-rm -rf /tmp/fa/mnt/run
+lines=open('$M/run/cases.jsonl.partial').read().splitlines(); [json.loads(l) for l in lines]; print('cases.jsonl.partial: %d lines, all valid JSON' % len(lines))"
+rm -rf $M/run
 
 echo "## row: re-running into a finished run dir"
 $PY -m bench +editor=ft_l +model=tiny edits=5 $D out_dir=$W/ref 2>&1 | tail -1; echo "rc=${PIPESTATUS[0]}"; summ $W/ref
 
 echo "## row: read-only results dir"
-mount -o remount,ro /tmp/fa/mnt
-$PY -m bench +editor=ft_l +model=tiny edits=5 $D out_dir=/tmp/fa/mnt/x 2>&1 | tail -1; echo "rc=${PIPESTATUS[0]}"
-mount -o remount,rw /tmp/fa/mnt
+mount -o remount,ro $M
+$PY -m bench +editor=ft_l +model=tiny edits=5 $D out_dir=$M/x 2>&1 | tail -1; echo "rc=${PIPESTATUS[0]}"
+mount -o remount,rw $M
 
 echo "## row: editor.layer=1.5 / 0.9"
 $PY -m bench +editor=ft_l +model=tiny edits=2 $D out_dir=$W/l15 editor.layer=1.5 2>&1 | tail -1; echo "rc=${PIPESTATUS[0]}"
@@ -96,10 +107,10 @@ import json; p='$W/dup/eval.json'; r=json.load(open(p)); r[4]=dict(r[2]); json.d
 CHK dup | grep -E "duplicate|record 4|status|rc="
 RUN1 dup >/dev/null; $PY -m bench +editor=ft_l +model=tiny edits=5 protocol.progress=false data=toy_evqa data.toy=null data.root=$W/dup data.train_file=$W/dup/train.json data.eval_file=$W/dup/eval.json out_dir=$W/dup/run1 2>&1 | grep -i duplicate
 $PY -m bench +editor=ft_l +model=tiny edits=5 protocol.progress=false data=toy_evqa data.toy=null data.root=$W/dup data.train_file=$W/dup/train.json data.eval_file=$W/dup/eval.json out_dir=$W/dup/run2 data.duplicates=drop 2>&1 | grep -i duplicate
-if [ -f /work/shared/data/mmedit/vqa/vqa_eval.json ]; then
+if [ -f "$SHARED/mmedit/vqa/vqa_eval.json" ]; then
   $PY -c "
-from bench.records import RecordSet, Prompts
-rs = RecordSet('/work/shared/data/mmedit/vqa/vqa_eval.json', '/nonexistent', Prompts()); print('real vqa_eval.json duplicates:', rs.duplicates())"
+from bench.core.records import RecordSet, Prompts
+rs = RecordSet('$SHARED/mmedit/vqa/vqa_eval.json', '/nonexistent', Prompts()); print('real vqa_eval.json duplicates:', rs.duplicates())"
 fi
 echo "## row: misspelt optional field port_news"
 mk misp; $PY -c "
