@@ -52,11 +52,24 @@ def image_root(cfg, generate: bool = True) -> Path:
     return root
 
 
+#: the annotation splits of a dataset (``train_file``, ``eval_file``)
+SPLITS = ("train", "eval")
+
+
+def stream_split(cfg) -> str:
+    """The split the edit stream is drawn from: ``data.split`` (``eval``, the default, for every reported
+    run; ``train`` to tune an editor on records that no reported stream contains)."""
+    s = cfg.get("split", "eval")
+    if s not in SPLITS:
+        raise UserError(f"data.split: expected one of {', '.join(SPLITS)}, got {s!r}")
+    return str(s)
+
+
 def build_data(cfg, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, RecordSet]:
     """Load (generating toy sets when needed) the requested splits of ``cfg``."""
     root = image_root(cfg)
     prompts = Prompts.from_cfg(cfg.get("prompts"))
-    files = {"train": cfg.train_file, "eval": cfg.eval_file}
+    files = dict(zip(SPLITS, (cfg.train_file, cfg.eval_file), strict=True))
     out = {}
     for s in splits:
         if s not in files:

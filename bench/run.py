@@ -22,7 +22,7 @@ from .backbones import backbone_arch, build_backbone
 from .config import CONF_DIR, SOURCE_ROOT, available, resolve
 from .core.errors import NonFiniteError, RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .core.metrics import aggregate
-from .data import build_data, check_prompt_lengths, dedupe, fingerprint, with_images
+from .data import build_data, check_prompt_lengths, dedupe, fingerprint, stream_split, with_images
 from .protocol import Lifelong, ProtocolConfig
 from .results import RunWriter, prepare_run_dir, read_progress
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
@@ -122,8 +122,9 @@ def versions() -> dict[str, str]:
 
 
 def select_stream(eval_set, n: int, shuffle: bool, seed: int):
+    """The first ``n`` records of ``eval_set`` (the split ``data.split`` names), shuffled with ``seed`` first."""
     if n > len(eval_set):
-        raise ValueError(f"edits={n} but the eval split {eval_set.file} has only {len(eval_set)} records")
+        raise ValueError(f"edits={n} but {eval_set.file} has only {len(eval_set)} records")
     order = list(range(len(eval_set)))
     if shuffle:
         order = list(np.random.default_rng(seed).permutation(len(eval_set)))
@@ -166,22 +167,27 @@ def run(cfg: DictConfig) -> dict:
 
     t_start = time.time()
     editor_cls = editors.get(str(cfg.editor.name))
-    splits = ("train", "eval") if editor_cls.needs_training else ("eval",)
     with _UserErrors("data"):
+        split = stream_split(cfg.data)  # the edit stream's split: eval unless data.split=train (tuning)
+        if split == "train" and editor_cls.needs_training:
+            raise UserError(
+                f"data.split=train: editor {cfg.editor.name} trains on the train split; edit the eval split"
+            )
+        splits = ("train", "eval") if editor_cls.needs_training else (split,)
         data = build_data(cfg.data, splits)
         # images are checked (opened) before the (slow) model load and the first edit
         skip = bool(cfg.data.get("skip_missing", False))
         skipped = {}
-        pool, skipped["eval"] = with_images(data["eval"], True) if skip else (data["eval"], 0)
-        if skipped["eval"] and len(pool) < int(cfg.edits):
+        pool, skipped[split] = with_images(data[split], True) if skip else (data[split], 0)
+        if skipped[split] and len(pool) < int(cfg.edits):
             raise UserError(
-                f"edits={cfg.edits} but only {len(pool)} records of {data['eval'].file} have all their images "
-                f"({skipped['eval']} skipped by data.skip_missing under data.root={cfg.data.root})"
+                f"edits={cfg.edits} but only {len(pool)} records of {data[split].file} have all their images "
+                f"({skipped[split]} skipped by data.skip_missing under data.root={cfg.data.root})"
             )
         pool, dropped = dedupe(pool, str(cfg.data.get("duplicates", "keep")))
         stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
         stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
-        if "train" in data:
+        if "train" in data and split != "train":  # the training stage's records
             data["train"], skipped["train"] = with_images(data["train"], skip)
     log.info("dataset %s: %d edits from %s", cfg.data.name, len(stream), stream.file)
     with _UserErrors(f"editor {label}"):  # editor settings that need no model, before the (slow) load

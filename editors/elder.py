@@ -12,12 +12,28 @@ Mechanics
   ``reset`` puts it back, so outputs are bit-identical). Each wrapped matrix has
   ``num_loras`` LoRAs of rank ``rank`` (A: kaiming-uniform, B: zero, scaling
   ``lora_alpha / rank``).
-* **Routers.** One router per mixture layer: a linear layer ``hidden -> num_loras``
-  and a softmax. All routers read the same query vector: the hidden state of
-  the sample's last prompt token (``backbone.context.prompt_last``) at the
-  input of the first mixture layer (a forward pre-hook on that decoder layer).
-  The query does not depend on any LoRA, so every router runs once, up front,
-  for all layers. The WHOLE sequence of sample ``b`` goes to its top-k LoRAs of
+* **Routers.** One router per mixture layer: a linear layer ``width -> num_loras``
+  and a softmax. All routers read the same query vector, taken at the sample's
+  last prompt token (``backbone.context.prompt_last``; the reference's ``key_id``
+  -1, the last input token), from what ``router_input`` names:
+
+  - ``target`` (default; the reference): the input of the first mixture layer's
+    wrapped matrix (a forward pre-hook on its :class:`MixLoRALinear`), width =
+    that matrix's ``in_features``. Reference: ``ElderLinear``'s gate is
+    ``Gate(in_features)`` of the wrapped matrix and reads ``SEQ_REPR``, the
+    detached input of the grace-layer Linear at ``key_id``
+    (``peft_egg/src/peft/tuners/elder.py`` lines 1580, 1633, 1715-1721). For a
+    role ``out`` (``down_proj``) target that is the FFN intermediate
+    ``act(gate x) * (up x)`` (width ``intermediate_size``); for a role ``in``
+    (``fc1``/``c_fc``) target the normed hidden state LN2(h) (width d). With
+    several roles, the first of ``roles`` that no other wrapped role of the
+    layer feeds (``out`` is fed by ``in``/``gate``: :data:`FED_BY`).
+  - ``residual``: the decoder-layer input of the first mixture layer (the raw
+    residual stream, width d; a pre-hook on that layer), this project's ELDER
+    before issue 22, bit for bit.
+
+  Either query is computed before any LoRA acts, so every router runs once, up
+  front, for all layers. The WHOLE sequence of sample ``b`` goes to its top-k LoRAs of
   layer ``l``; the output is ``W x + sum_{e in topk} g_e * scale * x A_e B_e``
   with ``g_e`` the (un-renormalised) softmax score, as the reference ``Gate``.
   Router logits are computed by an elementwise product and a sum over the
@@ -40,16 +56,34 @@ Mechanics
   ``distance < threshold``), else off (masking: exactly the original output). During an edit
   the mixture is on for every request (reference: ``IN_EDIT_SCOPE`` all True). With no stored
   code the mixture is off for everyone.
-* **Edit.** ``n_iter`` Adam steps (lr ``lr``) on all LoRAs and routers together, fresh
-  optimiser state per edit (batch). ``edit_batch`` trains a batch of requests jointly, each
-  with its label's preset (the paper trains 4 edits per batch: ``edit_batch_size`` in the
-  YAML).
+* **Edit.** ``n_iter`` Adam steps on all LoRAs and routers together, fresh optimiser
+  state per edit (batch). ``lr_schedule=step`` (default): ``StepLR(lr_step=20,
+  lr_gamma=0.5)``, stepped after every update and fresh per edit, so lr ``lr`` for steps
+  1-20, ``lr/2`` for 21-40, ``lr/4`` after. The ELDER repository ships no training loop;
+  its README ("Run Experiments") says to run MELO's scripts, whose ``LORA.edit``
+  (ECNU-ICALK/MELO ``melo/algs/lora.py`` lines 133-154) builds ``Adam(edit_lr)`` and
+  ``StepLR(step_size=20, gamma=0.5)`` per edit (lines 134-135) and steps both after each
+  of ``num_iter`` iterations (lines 149-151). MELO's README says the step is 20 for T5
+  and 30 for GPT2-XL/SCOTUS-BERT; the code's 20 is kept. ``lr_schedule=constant``:
+  Adam at ``lr`` throughout (this project's ELDER before issue 22). ``edit_batch``
+  trains a batch of requests jointly, each with its label's preset (the paper trains 4
+  edits per batch: ``edit_batch_size`` in the YAML).
 
 Departures from the reference (deliberate)
 ------------------------------------------
-* The query is the decoder-layer input at the first mixture layer (the reference reads the
-  input of a separate ``grace_layer`` module and its ``key_id``, the last input token); here
-  per sample at its last prompt token.
+* ``router_input=target`` reads the input of the first mixture layer's own wrapped matrix.
+  The reference reads the input of a separate ``grace_layer`` Linear (it cannot be a LoRA
+  target: wrapping it as ``ElderGraceLinear`` would replace the ``ElderLinear``), of the same
+  width; ELDER's scripts that name it are not shipped. MELO's (``melo/config/model/gpt2xl.yaml``:
+  ``grace_layer`` ``h.35.mlp.c_fc``, targets ``h.36``/``h.37`` ``c_fc``) put it on the same
+  matrix one layer below the first target; the paper (Alg. 1) computes the codes "using all
+  router networks before the first mixture-of-LoRA". So the reference's query is most
+  likely one layer earlier than here. The query token is the sample's last prompt token,
+  not the last token of the padded sequence.
+* The reference's edit loop (MELO's ``LORA.edit``) would train only parameters named
+  ``lora`` and only the model's own loss; ELDER must have changed it (its routers and
+  guided loss) in scripts it does not ship. The StepLR schedule is taken from MELO's loop
+  as shipped.
 * One router per layer shared by the layer's wrapped matrices (the reference has one gate per
   wrapped matrix; with the default single role these coincide).
 * The reference ships no training loop, so how it builds its presets (``set_target``,
@@ -77,7 +111,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from bench.core.editor import Editor, EditorConfig
-from bench.core.inject import STATE_DTYPE, LinearWrapper, module_device
+from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import optimizer_update, run_steps
 from bench.core.types import Probe
 
@@ -95,6 +129,16 @@ def label_key(p: Probe) -> int:
     """Stable 63-bit id of an edit's label (identically labelled edits share a preset allocation)."""
     h = hashlib.sha1(label_of(p).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
+
+
+#: FFN roles whose input is made by other FFN roles of the same layer (the backbones' role contract:
+#: ``out`` reads ``act(gate x) * (in x)``, or ``act(in x)`` without a gate; ``in``/``gate`` read the
+#: normed hidden state). A router that reads a wrapped matrix's input must read one that no wrapped
+#: matrix of its layer feeds, so that the query does not depend on any LoRA.
+FED_BY = {"out": ("in", "gate")}
+
+ROUTER_INPUTS = ("target", "residual")
+LR_SCHEDULES = ("step", "constant")
 
 
 class MixLoRALinear(LinearWrapper):
@@ -149,6 +193,10 @@ class ELDERConfig(EditorConfig):
     guided_weight: float = MISSING
     seed: int = MISSING
     early_stop_loss: float | None = MISSING
+    router_input: str = MISSING  # target | residual
+    lr_schedule: str = MISSING  # step | constant
+    lr_step: int = MISSING
+    lr_gamma: float = MISSING
     num_iter: int | None = None  # old name of n_iter
 
 
@@ -164,8 +212,32 @@ class ELDER(Editor):
     @classmethod
     def preflight(cls, cfg, arch) -> None:
         super().preflight(cfg, arch)
+        cls._query_role(cfg)
+        cls._check_schedule(cfg)
         if arch is not None:
             cls._mixture_layers(cfg, arch)
+
+    @staticmethod
+    def _check_schedule(cfg) -> None:
+        if str(cfg.lr_schedule) not in LR_SCHEDULES:
+            raise ValueError(f"editor.lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+        if str(cfg.lr_schedule) == "step" and (int(cfg.lr_step) < 1 or not float(cfg.lr_gamma) > 0):
+            raise ValueError("editor.lr_schedule=step needs editor.lr_step >= 1 and editor.lr_gamma > 0")
+
+    @staticmethod
+    def _query_role(cfg) -> str | None:
+        """The wrapped role whose input the routers read (``router_input=target``): the first of ``roles``
+        that no other wrapped role of the layer feeds (:data:`FED_BY`); None for ``router_input=residual``."""
+        mode = str(cfg.router_input)
+        if mode not in ROUTER_INPUTS:
+            raise ValueError(f"editor.router_input: expected one of {', '.join(ROUTER_INPUTS)}, got {mode!r}")
+        if mode == "residual":
+            return None
+        roles = [str(r) for r in cfg.roles]
+        for r in roles:
+            if not set(FED_BY.get(r, ())) & set(roles):
+                return r
+        raise ValueError(f"editor.roles {roles}: every wrapped matrix is fed by another; no LoRA-free router input")
 
     @staticmethod
     def _mixture_layers(cfg, bb) -> list[int]:
@@ -201,7 +273,18 @@ class ELDER(Editor):
         # each LoRA on its own matrix's device (device_map=auto spreads the layers)
         dev = module_device(backbone.layer(self.layers[0]))
         self.device = dev
-        d, E, L = backbone.hidden_size, self.num_experts, len(self.layers)
+        # what the routers read: the input of the first mixture layer's ``query_role`` matrix (router_input
+        # target: the reference's SEQ_REPR, width = that matrix's in_features) or of the whole decoder
+        # layer (residual: the residual stream, width d)
+        self._check_schedule(cfg)
+        self.router_input = str(cfg.router_input)
+        role = self._query_role(cfg)
+        self.query_target = None if role is None else self.targets.index((0, self.layers[0], role))
+        if self.query_target is None:
+            d = backbone.hidden_size
+        else:
+            d = self.originals[self.query_target].in_features
+        E, L = self.num_experts, len(self.layers)
         self.code_bits = L * E
         self.router_w = torch.zeros(L, E, d, dtype=STATE_DTYPE, device=dev)
         self.router_b = torch.zeros(L, E, dtype=STATE_DTYPE, device=dev)
@@ -248,7 +331,10 @@ class ELDER(Editor):
     def on_attach(self, at) -> None:
         for k, ((slot, i, role), orig) in enumerate(zip(self.targets, self.originals, strict=True)):
             self._wrappers.append(at.swap(self.backbone, i, role, MixLoRALinear(orig, self, k, slot), expect=orig))
-        at.forward_pre_hook(self.backbone.layer(self.layers[0]), self._pre_hook, with_kwargs=True)
+        if self.query_target is None:  # residual: the first mixture layer's input
+            at.forward_pre_hook(self.backbone.layer(self.layers[0]), self._pre_hook, with_kwargs=True)
+        else:  # target: the input of the first mixture layer's query matrix, before its wrapper adds a delta
+            at.forward_pre_hook(self._wrappers[self.query_target], self._target_pre_hook)
 
     def on_detach(self) -> None:
         self._wrappers = []
@@ -282,7 +368,17 @@ class ELDER(Editor):
         return torch.cdist(codes.float(), self.codes.float(), p=0).min(1).values
 
     def _pre_hook(self, module, args, kwargs):
-        h = args[0] if args else kwargs["hidden_states"]
+        """``router_input=residual``: route on the decoder layer's input (hidden states [B, T, d])."""
+        self._route_on(args[0] if args else kwargs["hidden_states"])
+
+    def _target_pre_hook(self, module, args):
+        """``router_input=target``: route on the query matrix's input ([B, T, in], or OPT's [B*T, in])."""
+        self._route_on(as_sequence(args[0], self.backbone))
+
+    def _route_on(self, h: torch.Tensor) -> None:
+        """Route every sample of the forward on ``h`` at its last prompt token; sets ``self._route``."""
+        if h.dim() == 2:  # a flattened FFN input that no batch context shapes: one sequence
+            h = h[None]
         ctx = self.backbone.context
         Bsz = h.shape[0]
         if ctx is not None and ctx.size == Bsz and h.dim() == 3:
@@ -311,7 +407,6 @@ class ELDER(Editor):
             "dist": dist,
             "active": active,
         }
-        return None
 
     @torch.no_grad()
     def route(self, probes: Sequence[Probe]) -> dict[str, torch.Tensor]:
@@ -355,6 +450,11 @@ class ELDER(Editor):
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
+        sched = None  # lr_schedule=constant
+        if str(self.cfg.lr_schedule) == "step":  # MELO's LORA.edit: StepLR after every step, fresh per edit
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=int(self.cfg.lr_step), gamma=float(self.cfg.lr_gamma)
+            )
         lam = float(self.cfg.guided_weight)
         stop = self.cfg.get("early_stop_loss")
         self._editing, self._train_presets = True, presets
@@ -374,7 +474,7 @@ class ELDER(Editor):
             res = run_steps(
                 self.cfg.n_iter,
                 forward,
-                optimizer_update(opt),
+                optimizer_update(opt, sched),
                 monitor="ce",
                 stop_below=None if stop is None else float(stop),
             )

@@ -7,13 +7,17 @@ every probe is scored with the mixture on and with it off, and each probe's dist
 recorded; the metrics for any threshold t follow exactly: a probe scores its "on" value if
 dist < t, else its "off" value.
 
-    python scripts/elder_threshold.py +model=smol_llava edits=100 shuffle=true seed=1 \
+    python scripts/elder_threshold.py +model=smol_llava data.split=train edits=100 shuffle=true seed=0 \
         protocol.edit_batch_size=4 [editor.x=...]
 
-protocol.edit_batch_size null takes the editor YAML's edit_batch_size (else 1). Prints one
-row per even threshold 0..num_layers*num_loras+2 (distances are even: 0 = every input off,
-code length + 2 = every input on) and writes them as CSV to
-results/tune/elder_threshold_<model>_<data>_<edits>_s<seed>.csv.
+Tune on ``data.split=train``: the reported tables edit shuffled streams of the eval split. The
+stream is edited as ``python -m bench`` would edit it with the mixture on for every input
+(deferral only acts at inference). protocol.edit_batch_size null takes the editor YAML's
+edit_batch_size (else 1). Prints one row per even threshold 0..num_layers*num_loras+2
+(distances are even: 0 = every input off, code length + 2 = every input on): the scores, then
+``on_<kind>``, the share (%) of each kind's inputs with the mixture on, ``on_edit`` for Rel, T-Gen
+and M-Gen pooled and ``on_loc`` for T-Loc and M-Loc pooled. Writes them as CSV to
+results/tune/elder_threshold_<model>_<data>[_train]_<edits>_s<seed>.csv.
 """
 
 from __future__ import annotations
@@ -33,9 +37,23 @@ import editors
 from bench.backbones import build_backbone
 from bench.config import compose
 from bench.core.metrics import aggregate
-from bench.data import build_data, with_images
+from bench.data import build_data, stream_split, with_images
 from bench.protocol import Lifelong, ProtocolConfig
 from bench.run import check_config, seed_everything, select_stream
+
+#: the probe kinds whose share of inputs with the mixture on is reported: each kind, then the edit
+#: scope pooled (Rel, T-Gen, M-Gen: the mixture should be on) and locality pooled (T-Loc, M-Loc: off)
+GROUPS = {
+    **{k: (k,) for k in ("rel", "t_gen", "m_gen", "t_loc", "m_loc")},
+    "edit": ("rel", "t_gen", "m_gen"),
+    "loc": ("t_loc", "m_loc"),
+}
+
+
+def share_on(cases: list[dict], dist: list[float], t: float, kinds: tuple[str, ...]) -> float:
+    """Share of the probes of ``kinds`` whose min Hamming distance is strictly below ``t`` (mixture on)."""
+    picked = [d for c, d in zip(cases, dist, strict=True) if c["kind"] in kinds]
+    return sum(d < t for d in picked) / max(1, len(picked))
 
 
 def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
@@ -43,7 +61,8 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     cfg = compose("editor=elder", *overrides)
     check_config(cfg)
     seed_everything(int(cfg.seed))
-    stream = select_stream(build_data(cfg.data, ("eval",))["eval"], int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
+    split = stream_split(cfg.data)  # data.split=train: a tuning stream that no reported (eval) stream holds
+    stream = select_stream(build_data(cfg.data, (split,))[split], int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
     stream, _ = with_images(stream, skip_missing=False)
     bb = build_backbone(cfg.model)
     ed = editors.build(cfg.editor, bb)
@@ -58,11 +77,7 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     rows = []
     for t in range(0, ed.codes.shape[1] + 3, 2):  # distances are even integers; on iff dist < t
         cases = [dict(a, score=(a if d < t else b)["score"]) for a, b, d in zip(on, off, dist, strict=True)]
-        kinds = {
-            k: sum(d < t for c, d in zip(on, dist, strict=True) if c["kind"] == k)
-            / max(1, sum(c["kind"] == k for c in on))
-            for k in ("rel", "t_gen", "m_gen", "t_loc", "m_loc")
-        }
+        kinds = {name: share_on(on, dist, t, ks) for name, ks in GROUPS.items()}
         rows.append(
             {
                 "threshold": t,
@@ -71,9 +86,9 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
             }
         )
     df = pd.DataFrame(rows)
-    out = (
-        out_dir or ROOT / "results" / "tune"
-    ) / f"elder_threshold_{cfg.model.name}_{cfg.data.name}_{cfg.edits}_s{cfg.seed}.csv"
+    tag = "" if split == "eval" else f"_{split}"
+    name = f"elder_threshold_{cfg.model.name}_{cfg.data.name}{tag}_{cfg.edits}_s{cfg.seed}.csv"
+    out = (out_dir or ROOT / "results" / "tune") / name
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     print(df.to_string(index=False))
