@@ -37,19 +37,38 @@ Mechanics
   filter); ``soft_routing: false`` replaces the soft weights by a plain mean over the kept
   experts (paper's "w/o soft routing" fuses without textual relevance; our reading).
 
+Training forward (``editor.train.forward``)
+-------------------------------------------
+* ``reference`` (default): as the reference trains (``editor/vllm_editors/base.py``
+  ``forward_from_mid_layer(mr, ..., edit_layer_i)``, called from ``liveedit.py``'s training): ``mr`` is
+  layer ``l_e``'s output on the batch; the rest of the model runs from there *starting with layer
+  l_e again*, so in training layer ``l_e`` sees its own output, both for the edited logits (the
+  residual computed from ``mr`` added to that second output) and for the KL's unedited logits.
+* ``inference``: the forward edits use at inference (layer ``l_e`` once, the residual computed from and
+  added to its output). Checkpoints trained before the option used it.
+* Both average each loss per sample (over its target tokens) and then over the batch, as the
+  reference's ``label_loss(..., True)`` / ``logit_KL_loss(..., True)``, and give a record's t_gen and
+  m_gen samples one shared expert mask (the reference's ``organize_batch_data`` draws one random
+  prefix length each for rel, gen and loc). Measured side by side: ``docs/editors.md`` (LiveEdit).
+
 Departures from the reference
 -----------------------------
-* The training losses are computed from one batched forward of [rel; t_gen; m_gen; m_loc]
-  samples with per-sample expert masks (the reference loops one sample at a time and
-  runs "forward from the middle layer"); same losses, same masks (own expert plus a random
-  prefix of the batch's experts; locality samples get only the random prefix).
+* Batched: one forward of [rel; t_gen; m_gen; m_loc] samples for the whole batch with per-sample
+  expert masks, where the reference loops over the batch's samples; same masks (own expert plus
+  a random prefix of the batch's experts; locality samples get only the random prefix).
 * Locality KL and the routing contrasts use the train split's m_loc samples (image
   locality), as the reference keeps only locality samples with an image.
-* The checkpoint stores the backbone name, hidden size and layer index; a mismatch stops.
 * The locality KL runs KL(unedited || edited) (the paper's Eq. 11 as the project reads it); the
   reference code computes KL(edited || unedited) (:mod:`editors.liveedit_train` module doc).
 * Training length: ``editor.train.epochs`` as the reference's README, each epoch
-  ``ceil(N / batch_size)`` steps of randomly drawn batches; ``max_steps`` caps it.
+  ``ceil(N / batch_size)`` steps of randomly drawn batches (not a pass over a shuffled epoch);
+  ``max_steps`` caps it.
+* ``editor.train.routing_warmup_steps`` (routing losses only, extractors only, before any joint
+  step) is the project's, not the paper's or the reference's; it is 0 unless a config sets it.
+* The embedded backbone's recipe (``conf/editor_model/liveedit/smol_llava.yaml``: widths, batch, lr,
+  length) is scaled to a 135M model and a CPU; the paper backbones keep the reference's values.
+* The checkpoint stores the backbone name, hidden size, layer index and training forward; a
+  mismatch on load or resume stops.
 
 Precision and device: the backbone runs in ``model.dtype``; the networks (generator, extractors,
 sentinel; training and Adam's state too) and the stored experts (psi, phi, U, V) are float32
@@ -69,7 +88,7 @@ from omegaconf import MISSING
 
 from bench.core.editor import Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, module_device
-from bench.core.types import Batch, Probe
+from bench.core.types import Batch, Prefix, Probe
 
 from .liveedit_nets import (  # noqa: F401 - the networks and checkpoint files, re-exported
     ARCH_KEYS,
@@ -119,6 +138,7 @@ class LiveEditTrainConfig:
     routing_warmup_batch_size: int | None = MISSING
     routing_warmup_lr: float | None = MISSING
     routing_warmup_max_gb: float = MISSING
+    forward: str = MISSING  # reference | inference (editors.liveedit_train.step_losses)
 
 
 @dataclass
@@ -292,8 +312,10 @@ class LiveEdit(Editor):
 
     # ----- reps at layer l_e ------------------------------------------------------------------------
     @torch.no_grad()
-    def layer_reps(self, batch: Batch, full: bool = False):
-        """Layer l_e's output [B, L, d] without edits (and the logits when ``full``)."""
+    def layer_reps(self, batch: Batch, full: bool = False, prefix: bool = False):
+        """Layer l_e's output [B, L, d] without edits (and the logits when ``full``). ``prefix``: also
+        a :class:`~bench.core.types.Prefix` that feeds that output to layer l_e again in
+        ``backbone.forward_from(l_e, ...)`` (the reference's training forward, :mod:`editors.liveedit_train`)."""
         self._capture = {"full": full}
         try:
             out = self.backbone.forward(batch)
@@ -301,7 +323,11 @@ class LiveEdit(Editor):
             out = None
         finally:
             cap, self._capture = self._capture, None
-        return (cap["h"], out.logits) if full else cap["h"]
+        got = (cap["h"], out.logits) if full else cap["h"]
+        if prefix:
+            again = Prefix(self.layer_idx, cap["out"], tuple(batch.attention_mask.shape))
+            return (*got, again) if full else (got, again)
+        return got
 
     # ----- editing ------------------------------------------------------------------------------------
     def edit(self, request: Probe) -> dict:
@@ -368,7 +394,7 @@ class LiveEdit(Editor):
     def _hook(self, module, args, output):
         h = output[0] if isinstance(output, tuple) else output
         if self._capture is not None:
-            self._capture["h"] = h.detach()
+            self._capture["h"], self._capture["out"] = h.detach(), output
             if not self._capture["full"]:
                 raise _Captured
             return output

@@ -110,38 +110,75 @@ def routing_losses(
     return out
 
 
-def step_losses(ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, lam: dict) -> tuple[torch.Tensor, dict]:
+FORWARDS = ("reference", "inference")
+
+
+def _per_sample(v: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of the per-token values ``v`` over each sample's target tokens ([n]; 0 where a sample has none)."""
+    s = torch.zeros(n, dtype=v.dtype, device=v.device).index_add(0, rows, v)
+    return s / torch.bincount(rows, minlength=n).clamp(min=1).to(v.dtype)
+
+
+def step_losses(
+    ed: LiveEdit, train, idx: np.ndarray, rng: np.random.Generator, lam: dict, forward: str = "reference"
+) -> tuple[torch.Tensor, dict]:
+    """Losses of one training step (module doc). ``forward``: ``reference`` = the edited and unedited logits
+    come from layer l_e run again on its own output (the reference's ``forward_from_mid_layer(mr, ...,
+    edit_layer_i)``), with the residual computed from that output ``mr``; ``inference`` = the forward edits
+    use at inference (layer l_e once, the residual computed from and added to its output)."""
+    if forward not in FORWARDS:
+        raise ValueError(f"editor.train.forward: {forward!r} is not one of {list(FORWARDS)}")
     net, bb = ed.net, ed.backbone
     B = len(idx)
     probes = [_pick(train, int(i), k) for k in KINDS for i in idx]
     batch = bb.prepare(probes)
-    h, pre_logits = ed.layer_reps(batch, full=True)
-    h = h.float()
+    rows, pos, ids = batch.label_positions()
+    loc = rows >= 3 * B
+    if forward == "reference":
+        h, again = ed.layer_reps(batch, prefix=True)  # layer l_e's output mr, and mr given to layer l_e again
+        h = h.float()
+        with torch.no_grad():
+            pre_loc = bb.label_logits(batch, again, rows[loc], pos[loc])
+    else:
+        h, pre_logits = ed.layer_reps(batch, full=True)
+        h = h.float()
+        pre_loc = pre_logits[rows[loc], pos[loc]]
     vis, query, ans = token_masks(batch)
     dev = h.device
     # 2. experts of the batch's edit requests (the rel samples)
     r = slice(0, B)
     psi_e, _, U, V = net.new_experts(h[r], vis[r], h[r], query[r], h[r], (vis | query | ans)[r])
-    ns = torch.as_tensor(rng.integers(0, B + 1, size=4 * B), device=dev)
+    # expert masks per record (the reference's rel / gen / loc masks): one prefix length for its rel sample,
+    # one shared by its t_gen and m_gen samples, one for its m_loc sample
+    n_rel, n_gen, n_loc = (torch.as_tensor(v, device=dev) for v in rng.integers(0, B + 1, size=(3, B)))
+    ns = torch.cat([n_rel, n_gen, n_gen, n_loc])
     emask = torch.arange(B, device=dev)[None, :] < ns[:, None]
     own = torch.arange(3 * B, device=dev)
     emask[own, own % B] = True
     psi_in = net.inpt_ext.textual(h, query)
     c = net.coefficients(net.sim(psi_in, psi_e), emask, soft=True)
     # 3. edited forward
-    ed._train_fn = lambda hh: hh + net.residual(hh.float(), U, V, c).to(hh.dtype)
-    try:
-        logits = bb.forward(batch).logits
-    finally:
-        ed._train_fn = None
-    rows, pos, ids = batch.label_positions()
-    group = rows // B
-    lp = torch.log_softmax(logits[rows, pos].float(), -1)
-    nll = -lp.gather(-1, ids[:, None])[:, 0]
-    out = {k: nll[group == g].mean() for g, k in enumerate(("rel", "t_gen", "m_gen"))}
-    loc = group == 3
-    lp0 = torch.log_softmax(pre_logits[rows[loc], pos[loc]].float(), -1)
-    out["loc_kl"] = (lp0.exp() * (lp0 - lp[loc])).sum(-1).mean()
+    if forward == "reference":
+        dh = net.residual(h, U, V, c)
+        ed._train_fn = lambda hh: hh + dh.to(hh.dtype)
+        try:
+            logits = bb.label_logits(batch, again, rows, pos)
+        finally:
+            ed._train_fn = None
+    else:
+        ed._train_fn = lambda hh: hh + net.residual(hh.float(), U, V, c).to(hh.dtype)
+        try:
+            logits = bb.forward(batch).logits[rows, pos]
+        finally:
+            ed._train_fn = None
+    # losses averaged over each sample's target tokens, then over the samples (the reference's
+    # label_loss(..., True) / logit_KL_loss(..., True) summed over the batch and divided by its size)
+    lp = torch.log_softmax(logits.float(), -1)
+    nll = _per_sample(-lp.gather(-1, ids[:, None])[:, 0], rows, 4 * B)
+    out = {k: nll[g * B : (g + 1) * B].mean() for g, k in enumerate(("rel", "t_gen", "m_gen"))}
+    lp0 = torch.log_softmax(pre_loc.float(), -1)
+    kl = _per_sample((lp0.exp() * (lp0 - lp[loc])).sum(-1), rows[loc] - 3 * B, B)
+    out["loc_kl"] = kl.mean()
 
     # 4. routing losses (they read only the unedited reps h)
     out.update(routing_losses(net, h, vis, query, rng, B))
@@ -296,6 +333,9 @@ def train(
 
     ecfg, tc = cfg.editor, cfg.editor.train
     steps, B, seed = total_steps(tc, len(train_set)), int(tc.batch_size), int(tc.seed)
+    forward = str(tc.forward)
+    if forward not in FORWARDS:
+        raise ValueError(f"editor.train.forward: {forward!r} is not one of {list(FORWARDS)}")
     if B < 2:
         raise ValueError("editor.train.batch_size: the routing contrasts need at least 2 records per batch")
     if B > len(train_set):
@@ -341,6 +381,11 @@ def train(
         sched.load_state_dict(tr["scheduler"])
         step = int(tr["step"])
         warmed = int(tr.get("routing_warmup_steps", 0))
+        was = old.get("train_forward", "inference")  # checkpoints from before the option trained so
+        if step > 0 and was != forward:  # a warm-up-only checkpoint has not used the forward yet
+            raise ValueError(
+                f"resume: checkpoint {out_dir} was trained with editor.train.forward={was}, this config has {forward}"
+            )
         log.info("resumed %s at step %d", out_dir, step)
     elif resume:
         log.info("resume: nothing in %s yet, starting from scratch", out_dir)
@@ -357,7 +402,14 @@ def train(
     config = OmegaConf.to_container(cfg, resolve=True)
     log_every, save_every = max(1, int(tc.log_every)), max(1, int(tc.save_every))
     meta["routing_warmup_steps"] = warmed
+    meta["train_forward"] = forward
     warm_steps = int(tc.get("routing_warmup_steps") or 0)
+    if warm_steps > warmed and step > 0:
+        raise ValueError(
+            f"editor.train.routing_warmup_steps={warm_steps}: the routing warm-up runs before the joint training, "
+            f"and {out_dir} already has {step} joint steps (after {warmed} warm-up steps); keep "
+            f"routing_warmup_steps={warmed} to resume it, or train a fresh checkpoint"
+        )
     if warm_steps > warmed:
         out_dir.mkdir(parents=True, exist_ok=True)
         log.info("routing warm-up: steps %d..%d", warmed + 1, warm_steps)
@@ -394,7 +446,7 @@ def train(
         while step < steps:
             rng = np.random.default_rng([seed, step])  # data order depends only on (seed, step): resumable
             idx = rng.choice(len(train_set), size=B, replace=False)
-            loss, parts = step_losses(ed, train_set, idx, rng, lam)
+            loss, parts = step_losses(ed, train_set, idx, rng, lam, forward)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -66,25 +66,130 @@ def test_routing_warmup_trains_only_the_extractors_once(tmp_path, toy_root):
     assert any(k.startswith("inpt_ext.att_vv") for k in changed)  # the hard-routing (visual) path learns
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["warmup_step"] for x in logs if x.get("phase") == "routing_warmup"] == [10, 20]
-    # done once: resuming with the same setting goes straight to the joint steps
-    train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", *warm), progress=False)
-    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert sum(x.get("phase") == "routing_warmup" for x in logs) == 2 and logs[-1]["step"] == 1
-    # raising the setting runs only the missing steps, numbered on
-    train(
-        liveedit_train_cfg(
-            out,
-            tmp_path / "data",
-            1,
-            "++editor.train.resume=true",
-            "editor.train.routing_warmup_steps=30",
-            "editor.train.log_every=1",
-        ),
-        progress=False,
-    )
+    # raising the setting before any joint step runs only the missing steps, numbered on
+    more = ("editor.train.routing_warmup_steps=30", "editor.train.log_every=1")
+    train(liveedit_train_cfg(out, tmp_path / "data", 0, "++editor.train.resume=true", *more), progress=False)
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["warmup_step"] for x in logs if x.get("phase") == "routing_warmup"] == [10, 20, 30]
     assert load_checkpoint(out)[1]["routing_warmup_steps"] == 30
+    # done once: resuming with the same setting goes straight to the joint steps
+    train(liveedit_train_cfg(out, tmp_path / "data", 1, "++editor.train.resume=true", *more), progress=False)
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(x.get("phase") == "routing_warmup" for x in logs) == 3 and logs[-1]["step"] == 1
+    # the warm-up runs before the joint steps (as conf/editor/liveedit.yaml says): adding warm-up steps to a
+    # checkpoint that already has joint steps is refused, the checkpoint is left as it was
+    before = (out / "log.jsonl").read_text()
+    late = ("++editor.train.resume=true", "editor.train.routing_warmup_steps=40")
+    with pytest.raises(ValueError, match="runs before the joint training"):
+        train(liveedit_train_cfg(out, tmp_path / "data", 2, *late), progress=False)
+    assert (out / "log.jsonl").read_text() == before and load_checkpoint(out)[1]["step"] == 1
+
+
+def _tiny_liveedit(tiny, tmp_path):
+    from bench.data import build_data
+    from editors.liveedit import LiveEdit, build_net
+
+    cfg = liveedit_train_cfg(tmp_path / "ck", tmp_path / "data", 0)
+    train_set = build_data(cfg.data, ("train",))["train"]
+    torch.manual_seed(0)
+    arch = {"module_dim": 32, "heads": 2, "n_query": 2, "rank": 2, "lora_scale": 1, "sentinel_tokens": 4}
+    ed = LiveEdit.with_net(tiny, cfg.editor, build_net(tiny, arch), {**arch, "layer": 2, "backbone": "tiny"})
+    return ed, train_set
+
+
+def test_training_forwards_run_the_edit_layer_as_stated(tiny, toy_root, tmp_path):
+    """reference: layer l_e runs on the batch, then twice more on its own output (edited logits, and the
+    unedited logits for the KL); inference: layer l_e runs once for the reps and once in the edited pass."""
+    import numpy as np
+
+    from editors.liveedit_train import step_losses
+
+    ed, train_set = _tiny_liveedit(tiny, tmp_path)
+    inputs = []
+    h = ed.backbone.layers[ed.layer_idx].register_forward_pre_hook(
+        lambda m, a, kw: inputs.append((a[0] if a else kw["hidden_states"]).detach().clone()), with_kwargs=True
+    )
+    lam = dict.fromkeys(("rel", "gen", "loc", "soft", "hard"), 1.0)
+    idx = np.array([0, 3, 5, 7])
+    try:
+        losses = {}
+        for fwd in ("reference", "inference"):
+            inputs.clear()
+            _, losses[fwd] = step_losses(ed, train_set, idx, np.random.default_rng(0), lam, fwd)
+            n = len(inputs)
+            if fwd == "reference":
+                assert n == 3
+                # the second and third runs read the first run's output, not the layer's usual input
+                assert torch.equal(inputs[1], inputs[2]) and not torch.equal(inputs[0], inputs[1])
+            else:
+                assert n == 2 and torch.equal(inputs[0], inputs[1])
+        with pytest.raises(ValueError, match="editor.train.forward"):
+            step_losses(ed, train_set, idx, np.random.default_rng(0), lam, "twice")
+    finally:
+        h.remove()
+        ed.detach()
+    assert losses["reference"]["rel"] != losses["inference"]["rel"]
+    assert losses["reference"]["soft_rel"] == losses["inference"]["soft_rel"]  # routing losses read the same reps
+
+
+def test_reference_forward_reads_layer_output(tiny, toy_root, tmp_path):
+    """The prefix fed to layer l_e again is exactly layer l_e's output on the batch."""
+    from editors.liveedit_train import KINDS, _pick
+
+    ed, train_set = _tiny_liveedit(tiny, tmp_path)
+    seen = []
+    h = ed.backbone.layers[ed.layer_idx].register_forward_hook(
+        lambda m, a, out: seen.append((out[0] if isinstance(out, tuple) else out).detach().clone())
+    )
+    try:
+        batch = tiny.prepare([_pick(train_set, i, k) for k in KINDS for i in (1, 2)])
+        with torch.no_grad():
+            _, _, again = ed.layer_reps(batch, full=True, prefix=True)  # full: the pass runs on, the spy sees it
+            tiny.forward_from(again.k, again, batch)
+    finally:
+        h.remove()
+        ed.detach()
+    out = again.output[0] if isinstance(again.output, tuple) else again.output
+    assert torch.equal(out, seen[0]) and len(seen) == 2 and not torch.equal(seen[0], seen[1])
+
+
+def test_losses_average_per_sample_then_over_samples():
+    from editors.liveedit_train import _per_sample
+
+    v = torch.tensor([1.0, 3.0, 10.0, 0.0, 2.0, 4.0])
+    rows = torch.tensor([0, 0, 1, 2, 2, 2])
+    got = _per_sample(v, rows, 4)
+    assert torch.allclose(got, torch.tensor([2.0, 10.0, 2.0, 0.0]))
+    assert got[:3].mean() != v.mean()  # a long target no longer weighs more than a short one
+
+
+def test_gen_samples_share_their_record_expert_mask(tiny, toy_root, tmp_path):
+    import numpy as np
+
+    from editors.liveedit_train import step_losses
+
+    ed, train_set = _tiny_liveedit(tiny, tmp_path)
+    masks = []
+    real = ed.net.coefficients
+
+    def spy(sim, emask, soft):
+        masks.append(emask.clone())
+        return real(sim, emask, soft)
+
+    ed.net.coefficients = spy
+    lam = dict.fromkeys(("rel", "gen", "loc", "soft", "hard"), 1.0)
+    try:
+        B = 4
+        for seed in range(5):
+            masks.clear()
+            step_losses(ed, train_set, np.arange(B), np.random.default_rng(seed), lam, "reference")
+            m = masks[0]
+            assert m.shape == (4 * B, B)
+            assert torch.equal(m[B : 2 * B], m[2 * B : 3 * B])  # t_gen and m_gen of a record: one mask
+            assert all(m[g * B + i, i] for g in range(3) for i in range(B))  # own expert always in
+    finally:
+        del ed.net.coefficients
+        ed.detach()
 
 
 def test_routing_losses_on_compact_cache_equal_full_reps(tiny, toy_root, tmp_path):

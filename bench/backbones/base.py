@@ -23,12 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Probe, ProbeScore, layer_index  # noqa: F401
+from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Prefix, Probe, ProbeScore, layer_index  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +56,6 @@ class _Given(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.output
-
-
-@dataclass
-class Prefix:
-    """What :meth:`Backbone.prefix` computed: layer ``k-1``'s output for a batch of ``shape`` [B, L]."""
-
-    k: int
-    output: object  # as the decoder layer returned it (a tensor, or a tuple in some versions)
-    shape: tuple[int, ...]
-
-    @property
-    def hidden(self) -> torch.Tensor | None:
-        """[B, L, d] hidden state entering layer ``k`` (None for k = 0)."""
-        out = self.output
-        return out[0] if isinstance(out, tuple) else out
 
 
 class Backbone(nn.Module):

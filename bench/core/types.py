@@ -72,6 +72,21 @@ class Batch:
 
 
 @dataclass
+class Prefix:
+    """What :meth:`Backbone.prefix` computed: layer ``k-1``'s output for a batch of ``shape`` [B, L]."""
+
+    k: int
+    output: object  # as the decoder layer returned it (a tensor, or a tuple in some versions)
+    shape: tuple[int, ...]
+
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        """[B, L, d] hidden state entering layer ``k`` (None for k = 0)."""
+        out = self.output
+        return out[0] if isinstance(out, tuple) else out
+
+
+@dataclass
 class ProbeScore:
     target_ids: list[int]
     pred_ids: list[int]
