@@ -391,6 +391,31 @@ def test_radius_script_on_tiny(tmp_path, tiny, toy_eval):
     ed.reset()
 
 
+def test_conflict_script_replays_the_run(tmp_path):
+    """scripts/melo_conflicts.py replays the harness's stream: its per-edit Rel averages to the run's Rel,
+    and every edit below 100 gets exactly one cause."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    from bench.config import compose
+    from bench.run import run
+
+    spec = importlib.util.spec_from_file_location("melo_conflicts", ROOT / "scripts" / "melo_conflicts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    over = ["+model=tiny", f"data.root={tmp_path}/data", "data.toy.n_eval=8", "edits=8", "editor.init_radius=3"]
+    df = mod.main(over, out_dir=tmp_path)
+    assert len(df) == 8 and (tmp_path / "melo_conflicts_tiny_toy_evqa_8_s0.csv").is_file()
+    assert (
+        set(df.why[df.rel < 100]) <= {"forgotten", "other block", "own block"} and (df.why[df.rel >= 100] == "").all()
+    )
+    assert set(df.inserted) <= {"new", "join", "conflict"} and df.inserted.iloc[0] == "new"
+    base = ["editor=melo", "data=toy_evqa", "shuffle=true", "seed=0", "editor.early_stop_loss=0.01"]
+    s = run(compose(*base, *over, f"out_dir={tmp_path}/run", "protocol.progress=false"))
+    assert abs(100 * s["metrics"]["rel"] - df.rel.mean()) < 0.05
+
+
 def test_bad_num_edit_per_block_names_the_key(melo):
     with pytest.raises(ValueError, match="editor.num_edit_per_block"):
         melo(num_edit_per_block=0)
