@@ -7,7 +7,8 @@
 #   bash scripts/compare.sh liveedit [NAME]   # LiveEdit (needs its checkpoint; the shipped one is the default)
 #   bash scripts/compare.sh report [NAME]     # the table: results/tables/NAME
 # NAME (default smol_llava-toy_evqa-100x3) names the sweeps (results/sweeps/NAME-*) and the table.
-# scripts/compare_parallel.sh runs the same sweeps in two queues side by side.
+# scripts/compare_parallel.sh runs the same sweeps (the same folders: never both under one NAME's
+# old folders, or a report counts runs twice) in two queues side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:?rest, liveedit or report}
@@ -17,7 +18,8 @@ COMMON=(model=smol_llava data=toy_evqa edits=100 shuffle=true seed=0,1,2 protoco
 export OMP_NUM_THREADS=1
 case $PHASE in
   rest)
-    $PY -m bench -m editor=none,ft_l,wise "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-rest
+    $PY -m bench -m editor=none,ft_l "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-rest
+    $PY -m bench -m editor=wise "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-wise
     $PY -m bench -m editor=ultraedit "${COMMON[@]}" protocol.edit_batch_size=100,10 hydra.sweep.dir=results/sweeps/$NAME-ultra
     $PY -m bench -m editor=elder "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-elder
     $PY -m bench -m editor=grace,melo "${COMMON[@]}" editor.early_stop_loss=0.01 hydra.sweep.dir=results/sweeps/$NAME-es

@@ -14,7 +14,8 @@ COMMON=(model=smol_llava data=toy_evqa edits=100 shuffle=true seed=0,1,2 protoco
 export OMP_NUM_THREADS=1
 (
   $PY -m bench -m editor=elder "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-elder
-  $PY -m bench -m editor=none,ft_l,liveedit "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-rest
+  $PY -m bench -m editor=none,ft_l "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-rest
+  $PY -m bench -m editor=liveedit "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-liveedit
 ) > results/tmp/$NAME-q1.log 2>&1 &
 q1=$!
 (

@@ -18,7 +18,7 @@ the last prompt token, ``key_id: -1``). The reference compares labels by the SUM
 ids, so it treats two different targets with equal sums as the same (a join where we see a
 conflict); the script counts those too.
 
-    OMP_NUM_THREADS=1 python scripts/melo_conflicts.py +model=smol_llava [edits=40 seed=0 ...]
+    OMP_NUM_THREADS=1 python scripts/melo_conflicts.py +model=smol_llava [edits=40 seed=0 ...] [keys_out=keys.safetensors]
 
 Writes ``results/tune/melo_conflicts_<model>_<data>_<edits>_s<seed>.csv`` (one row per edit).
 """
@@ -51,7 +51,8 @@ def _image(p) -> str:
 def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     base = ["editor=melo", "data=toy_evqa", "edits=40", "shuffle=true", "seed=0", "editor.early_stop_loss=0.01"]
-    cfg = compose(*base, *overrides)
+    keys_out = next((o.split("=", 1)[1] for o in overrides if o.startswith("keys_out=")), None)
+    cfg = compose(*base, *(o for o in overrides if not o.startswith("keys_out=")))
     check_config(cfg)
     seed_everything(int(cfg.seed))
     split = str(cfg.data.get("split", "eval"))
@@ -89,6 +90,12 @@ def main(overrides: list[str], out_dir: Path | None = None) -> pd.DataFrame:
     finally:
         ed.detach()
     keys = torch.stack(keys)
+    if keys_out:  # the stream's keys and target ids in edit order, for replaying the database elsewhere
+        from safetensors.torch import save_file
+
+        width = max(len(t) for t in target)
+        ids = torch.tensor([list(t) + [-1] * (width - len(t)) for t in target], dtype=torch.long)
+        save_file({"keys": keys.cpu().contiguous(), "target_ids": ids}, keys_out)
     centres, radii = db.centers, db.radii
     d_all = torch.cdist(keys, centres, compute_mode="donot_use_mm_for_euclid_dist")
     out = []
