@@ -115,7 +115,10 @@ def test_training_forwards_run_the_edit_layer_as_stated(tiny, toy_root, tmp_path
         losses = {}
         for fwd in ("reference", "inference"):
             inputs.clear()
-            _, losses[fwd] = step_losses(ed, train_set, idx, np.random.default_rng(0), lam, fwd)
+            total, losses[fwd] = step_losses(ed, train_set, idx, np.random.default_rng(0), lam, fwd)
+            total.backward()  # both forwards train the generator (the edited logits depend on U, V)
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ed.net.gen_u.parameters())
+            ed.net.zero_grad(set_to_none=True)
             n = len(inputs)
             if fwd == "reference":
                 assert n == 3
@@ -512,12 +515,12 @@ def test_epochs_to_steps():
         steps(20, epochs=1, max_steps=2.5)
     with pytest.raises(ValueError, match="editor.train.steps was replaced"):
         steps(20, epochs=1, steps=5)
-    # the editor default is the reference's; the smol_llava recipe keeps its 5,000-step bound and (since the v3
-    # checkpoint) the reference's token init
+    # the editor default is the reference's; the smol_llava recipe is the shipped (v4) checkpoint's 2,400 joint
+    # steps, the reference's token init and training forward
     base = make_cfg("+editor=liveedit", "+model=tiny").editor.train
     assert base.epochs == 50 and base.max_steps is None and base.token_init == "kaiming_normal"
     smol = make_cfg("+editor=liveedit", "+model=smol_llava").editor.train
-    assert total_steps(smol, 600) == 5000 and smol.token_init == "kaiming_normal"  # v3 checkpoint: the reference init
+    assert total_steps(smol, 600) == 2400 and smol.token_init == "kaiming_normal" and smol.forward == "reference"
 
 
 def test_shipped_checkpoint_loads_whatever_the_init():
