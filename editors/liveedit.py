@@ -53,9 +53,9 @@ Training forward (``editor.train.forward``)
 * Why ``reference`` is the default: trained side by side on ``smol_llava``/``toy_evqa`` from one shared
   8,000-step routing warm-up, 600 joint steps each (same seed, same batches), the 100-edit 3-seed table
   gave Rel 80.8 / T-Gen 75.4 / M-Gen 73.4 / T-Loc 100 / M-Loc 92.9 for ``reference`` and exactly the
-  unedited model's scores for ``inference``: its generator's experts had died (every ReLU pre-activation
-  of the stored experts <= 0, so a zero residual and no gradient to recover), while ``reference``'s stayed
-  live. One training seed; ``docs/editors.md`` (LiveEdit) has the commands.
+  unedited model's scores for ``inference``: its generator's experts had died (after 10 edits every ReLU
+  pre-activation of the 10 stored experts on those edits' inputs was <= 0: a zero residual and no gradient
+  to recover), while ``reference``'s stayed live (99.8% > 0). One training seed; ``docs/editors.md`` (LiveEdit) has the commands.
 
 Departures from the reference
 -----------------------------

@@ -7,8 +7,7 @@
 #   bash scripts/compare.sh liveedit [NAME]   # LiveEdit (needs its checkpoint; the shipped one is the default)
 #   bash scripts/compare.sh report [NAME]     # the table: results/tables/NAME
 # NAME (default smol_llava-toy_evqa-100x3) names the sweeps (results/sweeps/NAME-*) and the table.
-# scripts/compare_parallel.sh runs the same sweeps (the same folders: never both under one NAME's
-# old folders, or a report counts runs twice) in two queues side by side.
+# scripts/compare_parallel.sh runs the same sweeps into the same folders, in two queues side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHASE=${1:?rest, liveedit or report}
