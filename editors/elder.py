@@ -90,6 +90,18 @@ Departures from the reference (deliberate)
   ``hash_initialization``) is not visible; the keying on the whitespace-normalised target
   string follows the paper's wording. Rephrases of an edit are never edited by the harness,
   so the paper's "semantically equivalent edits" share a preset only through their label.
+* Not reproduced, a reference bug: ``ElderLinear.__init__`` takes ``bias`` as a named argument and
+  never passes it to ``nn.Linear``, so on a bias-free matrix (LLaMA's ``down_proj``, the paper's
+  LLaMA2 setting) the wrapped layer keeps a frozen random bias (about +-1/sqrt(in)) that is added
+  to every output, the mixture off or the adapters disabled included. Here the mixture off is the
+  original matrix bit for bit.
+
+Peer check (``scripts/peer_elder.py --ref <JiaangL/ELDER>``, tiny backbone, the reference's gates and
+LoRAs copied in, same inputs; ``results/tables/peer_elder/peer_elder.md``): router input, scores, top-2
+sets, codes and the deferral decision at thresholds 0-9 are identical; the mixture output differs by
+float rounding (1.9e-9: the reference evaluates all LoRAs and weights them with a scattered gate
+vector, this file only the top-k) and the guided loss by 5e-7 (the sum over layers of the reference's
+per-gate loss, an assumption: its loop is not shipped).
 
 Precision: the backbone runs in ``model.dtype``; routers, LoRAs (and Adam's state), queries,
 codes' probabilities and the guided loss are float32 (:data:`bench.core.inject.STATE_DTYPE`). A
