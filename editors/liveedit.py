@@ -75,6 +75,16 @@ Departures from the reference
   length) is scaled to a 135M model and a CPU; the paper backbones keep the reference's values.
 * The checkpoint stores the backbone name, hidden size, layer index and training forward; a
   mismatch on load or resume stops.
+* Query tokens at inference stop at the last prompt token. The reference's hook would take every
+  token after the image (targets included); it stops at the prompt only because its evaluation
+  passes a query range (``evaluation/vllm_editor_eval.py``), which is the behaviour kept here.
+
+Peer check (``scripts/peer_liveedit.py --ref <qizhou000/LiveEdit>``; the reference's networks built at
+tiny widths, their weights copied in, same inputs; ``results/tables/peer_liveedit/peer_liveedit.md``):
+features, experts, routing scores, the hard-routing keep decision, soft coefficients and the residual
+agree within 2.1e-7; one training step on the tiny backbone with the ``reference`` forward gives the
+same edit signal, logits (9.5e-6) and every loss within 3.8e-6 except the locality KL, whose direction
+is the departure above (the reference's own KL with its arguments swapped lands 5e-8 from this one).
 
 Precision and device: the backbone runs in ``model.dtype``; the networks (generator, extractors,
 sentinel; training and Adam's state too) and the stored experts (psi, phi, U, V) are float32
