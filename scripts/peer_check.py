@@ -10,20 +10,30 @@ comes from the editing, never from tokenisation of the test or from padding:
 * ``gen``: the record's T-Gen rephrasing, without its image; ``loc``: its NQ question (T-Loc), scored
   against the unedited model's predictions, as ``docs/protocol.md``.
 
-The project's side is ``editors.build`` of the named editor config (with ``--set key=value`` overrides);
-EasyEdit's side calls its ``apply_<alg>_to_model`` on the very same ``torch`` module
-(``backbone.lm``) after the project's editor has been reset, with hyperparameters mapped from the
-project's config (:func:`hparams_for`; the mapping is printed). EasyEdit is not a dependency: pass a
-checkout (``git clone https://github.com/zjunlp/EasyEdit``) with ``--easyedit``; its package
-``__init__`` files import every method and their dependencies, so the script registers the three
-parent packages (``easyeditor``, ``easyeditor.models``, ``easyeditor.util``) as empty namespaces and
-imports only the method's module. Nothing of EasyEdit is copied into this project.
+The project's side is ``editors.build`` of the named editor config (with ``--set editor.KEY=VALUE``
+overrides, which reach EasyEdit's side through the mapping); EasyEdit's side calls its
+``apply_<alg>_to_model`` (UltraEdit: one ``UltraEditRewriteExecutor`` for the stream; MELO: the ``LORA``
+wrapper it returns is passed back in, so one database serves the stream) on the very same ``torch``
+module (``backbone.lm``) after the project's editor has been reset and detached (checked: the unedited
+scores come back), with hyperparameters mapped from the project's config (:func:`hparams_for`; the
+mapping is printed and written). WISE's out-of-scope sample for each edit is the one the project's WISE
+drew (the train split's NQ questions), given to EasyEdit as ``loc_prompt`` (question and answer).
+UltraEdit runs in turns of 10 edits on both sides. Diagnostic rows (:func:`diagnostics`) rescore
+EasyEdit's edited model with one behaviour changed, to name the cause of a difference.
 
-    OMP_NUM_THREADS=2 python scripts/peer_check.py --easyedit ../EasyEdit --editor grace --edits 20
-    python scripts/peer_check.py --easyedit ../EasyEdit --editor ft_l_easyedit --edits 20 --out results/tables/peer_check
+EasyEdit is not a dependency: pass a checkout (``git clone https://github.com/zjunlp/EasyEdit``) with
+``--easyedit``. Its package ``__init__`` files import every method and their dependencies, so the script
+registers the parent packages (``easyeditor``, ``easyeditor.models``, ``easyeditor.util``,
+``easyeditor.trainer[.algs]``) as empty namespaces and imports only the method's module (MELO's bundled
+``peft`` also goes on ``sys.path``: it imports itself by that name). Nothing of EasyEdit is copied into
+this project.
 
-Prints, per side, Rel / Gen / Loc (%), the share of edits whose Rel probe agrees between the sides,
-and seconds per edit; ``--out DIR`` writes ``<editor>.md`` (the table and the mapping) and
+    OMP_NUM_THREADS=1 python scripts/peer_check.py --easyedit ../EasyEdit --editor grace --edits 20 --out results/tables/peer_check
+    python scripts/peer_check.py --easyedit ../EasyEdit --editor ultraedit --edits 20 --set editor.token=all
+    python scripts/peer_check.py --easyedit ../EasyEdit --editor melo --set editor.num_edit_per_block=1 --set editor.lr_step=20
+
+Prints, per side, Rel / Gen / Loc (%), seconds per edit and the share of probes whose predicted tokens
+equal the project's; ``--out DIR`` writes ``<editor>.md`` (the table, the command and the mapping) and
 ``<editor>.csv`` (one row per probe and side). ``docs/editors.md`` ("Peer checks") explains each
 difference.
 """
@@ -31,6 +41,8 @@ difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import importlib
 import logging
 import sys
@@ -353,10 +365,11 @@ def same(ours: list[dict], theirs: list[dict]) -> float:
     return 100 * sum(int(o["pred"] == t["pred"]) for o, t in zip(ours, theirs, strict=True)) / len(ours)
 
 
-def grace_own_key(path: str):
-    """Diagnostic for EasyEdit's GRACE: key each probe at its own last prompt token. Its adapter keys every
-    query at ``key_id``, which its last edit set to that edit's last prompt position (``GRACE.edit``) and
-    inference never resets (``GRACEAdapter.forward``: only ``key_id == -1`` means the last token)."""
+def own_key(path: str):
+    """Before scoring a probe, set the ``key_id`` of EasyEdit's wrapped layer at ``path`` to the probe's own
+    last prompt token. GRACE's adapter keys every query at ``key_id``, which its last edit set to that edit's
+    last prompt position (``GRACE.edit``) and inference never resets (``GRACEAdapter.forward``: only
+    ``key_id == -1`` means the last token)."""
 
     def before(bb, probe: Probe) -> None:
         bb.lm.get_submodule(path).key_id = int(bb.prepare([probe]).prompt_last[0])
@@ -367,7 +380,84 @@ def grace_own_key(path: str):
 def diagnostics(name: str, mapping: dict) -> list[tuple[str, object]]:
     if name == "grace":
         path = mapping["inner_params"][0].rsplit(".", 1)[0].replace("[", ".").replace("]", "")
-        return [("EasyEdit GRACE, each probe keyed at its own last prompt token", grace_own_key(path))]
+        return [("EasyEdit GRACE, each probe keyed at its own last prompt token", own_key(path))]
+    return []
+
+
+@contextlib.contextmanager
+def ultraedit_aligned_labels(ee, bb, mapping):
+    """EasyEdit's UltraEdit passes ``labels`` = the targets' ids alone, padded (``apply_to_model``: the aligned
+    ``label_tok`` it builds is not used), and its loss right-aligns them with the batch's last logits, so
+    with a shorter target the padding ids are trained as tokens at the end of the prompt (and, padded on
+    the right, a shorter sentence's target sits on padding). Here: labels aligned to each sentence's own
+    last target tokens, -100 elsewhere."""
+    cls = ee.ULTRAEDIT
+    orig = cls.cache
+    pad = bb.tokenizer.pad_token_id
+
+    def aligned(t: dict) -> torch.Tensor:
+        ids, att, tgt = t["input_ids"], t["attention_mask"], t["labels"]
+        out = torch.full_like(ids, -100)
+        for i in range(ids.shape[0]):
+            real = att[i].nonzero().flatten()  # the sentence's own positions, whichever side is padded
+            last = real[-int((tgt[i] != pad).sum()) :]
+            out[i, last] = ids[i, last]
+        return out
+
+    cls.cache = lambda self, batch: orig(self, [{**t, "labels": aligned(t)} for t in batch])
+    try:
+        yield
+    finally:
+        cls.cache = orig
+
+
+@contextlib.contextmanager
+def melo_prompt_key(ee, bb, mapping):
+    """EasyEdit's MELO keys at ``key_id`` -1, the last token of prompt + target in training and of the scored
+    sequence at inference; the project keys at the last prompt token. Here EasyEdit keys there too: each
+    edit's ``key_id`` is its prompt's last token (as EasyEdit tokenises it) and each probe is keyed at its
+    own last prompt token (:func:`own_key`)."""
+    orig = ee.apply_melo_to_model
+    path = mapping["model.grace_layer"]
+
+    def patched(model, tok, reqs, hp, **kw):
+        hp.grace.key_id = len(tok(reqs[0]["prompt"])["input_ids"]) - 1
+        mod = bb.lm.get_submodule(path)
+        if hasattr(mod, "VecDB"):  # the wrapped layer exists after the first edit
+            mod.key_id = hp.grace.key_id
+        return orig(model, tok, reqs, hp, **kw)
+
+    ee.apply_melo_to_model = patched
+    try:
+        yield
+    finally:
+        ee.apply_melo_to_model = orig
+
+
+@contextlib.contextmanager
+def wise_prompt_alone(ee, bb, mapping):
+    """EasyEdit's text WISE trains each edit on 11 versions of its prompt: alone and behind 10 prefixes the
+    model generates (``get_context_templates``: beam search from "I", "You", ...); the project's WISE
+    follows EasyEdit's multimodal path, which trains on the prompt alone. Here the text path does too."""
+    orig = ee.get_context_templates
+    ee.get_context_templates = lambda *args, **kw: ["{}"]
+    try:
+        yield
+    finally:
+        ee.get_context_templates = orig
+
+
+def reruns(name: str) -> list[tuple[str, object, bool]]:
+    """EasyEdit's side run again on a fresh model with one behaviour changed: (row label, patch, whether
+    each probe is keyed at its own last prompt token when scored)."""
+    if name == "ultraedit":
+        return [("EasyEdit UltraEdit, labels aligned to their sentences", ultraedit_aligned_labels, False)]
+    if name == "wise":
+        return [
+            ("EasyEdit WISE, each edit trained on its prompt alone (no context templates)", wise_prompt_alone, False)
+        ]
+    if name == "melo":
+        return [("EasyEdit MELO, keyed at the last prompt token (edits and probes)", melo_prompt_key, True)]
     return []
 
 
@@ -396,7 +486,10 @@ def run_easyedit(name: str, cfg, bb, edits: list[Edit], root: Path, loc_pool) ->
             state["model"], _ = ee.apply_melo_to_model(state["model"], tok, reqs, hp)
     else:
         apply = getattr(ee, f"apply_{'ft' if name == 'ft_l' else name}_to_model")
-    tok = bb.tokenizer
+    # EasyEdit's BaseEditor pads on the left for a fast (GPT-2/LLaMA-style) tokenizer and these methods
+    # (editors/editor.py: padding_side 'left' unless ROME-like); the harness's scorer pads itself
+    tok = copy.deepcopy(bb.tokenizer)
+    tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     t0 = time.time()
@@ -414,7 +507,9 @@ def run_easyedit(name: str, cfg, bb, edits: list[Edit], root: Path, loc_pool) ->
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--easyedit", type=Path, required=True, help="a zjunlp/EasyEdit checkout")
-    ap.add_argument("--editor", required=True, help="the project's editor config: grace, ft_l_easyedit")
+    ap.add_argument(
+        "--editor", required=True, help="the project's editor config: grace, ft_l_easyedit, wise, ultraedit, melo"
+    )
     ap.add_argument("--edits", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="smol_llava")
@@ -453,6 +548,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for label, fn in diagnostics(name, mapping):
         m, r = metrics(bb, edits, pre_loc, fn)
         extra.append({"side": label, **m, "s/edit": None, "same as project": same(our_rows, r)})
+    for label, patch, keyed in reruns(name):
+        log.info("rerun: %s", label)
+        bb2 = build_backbone(cfg.model)
+        seed_everything(int(cfg.seed))
+        with patch(import_easyedit(a.easyedit, MODULES[name]), bb2, mapping):
+            dt, _ = run_easyedit(name, cfg, bb2, edits, a.easyedit, loc_pool)
+        m, r = metrics(bb2, edits, pre_loc, own_key(mapping["model.grace_layer"]) if keyed else None)
+        extra.append({"side": label, **m, "s/edit": dt, "same as project": same(our_rows, r)})
+        del bb2
 
     agree = {
         k: 100
