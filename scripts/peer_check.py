@@ -447,6 +447,42 @@ def wise_prompt_alone(ee, bb, mapping):
         ee.get_context_templates = orig
 
 
+@contextlib.contextmanager
+def wise_prompt_alone_target_loss(ee, bb, mapping):
+    """:func:`wise_prompt_alone`, and the edit loss on the target tokens only. EasyEdit's text ``tokenize``
+    masks each row's first ``len(padded prompt ids)`` positions, which with left padding and a longer
+    out-of-scope sample in the batch leaves the prompt's last tokens as labels, and ``WISE._cal_ft_loss``
+    averages over the positions from the last prompt token on (one more than the target's). Here the
+    labels are each edit row's last T tokens (T = the target's tokens, as EasyEdit counts them) and the
+    loss is their mean CE per row, then over rows, as EasyEdit reduces it."""
+    tok_orig, loss_orig = ee.tokenize, ee.WISE._cal_ft_loss
+    n_target = {}
+
+    def tokenize(batch, tokenizer, **kw):
+        tokens, act, deact = tok_orig(batch, tokenizer, **kw)
+        r = batch[0]
+        full = tokenizer(f"{r['prompt']} {r['target_new']}")["input_ids"]
+        n_target["T"] = len(full) - len(tokenizer(r["prompt"])["input_ids"])
+        lab = torch.full_like(tokens["input_ids"], -100)
+        lab[:-1, -n_target["T"] :] = tokens["input_ids"][:-1, -n_target["T"] :]  # left padded: targets last
+        tokens["labels"] = lab
+        return tokens, act, deact
+
+    def ft_loss(self, tokens, last_prompt_token_loc):
+        logits = self.model(**tokens).logits[:-1, :-1].float()  # edit rows; position j predicts j + 1
+        labels = tokens["labels"][:-1, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        keep = labels != -100
+        return ((ce * keep).sum(1) / keep.sum(1)).mean()
+
+    ee.get_context_templates, tmpl_orig = (lambda *args, **kw: ["{}"]), ee.get_context_templates
+    ee.tokenize, ee.WISE._cal_ft_loss = tokenize, ft_loss
+    try:
+        yield
+    finally:
+        ee.get_context_templates, ee.tokenize, ee.WISE._cal_ft_loss = tmpl_orig, tok_orig, loss_orig
+
+
 def reruns(name: str) -> list[tuple[str, object, bool]]:
     """EasyEdit's side run again on a fresh model with one behaviour changed: (row label, patch, whether
     each probe is keyed at its own last prompt token when scored)."""
@@ -454,7 +490,12 @@ def reruns(name: str) -> list[tuple[str, object, bool]]:
         return [("EasyEdit UltraEdit, labels aligned to their sentences", ultraedit_aligned_labels, False)]
     if name == "wise":
         return [
-            ("EasyEdit WISE, each edit trained on its prompt alone (no context templates)", wise_prompt_alone, False)
+            ("EasyEdit WISE, each edit trained on its prompt alone (no context templates)", wise_prompt_alone, False),
+            (
+                "EasyEdit WISE, prompt alone and the edit loss on the target tokens only",
+                wise_prompt_alone_target_loss,
+                False,
+            ),
         ]
     if name == "melo":
         return [("EasyEdit MELO, keyed at the last prompt token (edits and probes)", melo_prompt_key, True)]
