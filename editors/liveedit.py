@@ -50,12 +50,15 @@ Training forward (``editor.train.forward``)
   reference's ``label_loss(..., True)`` / ``logit_KL_loss(..., True)``, and give a record's t_gen and
   m_gen samples one shared expert mask (the reference's ``organize_batch_data`` draws one random
   prefix length each for rel, gen and loc).
-* Why ``reference`` is the default: trained side by side on ``smol_llava``/``toy_evqa`` from one shared
-  8,000-step routing warm-up, 600 joint steps each (same seed, same batches), the 100-edit 3-seed table
-  gave Rel 80.8 / T-Gen 75.4 / M-Gen 73.4 / T-Loc 100 / M-Loc 92.9 for ``reference`` and exactly the
-  unedited model's scores for ``inference``: its generator's experts had died (after 10 edits every ReLU
-  pre-activation of the 10 stored experts on those edits' inputs was <= 0: a zero residual and no gradient
-  to recover), while ``reference``'s stayed live (99.8% > 0). One training seed; ``docs/editors.md`` (LiveEdit) has the commands.
+* Why ``reference`` is the default: it is the reference's, and measurement does not favour either.
+  Trained side by side on ``smol_llava``/``toy_evqa`` from one shared 8,000-step routing warm-up, 600 joint
+  steps each (same seed, same batches), training seed 0 gave Rel 80.8 / T-Gen 75.4 / M-Gen 73.4 / T-Loc 100
+  / M-Loc 92.9 (100 edits, 3 seeds) for ``reference`` and exactly the unedited model's scores for
+  ``inference``, whose generator's experts had died (every ReLU pre-activation of the stored experts on
+  the edits' inputs <= 0: a zero residual and no gradient to recover); training seed 1 gave the mirror
+  image: ``inference`` 80.3 / 75.7 / 70.1 / 100 / 95.4, ``reference``'s experts dead (0.0% > 0,
+  ``scripts/liveedit_live_experts.py``). At this budget which forward learns depends on the seed.
+  ``docs/editors.md`` (LiveEdit) has the commands.
 
 Departures from the reference
 -----------------------------
