@@ -385,6 +385,19 @@ def diagnostics(name: str, mapping: dict) -> list[tuple[str, object]]:
 
 
 @contextlib.contextmanager
+def swapped(obj, **new):
+    """``obj``'s attributes set to ``new`` inside the block, put back after it."""
+    old = {k: getattr(obj, k) for k in new}
+    for k, v in new.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(obj, k, v)
+
+
+@contextlib.contextmanager
 def ultraedit_aligned_labels(ee, bb, mapping):
     """EasyEdit's UltraEdit passes ``labels`` = the targets' ids alone, padded (``apply_to_model``: the aligned
     ``label_tok`` it builds is not used), and its loss right-aligns them with the batch's last logits, so
@@ -404,11 +417,8 @@ def ultraedit_aligned_labels(ee, bb, mapping):
             out[i, last] = ids[i, last]
         return out
 
-    cls.cache = lambda self, batch: orig(self, [{**t, "labels": aligned(t)} for t in batch])
-    try:
+    with swapped(cls, cache=lambda self, batch: orig(self, [{**t, "labels": aligned(t)} for t in batch])):
         yield
-    finally:
-        cls.cache = orig
 
 
 @contextlib.contextmanager
@@ -427,11 +437,8 @@ def melo_prompt_key(ee, bb, mapping):
             mod.key_id = hp.grace.key_id
         return orig(model, tok, reqs, hp, **kw)
 
-    ee.apply_melo_to_model = patched
-    try:
+    with swapped(ee, apply_melo_to_model=patched):
         yield
-    finally:
-        ee.apply_melo_to_model = orig
 
 
 @contextlib.contextmanager
@@ -439,12 +446,8 @@ def wise_prompt_alone(ee, bb, mapping):
     """EasyEdit's text WISE trains each edit on 11 versions of its prompt: alone and behind 10 prefixes the
     model generates (``get_context_templates``: beam search from "I", "You", ...); the project's WISE
     follows EasyEdit's multimodal path, which trains on the prompt alone. Here the text path does too."""
-    orig = ee.get_context_templates
-    ee.get_context_templates = lambda *args, **kw: ["{}"]
-    try:
+    with swapped(ee, get_context_templates=lambda *args, **kw: ["{}"]):
         yield
-    finally:
-        ee.get_context_templates = orig
 
 
 @contextlib.contextmanager
@@ -455,7 +458,7 @@ def wise_prompt_alone_target_loss(ee, bb, mapping):
     averages over the positions from the last prompt token on (one more than the target's). Here the
     labels are each edit row's last T tokens (T = the target's tokens, as EasyEdit counts them) and the
     loss is their mean CE per row, then over rows, as EasyEdit reduces it."""
-    tok_orig, loss_orig = ee.tokenize, ee.WISE._cal_ft_loss
+    tok_orig = ee.tokenize
     n_target = {}
 
     def tokenize(batch, tokenizer, **kw):
@@ -475,12 +478,8 @@ def wise_prompt_alone_target_loss(ee, bb, mapping):
         keep = labels != -100
         return ((ce * keep).sum(1) / keep.sum(1)).mean()
 
-    ee.get_context_templates, tmpl_orig = (lambda *args, **kw: ["{}"]), ee.get_context_templates
-    ee.tokenize, ee.WISE._cal_ft_loss = tokenize, ft_loss
-    try:
+    with wise_prompt_alone(ee, bb, mapping), swapped(ee, tokenize=tokenize), swapped(ee.WISE, _cal_ft_loss=ft_loss):
         yield
-    finally:
-        ee.get_context_templates, ee.tokenize, ee.WISE._cal_ft_loss = tmpl_orig, tok_orig, loss_orig
 
 
 def reruns(name: str) -> list[tuple[str, object, bool]]:
