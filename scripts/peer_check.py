@@ -59,7 +59,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import editors  # noqa: E402
-from bench.backbones import build_backbone  # noqa: E402
+from bench.backbones import backbone_arch, build_backbone  # noqa: E402
 from bench.config import compose  # noqa: E402
 from bench.core.types import Probe  # noqa: E402
 from bench.data import build_data  # noqa: E402
@@ -115,14 +115,17 @@ def import_easyedit(root: Path, module: str):
 # ----- the project's config -> EasyEdit's hyperparameters ------------------------------------------------
 
 
+def ee_param(bb, layer, role: str) -> str:
+    """The FFN matrix's weight as EasyEdit's GRACE/WISE name it: the layer index in brackets (they eval() it)."""
+    return f"{bb.layers_path}[{bb.layer_index(layer)}].{bb.ffn_paths[role]}.weight"
+
+
 def hparams_for(name: str, cfg, bb, ee) -> tuple[object, dict]:
     """EasyEdit's hyperparameter object for editor ``name`` and the mapping as a dict (for the report)."""
     e = cfg.editor
     if name == "grace":
-        layer = bb.layer_index(e.layer)
         m = {
-            # EasyEdit's form: the layer index in brackets (it eval()s the path)
-            "inner_params": [f"{bb.layers_path}[{layer}].{bb.ffn_paths[str(e.role)]}.weight"],
+            "inner_params": [ee_param(bb, e.layer, str(e.role))],
             "edit_lr": float(e.lr),
             "n_iter": int(e.n_iter),
             "eps": float(e.eps_init),
@@ -166,9 +169,8 @@ def hparams_for(name: str, cfg, bb, ee) -> tuple[object, dict]:
         }
         return ee.FTHyperParams(**m), m
     if name == "wise":
-        layer = bb.layer_index(e.layer)
         m = {
-            "inner_params": [f"{bb.layers_path}[{layer}].{bb.ffn_paths[str(e.role)]}.weight"],
+            "inner_params": [ee_param(bb, e.layer, str(e.role))],
             "edit_lr": float(e.lr),
             "n_iter": int(e.n_iter),
             "objective_optimization": "only_label",
@@ -194,7 +196,7 @@ def hparams_for(name: str, cfg, bb, ee) -> tuple[object, dict]:
         return hp, {**m, "sequential_edit": True}
     if name == "ultraedit":
         names = [
-            f"{bb.layers_path}.{i}.{bb.ffn_paths[str(mod.role)]}"
+            bb.ffn_name(i, str(mod.role))
             for mod in e.modules
             for i in range(bb.layer_index(mod.first), bb.layer_index(mod.last) + 1)
         ]
@@ -228,8 +230,8 @@ def hparams_for(name: str, cfg, bb, ee) -> tuple[object, dict]:
                 "StepLR(20, 0.5): run --set editor.num_edit_per_block=1 --set editor.lr_step=20"
             )
         lays = sorted({bb.layer_index(x) for x in e.lora_layers})
-        targets = [f"{bb.layers_path}.{i}.{bb.ffn_paths[str(r)]}" for i in lays for r in e.lora_roles]
-        key = f"{bb.layers_path}.{bb.layer_index(e.key_layer)}.{bb.ffn_paths[str(e.key_role)]}"
+        targets = [bb.ffn_name(i, str(r)) for i in lays for r in e.lora_roles]
+        key = bb.ffn_name(e.key_layer, str(e.key_role))
         grace = {
             "name": "grace",
             "num_iter": int(e.n_iter),
@@ -360,9 +362,10 @@ def metrics(bb, edits: list[Edit], pre_loc, before=None) -> tuple[dict, list[dic
     return {k: float(df[df.kind == k].value.mean()) for k in ("rel", "gen", "loc")}, rows
 
 
-def same(ours: list[dict], theirs: list[dict]) -> float:
-    """% of probes whose predicted tokens are the same on both sides."""
-    return 100 * sum(int(o["pred"] == t["pred"]) for o, t in zip(ours, theirs, strict=True)) / len(ours)
+def same(ours: list[dict], theirs: list[dict], kind: str | None = None) -> float:
+    """% of probes (of ``kind``, default all) whose predicted tokens are the same on both sides."""
+    pairs = [(o, t) for o, t in zip(ours, theirs, strict=True) if kind is None or o["kind"] == kind]
+    return 100 * sum(int(o["pred"] == t["pred"]) for o, t in pairs) / len(pairs)
 
 
 def own_key(path: str):
@@ -377,9 +380,9 @@ def own_key(path: str):
     return before
 
 
-def diagnostics(name: str, mapping: dict) -> list[tuple[str, object]]:
+def diagnostics(name: str, cfg, bb) -> list[tuple[str, object]]:
     if name == "grace":
-        path = mapping["inner_params"][0].rsplit(".", 1)[0].replace("[", ".").replace("]", "")
+        path = bb.ffn_name(cfg.editor.layer, str(cfg.editor.role))  # the module EasyEdit's adapter replaced
         return [("EasyEdit GRACE, each probe keyed at its own last prompt token", own_key(path))]
     return []
 
@@ -459,15 +462,14 @@ def wise_prompt_alone_target_loss(ee, bb, mapping):
     labels are each edit row's last T tokens (T = the target's tokens, as EasyEdit counts them) and the
     loss is their mean CE per row, then over rows, as EasyEdit reduces it."""
     tok_orig = ee.tokenize
-    n_target = {}
 
     def tokenize(batch, tokenizer, **kw):
         tokens, act, deact = tok_orig(batch, tokenizer, **kw)
         r = batch[0]
         full = tokenizer(f"{r['prompt']} {r['target_new']}")["input_ids"]
-        n_target["T"] = len(full) - len(tokenizer(r["prompt"])["input_ids"])
+        n = len(full) - len(tokenizer(r["prompt"])["input_ids"])
         lab = torch.full_like(tokens["input_ids"], -100)
-        lab[:-1, -n_target["T"] :] = tokens["input_ids"][:-1, -n_target["T"] :]  # left padded: targets last
+        lab[:-1, -n:] = tokens["input_ids"][:-1, -n:]  # left padded: the targets are each row's last tokens
         tokens["labels"] = lab
         return tokens, act, deact
 
@@ -566,11 +568,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     name = str(cfg.editor.name)
     if name not in MODULES:
         raise SystemExit(f"--editor {a.editor}: the peer check covers {sorted(MODULES)}")
+    try:  # the editor's own checks (layers against the model's depth) before anything loads, as bench.run
+        editors.get(name).preflight(cfg.editor, backbone_arch(cfg.model))
+    except (ValueError, IndexError) as e:
+        raise SystemExit(f"--editor {a.editor} on --model {a.model}: {e}") from None
     seed_everything(int(cfg.seed))
     edits = stream_edits(cfg)
     bb = build_backbone(cfg.model)
     pre_loc = score(bb, [e.loc for e in edits])
-    base, base_rows = metrics(bb, edits, pre_loc)
+    base, _ = metrics(bb, edits, pre_loc)
 
     seed_everything(int(cfg.seed))
     dt_p, ed, loc_pool = run_project(cfg, bb, edits)
@@ -585,7 +591,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     dt_e, mapping = run_easyedit(name, cfg, bb, edits, a.easyedit, loc_pool)
     theirs, their_rows = metrics(bb, edits, pre_loc)
     extra = []
-    for label, fn in diagnostics(name, mapping):
+    for label, fn in diagnostics(name, cfg, bb):
         m, r = metrics(bb, edits, pre_loc, fn)
         extra.append({"side": label, **m, "s/edit": None, "same as project": same(our_rows, r)})
     for label, patch, keyed in reruns(name):
@@ -598,12 +604,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         extra.append({"side": label, **m, "s/edit": dt, "same as project": same(our_rows, r)})
         del bb2
 
-    agree = {
-        k: 100
-        * sum(int(o["pred"] == t["pred"]) for o, t in zip(our_rows, their_rows, strict=True) if o["kind"] == k)
-        / len(edits)
-        for k in ("rel", "gen", "loc")
-    }
+    agree = {k: same(our_rows, their_rows, k) for k in ("rel", "gen", "loc")}
     table = pd.DataFrame(
         [
             {"side": "unedited", **base, "s/edit": None},

@@ -97,3 +97,9 @@ def test_end_to_end_with_a_stand_in(peer, tmp_path):
     cases = pd.read_csv(out / "grace.csv")
     assert len(cases) == 2 * 3 * 3 and set(cases.kind) == {"rel", "gen", "loc"}
     assert "EasyEdit hyperparameters" in (out / "grace.md").read_text()
+
+
+def test_layer_out_of_range_is_named_before_loading(peer, tmp_path):
+    """EasyEdit's FT layer (21) does not exist in the 4-layer tiny model: the editor's preflight says so."""
+    with pytest.raises(SystemExit, match="editor.layer: layer 21 out of range for tiny"):
+        peer.main(["--easyedit", str(tmp_path), "--editor", "ft_l_easyedit", "--edits", "2", "--model", "tiny"])
