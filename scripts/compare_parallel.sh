@@ -1,28 +1,22 @@
 #!/usr/bin/env bash
-# The 8-editor comparison of scripts/compare.sh (smol_llava, toy_evqa, 100 edits, shuffle=true, seeds 0,1,2,
-# shipped settings, GRACE and MELO with editor.early_stop_loss=0.01, UltraEdit at turns of 100 and 10),
-# run in two queues of one thread each side by side (a 2-core machine), then the table.
-#   bash scripts/compare_parallel.sh [NAME]   # sweeps under results/sweeps/NAME-*, table in results/tables/NAME
-# NAME defaults to smol_llava-toy_evqa-100x3 (the same runs and table as scripts/compare.sh). Queue logs go to
+# The 8-editor comparison of conf/experiment/compare_embedded.yaml in two queues of one thread each side by
+# side (a 2-core machine), then the table. The arms are split so that the queues take about as long.
+#   bash scripts/compare_parallel.sh [NAME] [OVERRIDES...]   # sweeps under results/sweeps/NAME/q{1,2}
+# NAME defaults to smol_llava-toy_evqa-100x3 (the table: results/tables/NAME). Queue logs go to
 # results/tmp/NAME-q{1,2}.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p results/tmp
 NAME=${1:-smol_llava-toy_evqa-100x3}
 PY=${PY:-.venv/bin/python}
-COMMON=(model=smol_llava data=toy_evqa edits=100 shuffle=true seed=0,1,2 protocol.progress=false)
 export OMP_NUM_THREADS=1
-(
-  $PY -m bench -m editor=elder "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-elder
-  $PY -m bench -m editor=none,ft_l "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-rest
-  $PY -m bench -m editor=liveedit "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-liveedit
-) > results/tmp/$NAME-q1.log 2>&1 &
+queue() {  # queue number, arms
+  $PY -m bench -m +experiment=compare_embedded "+arm=$2" hydra.sweep.dir="results/sweeps/$NAME/q$1" "${@:3}" \
+    > "results/tmp/$NAME-q$1.log" 2>&1
+}
+queue 1 elder,none,ft_l,liveedit "${@:2}" &
 q1=$!
-(
-  $PY -m bench -m editor=grace,melo "${COMMON[@]}" editor.early_stop_loss=0.01 hydra.sweep.dir=results/sweeps/$NAME-es
-  $PY -m bench -m editor=wise "${COMMON[@]}" hydra.sweep.dir=results/sweeps/$NAME-wise
-  $PY -m bench -m editor=ultraedit "${COMMON[@]}" protocol.edit_batch_size=100,10 hydra.sweep.dir=results/sweeps/$NAME-ultra
-) > results/tmp/$NAME-q2.log 2>&1 &
+queue 2 grace,melo,wise,ultraedit_100,ultraedit_10 "${@:2}" &
 q2=$!
 wait $q1 $q2
-$PY -m bench.report results/sweeps/$NAME-* --out results/tables/$NAME
+$PY -m bench.report "results/sweeps/$NAME" --out "results/tables/$NAME"

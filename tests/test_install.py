@@ -58,7 +58,12 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         return out
 
-    where = sh(sys.executable, "-c", "import bench, editors; print(bench.__file__); print(editors.__file__)")
+    where = sh(
+        sys.executable,
+        "-c",
+        "import bench, bench.core, bench.backbones, editors; print(bench.__file__); print(bench.core.__file__); "
+        "print(editors.__file__)",
+    )
     assert all(line.startswith(str(site)) for line in where.stdout.split())
     assert "liveedit" in sh(str(site / "bin" / "bench"), "list").stdout
     sh(sys.executable, "-m", "bench", "+editor=none", "+model=smol_llava", "edits=2")
