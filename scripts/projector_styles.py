@@ -1,4 +1,4 @@
-"""How well the embedded backbone reads each render style of the toy world (issue 9).
+"""How well the embedded backbone reads each render style of the toy world.
 
 Asks the projector's three reading questions (colour, shape, count) about 300 renders of
 locality-pool contents (never seen by the projector's training) in style 1 (plain) and the
@@ -8,7 +8,7 @@ overall and per question for each style.
     python scripts/projector_styles.py [path/to/projector.safetensors]
 
 Default: the shipped projector. With the style-1-only projector of generator version 2 (git
-history: bench/assets/smol_llava_projector.safetensors before issue 9) it printed style 1
+history: bench/assets/smol_llava_projector.safetensors of toy data generator version 2) it printed style 1
 0.763 (colour 0.54, shape 1.00, count 0.76) and style 2 0.400 (colour 0.14, shape 0.58,
 count 0.47).
 """

@@ -75,7 +75,7 @@ def test_router_width_and_input_follow_router_input(elder, tiny, toy_eval, route
 
 
 def test_residual_reproduces_the_old_routing(elder, tiny, toy_eval):
-    """router_input=residual is this project's ELDER before issue 22: routers of width d on the input of
+    """router_input=residual is this project's earlier ELDER (docs/history.md): routers of width d on the input of
     the first mixture layer (a pre-hook on that decoder layer), and its edits are those of a hand-written
     copy of that routing."""
     ed = elder(router_input="residual", lr_schedule="constant", n_iter=5)

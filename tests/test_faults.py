@@ -1,4 +1,4 @@
-"""Runs that survive faults (issue 13): resume after a kill, signals, failed writes, run dirs."""
+"""Runs that survive faults: resume after a kill, signals, failed writes, run dirs."""
 
 from __future__ import annotations
 

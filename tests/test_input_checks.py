@@ -1,4 +1,4 @@
-"""Bad input caught before the model loads, config values checked by key (issue 13)."""
+"""Bad input caught before the model loads, config values checked by key."""
 
 from __future__ import annotations
 
