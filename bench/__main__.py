@@ -12,15 +12,32 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, available, normalize_overrides, precheck
+from .config import CONF_DIR, available, normalize_overrides, precheck, resolve
 from .core.errors import report_user_errors
-from .run import run
+from .results import check_writable, prepare_run_dir
+from .run import check_config, run
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
     report_user_errors(lambda: run(cfg))
+
+
+def check_before_hydra(cfg: DictConfig) -> None:
+    """What a single run checks before Hydra's app starts (:func:`bench.config.precheck`): the config
+    (:func:`bench.run.check_config`) and ``out_dir``, where Hydra writes ``.hydra/`` and its log
+    (``hydra.run.dir``): a dir that would be refused (another run's results, nothing to resume with
+    ``resume=true``, not writable) is refused before Hydra writes there."""
+    cfg = check_config(cfg)
+    if not cfg.out_dir:
+        return
+    if cfg.overwrite:
+        check_writable(resolve(cfg.out_dir))
+    else:  # with overwrite=false this only reads (and creates out_dir)
+        prepare_run_dir(
+            resolve(cfg.out_dir), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), cfg.resume, False
+        )
 
 
 def _yes(b: bool) -> str:
@@ -77,8 +94,9 @@ def main() -> None:
     if argv[:1] == ["list"]:
         print(listing())
         return
-    precheck(argv)
-    sys.argv = [sys.argv[0], *normalize_overrides(argv)]
+    argv = normalize_overrides(argv)  # once: an old editor key name warns once
+    precheck(argv, check_before_hydra)
+    sys.argv = [sys.argv[0], *argv]
     _hydra_main()
 
 

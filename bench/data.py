@@ -1,10 +1,13 @@
 """Dataset construction from the ``data`` config group, and the dataset check.
 
-``python -m bench.data check data=evqa data.root=/path/to/images [data.ann_root=...]``
+``python -m bench.data check data=evqa data.root=/path/to/images [data.ann_root=...] [model=<name>] [edits=N]``
 reports, per split: records, probe counts by kind, malformed records (file,
 index, field), unusable images (missing, undecodable or outside the image root:
-count and the first few, with record index and field), duplicate edits and
-misspelt field names. It exits 1 when a run on the dataset would stop, 0
+count and the first few, with record index and field), duplicate edits,
+misspelt field names, an empty list, too few records for ``edits=N``, and prompts
+longer than the context (``model=<name>``'s, from its config and tokenizer without its
+weights; otherwise :data:`DEFAULT_CONTEXT`, said in the output), record and field named.
+It exits 2 when a run on the dataset would stop (as a run's user errors do), 0
 otherwise. It writes nothing outside the project's ``data/generated`` cache (a
 toy set is generated only there).
 """
@@ -119,6 +122,38 @@ def dedupe(rs: RecordSet, mode: str = "keep") -> tuple[RecordSet, int]:
     return rs.select(keep), len(dups)
 
 
+#: the record field each probe kind's prompt comes from (named in the prompt-length errors)
+FIELD_OF_KIND = {
+    "rel": "src",
+    "t_gen": "rephrase",
+    "m_gen": "src",
+    "t_loc": "loc",
+    "m_loc": "m_loc_q",
+    "port": "port_new",
+}
+#: tokens allowed for the prompt template around a probe (image marker, newline, special tokens)
+TEMPLATE_TOKENS = 16
+#: context the dataset check measures prompts against when no model is given: 2048 tokens, the shortest
+#: context of the paper backbones (BLIP-2 OPT-2.7B and MiniGPT-4's Vicuna-7B; LLaVA-1.5 has 4096,
+#: smol_llava 8192, the test backbone tiny 512), in SmolLM2 tokens, image tokens not counted
+DEFAULT_CONTEXT = 2048
+
+
+def long_prompts(rs: RecordSet, tokenizer, max_tokens: int, image_tokens: int = 0) -> list[str]:
+    """``record <i> field '<f>' (<kind> probe): ~<n> tokens`` for every probe of ``rs`` longer than
+    ``max_tokens`` (prompt, target, image tokens and :data:`TEMPLATE_TOKENS`). Tokenises only."""
+    over = []
+    for i in range(len(rs)):
+        for p in rs.probes(i):
+            n = len(tokenizer(p.prompt + " " + p.target, add_special_tokens=True)["input_ids"])
+            n += (image_tokens if p.image is not None else 0) + TEMPLATE_TOKENS
+            if n > max_tokens:
+                over.append(
+                    f"record {p.record} field '{FIELD_OF_KIND.get(p.kind, p.kind)}' ({p.kind} probe): ~{n} tokens"
+                )
+    return over
+
+
 def check_prompt_lengths(rs: RecordSet, backbone, first: int = 5) -> None:
     """Every probe of ``rs`` must fit the backbone's context (prompt, image tokens, target);
     raises a :class:`UserError` naming record and field otherwise. Tokenises only."""
@@ -126,21 +161,7 @@ def check_prompt_lengths(rs: RecordSet, backbone, first: int = 5) -> None:
     if not limit:
         return
     n_img = int(getattr(backbone, "num_image_tokens", 0) or 0)
-    field_of = {
-        "rel": "src",
-        "t_gen": "rephrase",
-        "m_gen": "src",
-        "t_loc": "loc",
-        "m_loc": "m_loc_q",
-        "port": "port_new",
-    }
-    over = []
-    for i in range(len(rs)):
-        for p in rs.probes(i):
-            n = len(backbone.tokenizer(p.prompt + " " + p.target, add_special_tokens=True)["input_ids"])
-            n += (n_img if p.image is not None else 0) + 16  # template tokens
-            if n > limit:
-                over.append(f"record {p.record} field '{field_of.get(p.kind, p.kind)}' ({p.kind} probe): ~{n} tokens")
+    over = long_prompts(rs, backbone.tokenizer, int(limit), n_img)
     if over:
         more = f"\n  ... and {len(over) - first} more" if len(over) > first else ""
         raise UserError(
@@ -200,10 +221,61 @@ class SplitCheck:
     image_root: Path | None = None
     duplicates: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: other reasons a run stops (empty file, too few records, duplicates with data.duplicates=error)
+    problems: list[str] = field(default_factory=list)
+    #: probes longer than the context (:func:`long_prompts`), measured against ``budget``
+    long: list[str] = field(default_factory=list)
+    budget: str = ""  # what prompts were measured against, or why they were not
+    lengths_checked: bool = False
+    #: data.skip_missing: a run drops the records with missing images instead of stopping
+    skip_missing: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.errors and not self.missing
+        return not self.errors and not self.problems and not self.long and (self.skip_missing or not self.missing)
+
+
+@dataclass
+class PromptBudget:
+    """What the dataset check measures prompts against: a model's context (:meth:`context_limit` of its
+    backbone) or :data:`DEFAULT_CONTEXT`; ``what`` says which in the check's output."""
+
+    tokenizer: object
+    max_tokens: int
+    image_tokens: int
+    what: str
+
+
+def prompt_budget(model_cfg=None) -> PromptBudget | str:
+    """The budget for ``model_cfg`` (a ``model`` config; None: the default context), or why prompt
+    lengths cannot be checked. A model whose files are missing raises as a run would."""
+    note = ""
+    if model_cfg is not None:
+        from .backbones import backbone_class
+
+        lim = backbone_class(model_cfg).context_limit(model_cfg)
+        if lim is not None:
+            per_image = f" ({lim.image_tokens} per image)" if lim.image_tokens else ""
+            return PromptBudget(
+                lim.tokenizer,
+                lim.max_tokens,
+                lim.image_tokens,
+                f"{model_cfg.name}'s context, {lim.max_tokens} tokens{per_image}",
+            )
+        note = f"{model_cfg.name}'s is not known without loading its weights"
+    try:
+        from .backbones.embedded import smollm2_tokenizer
+
+        tok = smollm2_tokenizer()
+    except (ImportError, OSError, RuntimeError) as e:
+        return f"not checked (no tokenizer to count tokens: {e})"
+    hint = note or "add model=<name> to use a model's"
+    return PromptBudget(
+        tok,
+        DEFAULT_CONTEXT,
+        0,
+        f"a default context of {DEFAULT_CONTEXT} SmolLM2 tokens (image tokens not counted; {hint})",
+    )
 
 
 def _validate_all(file: Path) -> tuple[int, list[RecordError]]:
@@ -223,13 +295,32 @@ def _validate_all(file: Path) -> tuple[int, list[RecordError]]:
     return len(raw), errors
 
 
-def check(cfg, splits: tuple[str, ...] = ("train", "eval")) -> list[SplitCheck]:
-    """Check the splits of the dataset ``cfg`` (a ``data`` config) without loading a model."""
+def check(
+    cfg,
+    splits: tuple[str, ...] = ("train", "eval"),
+    budget: PromptBudget | str | None = None,
+    edits: int | None = None,
+    edits_given: bool = False,
+    trains: bool = False,
+) -> list[SplitCheck]:
+    """Check the splits of the dataset ``cfg`` (a ``data`` config) without loading a model: what a run
+    refuses before its first edit. ``budget``: measure prompt lengths against it (:func:`prompt_budget`);
+    ``edits``: the stream length (too few records is an error when ``edits_given``, else a warning);
+    ``trains``: the editor trains on the train split (an empty one is then an error)."""
     root = image_root(cfg, generate=False)
+    stream = stream_split(cfg)
+    dup_mode = str(cfg.get("duplicates", "keep"))
+    skip = bool(cfg.get("skip_missing", False))
     out = []
     for s in splits:
-        res = SplitCheck(s, resolve(cfg[f"{s}_file"]))
+        res = SplitCheck(s, resolve(cfg[f"{s}_file"]), skip_missing=skip)
         res.records, res.errors = _validate_all(res.file)
+        if not res.errors and not res.records:
+            if s == stream or trains:
+                use = "the edit stream is drawn from it" if s == stream else "the editor trains on it"
+                res.problems.append(f"{res.file}: no records (an empty list); {use}")
+            else:
+                res.warnings.append(f"{res.file}: no records (an empty list); editors that train on it refuse it")
         if not res.errors:
             rs = RecordSet(
                 res.file,
@@ -240,15 +331,36 @@ def check(cfg, splits: tuple[str, ...] = ("train", "eval")) -> list[SplitCheck]:
             res.image_root = rs.image_root
             res.missing = rs.bad_images()
             res.duplicates = rs.duplicates()
-            res.warnings = rs.warnings
+            res.warnings += rs.warnings
             for i in range(len(rs)):
                 res.probes.update(p.kind for p in rs.probes(i))
+            if res.duplicates and dup_mode == "error":
+                res.problems.append(
+                    f"{res.file}: {len(res.duplicates)} duplicate edit records and data.duplicates=error"
+                )
+            usable = res.records - (len({i for i, _, _ in res.missing}) if skip else 0)
+            usable -= len(res.duplicates) if dup_mode == "drop" else 0
+            if s == stream and res.records and edits is not None and usable < edits:
+                msg = f"{res.file}: edits={edits} but only {usable} usable records"
+                if edits_given:
+                    res.problems.append(msg)
+                else:
+                    res.warnings.append(f"{msg} (edits={edits} is the default; a run needs edits<={usable})")
+            if isinstance(budget, PromptBudget):
+                res.long = long_prompts(rs, budget.tokenizer, budget.max_tokens, budget.image_tokens)
+                res.lengths_checked = True
+        res.budget = budget.what if isinstance(budget, PromptBudget) else (budget or "")
         out.append(res)
     return out
 
 
 def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
     lines = [f"dataset {name}"]
+    budget = next((r.budget for r in results if r.budget), "")
+    if budget:
+        lines.append(
+            f"prompt lengths: {budget}" if budget.startswith("not checked") else f"prompts measured against {budget}"
+        )
     for r in results:
         lines.append(f"[{r.split}] {r.file}: {r.records} records")
         if r.errors:
@@ -260,7 +372,7 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
             continue
         lines.append("  malformed records: none")
         counts = ", ".join(f"{k} {r.probes[k]}" for k in PROBE_KINDS if r.probes[k])
-        lines.append(f"  probes: {counts} (total {sum(r.probes.values())})")
+        lines.append(f"  probes: {counts} (total {sum(r.probes.values())})" if counts else "  probes: none")
         if r.missing:
             n_files = len({p for _, _, p in r.missing})
             lines.append(f"  missing images: {len(r.missing)} references, {n_files} files, under {r.image_root}")
@@ -275,14 +387,21 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
                 "(kept with a warning; data.duplicates=drop|error)"
             )
             lines += [f"    record {i} = record {j}" for i, j in r.duplicates[:first]]
+        if r.missing and r.skip_missing:
+            n_recs = len({i for i, _, _ in r.missing})
+            lines.append(f"    data.skip_missing=true: a run drops these {n_recs} records")
+        if r.long:
+            lines.append(f"  prompts longer than the context: {len(r.long)} probes")
+            lines += [f"    {x}" for x in r.long[:first]]
+            if len(r.long) > first:
+                lines.append(f"    ... and {len(r.long) - first} more")
+        elif r.lengths_checked:
+            lines.append("  prompts longer than the context: none")
+        lines += [f"  error: {x}" for x in r.problems]
         lines += [f"  warning: {w}" for w in r.warnings]
     ok = all(r.ok for r in results)
-    lines.append(
-        "status: OK"
-        if ok
-        else "status: NOT READY (a run stops before its first edit; "
-        "data.skip_missing=true drops records with missing images)"
-    )
+    hint = "; data.skip_missing=true drops records with missing images" if any(r.missing for r in results) else ""
+    lines.append("status: OK" if ok else f"status: NOT READY (a run stops before its first edit{hint})")
     return "\n".join(lines)
 
 
@@ -296,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] != "check":
         print(
             "usage: python -m bench.data check data=<name> data.root=/path/to/images [data.ann_root=...] "
-            "[--config-dir <folder with data/<name>.yaml>]\n"
+            "[model=<name>] [edits=N] [--config-dir <folder with data/<name>.yaml>]\n"
             "       python -m bench.data compare <data name> <data name> ... [data.ann_root=...]"
         )
         return 2
@@ -308,9 +427,25 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rest = [*rest[:i], *rest[i + 2 :], f"hydra.searchpath=[file://{resolve(rest[i + 1])}]"]
     cfg = compose(*rest)
-    results = report_user_errors(lambda: check(cfg.data))
+
+    def run_check() -> list[SplitCheck]:
+        import editors
+
+        editor = OmegaConf.select(cfg, "editor.name")
+        trains = editor in editors.names() and editors.get(str(editor)).needs_training
+        edits = cfg.get("edits")
+        given = any(a.split("=", 1)[0].lstrip("+") == "edits" for a in rest)
+        return check(
+            cfg.data,
+            budget=prompt_budget(OmegaConf.select(cfg, "model")),
+            edits=edits if isinstance(edits, int) and not isinstance(edits, bool) else None,
+            edits_given=given,
+            trains=trains,
+        )
+
+    results = report_user_errors(run_check)
     print(format_check(str(cfg.data.name), results))
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) else 2
 
 
 def compare_main(args: list[str]) -> int:

@@ -39,10 +39,11 @@ from .backbones.base import Backbone, Probe
 from .core.errors import NonFiniteError, nonfinite_hint
 from .core.metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .core.records import RecordSet
+from .core.schema import Mode, ProtocolSchema, typed
 from .results import RunWriter
 
 log = logging.getLogger(__name__)
-MODES = ("sequential", "single", "chunked")
+MODES = tuple(m.value for m in Mode)
 
 
 @dataclass
@@ -57,33 +58,20 @@ class ProtocolConfig:
 
     @classmethod
     def from_cfg(cls, cfg, editor_cfg=None) -> ProtocolConfig:
-        """``cfg``: the ``protocol`` node. ``protocol.edit_batch_size: null`` (the default) takes the
-        editor's own ``edit_batch_size`` (its reference setting, e.g. ELDER 4, UltraEdit 100) from
-        ``editor_cfg`` when it has one, else 1; an integer on the command line wins."""
-
-        def whole(key: str, v):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"protocol.{key}: expected an integer, got {v!r}")
-            return v
-
-        c = cls(
-            mode=str(cfg.get("mode", "sequential")),
-            chunk_size=whole("chunk_size", cfg.get("chunk_size", 100)),
-            checkpoints=sorted(whole("checkpoints", x) for x in (cfg.get("checkpoints") or [])),
-            edit_batch_size=whole("edit_batch_size", resolve_edit_batch_size(cfg, editor_cfg)),
-            score_batch_size=cfg.get("score_batch_size"),
-            progress=bool(cfg.get("progress", True)),
-            save_every=whole("save_every", cfg.get("save_every", 10) or 0),
+        """``cfg``: the ``protocol`` node (or a dict), checked and completed by its schema
+        (:class:`bench.core.schema.ProtocolSchema`: types, ranges, defaults). ``protocol.edit_batch_size:
+        null`` (the default) takes the editor's own ``edit_batch_size`` (its reference setting, e.g.
+        ELDER 4, UltraEdit 100) from ``editor_cfg`` when it has one, else 1; an integer wins."""
+        p = typed(ProtocolSchema, cfg if cfg is not None else {}, "protocol", "protocol")
+        return cls(
+            mode=p.mode.value,
+            chunk_size=p.chunk_size,
+            checkpoints=sorted(p.checkpoints or ()),
+            edit_batch_size=resolve_edit_batch_size(p, editor_cfg),
+            score_batch_size=p.score_batch_size,
+            progress=p.progress,
+            save_every=p.save_every,
         )
-        if c.mode not in MODES:
-            raise ValueError(f"protocol.mode: {c.mode!r} is not one of {MODES}")
-        if c.save_every < 0:
-            raise ValueError(f"protocol.save_every: expected an edit count >= 0 (0: never), got {c.save_every}")
-        if c.chunk_size < 1 or c.edit_batch_size < 1:
-            raise ValueError("protocol.chunk_size and protocol.edit_batch_size must be >= 1")
-        if any(t < 1 for t in c.checkpoints):
-            raise ValueError(f"protocol.checkpoints: edit counts must be >= 1, got {c.checkpoints}")
-        return c
 
 
 def resolve_edit_batch_size(protocol_cfg, editor_cfg=None) -> int:
@@ -200,7 +188,7 @@ class Lifelong:
                 case["pre_pred"] = dec(pre)
             else:
                 case["score"] = token_accuracy(s.pred_ids, s.target_ids)
-            lp = round(s.logprob, 4) if math.isfinite(s.logprob) else None  # JSON has no NaN
+            lp = round(s.logprob, 4)  # a NaN is written as null + "logprob_nonfinite" (bench.core.io.dumps)
             case.update(pred=dec(s.pred_ids), target=p.target, prompt=p.prompt, image=p.image, logprob=lp)
             cases.append(case)
         if self.writer:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .core.io import loads
+
 #: row order of tables: the baseline first, then the editors as editors.md lists them
 COLUMNS = {
     "rel": "Rel",
@@ -102,7 +104,7 @@ def find_summaries(paths: list[str | Path]) -> list[dict]:
             raise FileNotFoundError(f"no summary.json under {p}")
         for f in files:
             try:
-                s = json.loads(f.read_text())
+                s = loads(f.read_text())  # strict JSON; a flagged null comes back as NaN
             except json.JSONDecodeError as e:
                 raise ValueError(f"{f}: not valid JSON ({e})") from e
             if s.get("status") != "ok":

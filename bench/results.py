@@ -20,7 +20,15 @@ import tempfile
 from pathlib import Path
 
 from .core.errors import UserError
-from .core.io import atomic_save_tensors, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: F401
+from .core.io import (  # noqa: F401
+    atomic_save_tensors,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_error,
+    dumps,
+    loads,
+)
 
 RESULT_FILES = ("summary.json", "cases.jsonl", "cases.jsonl.partial", "curve.csv", "edits.jsonl")
 PROGRESS_DIR = "progress"
@@ -73,7 +81,7 @@ def prepare_run_dir(out_dir: Path, config: dict, resume, overwrite: bool) -> boo
         why = "that run finished"
     elif held and mode != "false" and prog.is_file():
         try:
-            saved = json.loads(prog.read_text(encoding="utf-8"))
+            saved = loads(prog.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             saved, why = None, f"progress unreadable ({e})"
         if saved is not None:
@@ -99,7 +107,7 @@ def prepare_run_dir(out_dir: Path, config: dict, resume, overwrite: bool) -> boo
 
 def read_progress(out_dir: Path) -> dict:
     """The ``progress/progress.json`` a run saved (see :meth:`RunWriter.save_progress`)."""
-    return json.loads((Path(out_dir) / PROGRESS_DIR / "progress.json").read_text(encoding="utf-8"))
+    return loads((Path(out_dir) / PROGRESS_DIR / "progress.json").read_text(encoding="utf-8"))
 
 
 class RunWriter:
@@ -136,19 +144,23 @@ class RunWriter:
 
     @staticmethod
     def _append(f, lines: list[dict]) -> None:
-        """Append whole lines or nothing: a failed write is cut back off the file."""
-        data = "".join(json.dumps(x) + "\n" for x in lines).encode("utf-8")
+        """Append whole lines or nothing (strict JSON, :func:`bench.core.io.dumps`): a failed write is cut
+        back off the file."""
+        data = "".join(dumps(x) + "\n" for x in lines).encode("utf-8")
         start = f.tell()
         try:
             f.write(data)
             f.flush()
-        except BaseException:
+        except BaseException as e:
             try:
                 f.truncate(start)
                 f.seek(start)
             except OSError:
                 pass
-            raise
+            err = disk_full_error(Path(f.name), len(data), e)
+            if err is e:
+                raise
+            raise err from e
 
     def add_cases(self, cases: list[dict]) -> None:
         self._append(self._cases, cases)

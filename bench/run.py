@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import backbone_arch, build_backbone
-from .config import CONF_DIR, SOURCE_ROOT, available, resolve
+from .config import CONF_DIR, SOURCE_ROOT, available, resolve, validate
 from .core.errors import NonFiniteError, RunInterrupted, UserError, hold_signals, is_user_error, signals_raise
 from .core.metrics import aggregate
 from .data import build_data, check_prompt_lengths, dedupe, fingerprint, stream_split, with_images
-from .protocol import Lifelong, ProtocolConfig
+from .protocol import Lifelong, ProtocolConfig, resolve_edit_batch_size
 from .results import RunWriter, prepare_run_dir, read_progress
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
 from .tracking import make_tracker
@@ -31,26 +31,44 @@ from .tracking import make_tracker
 log = logging.getLogger("bench")
 
 
-#: editor keys allowed beyond those of the editor's own YAML (set by pair files / specialize)
-def check_config(cfg: DictConfig) -> None:
-    """Clear messages for the config mistakes a user makes first."""
+def check_config(cfg: DictConfig) -> DictConfig:
+    """Every config mistake this side of the model load: a group left unchosen, keys, types and ranges of
+    every group (:func:`bench.config.validate`, :func:`check_editor_keys`), the image root a real dataset
+    needs, and what the protocol asks of the editor and the stream (:func:`check_protocol`). Returns the
+    config typed by the schemas (``cfg`` itself when Hydra composed it with them)."""
     for group in ("editor", "model"):
         if OmegaConf.select(cfg, group) is None:
             raise UserError(f"no {group} chosen: add {group}=<name>; valid: {', '.join(available(group))}")
-    if isinstance(cfg.edits, bool) or not isinstance(cfg.edits, int) or cfg.edits < 1:
-        raise UserError(f"edits: expected a positive integer, got {cfg.edits!r}")
-    for key, typ in (("seed", int), ("shuffle", bool), ("overwrite", bool)):
-        v = OmegaConf.select(cfg, key)
-        if v is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
-            raise UserError(f"{key}: expected {typ.__name__}, got {v!r}")
+    cfg = validate(cfg)
     if OmegaConf.is_missing(cfg.data, "root"):
         raise UserError(f"data.root: {cfg.data.name} needs its image root: add data.root=/path/to/images")
-    if str(cfg.editor.name) not in editors.names():
+    if cfg.editor.name not in editors.names():
         raise UserError(f"editor.name: unknown editor {cfg.editor.name!r}; valid editors: {', '.join(editors.names())}")
-    dup = str(cfg.data.get("duplicates", "keep"))
-    if dup not in ("keep", "drop", "error"):
-        raise UserError(f"data.duplicates: expected keep, drop or error, got {dup!r}")
     check_editor_keys(cfg)
+    check_protocol(cfg)
+    return cfg
+
+
+def check_protocol(cfg: DictConfig) -> None:
+    """The protocol against the editor and the stream: a batch for an editor that edits one request at a
+    time is an error; a checkpoint past the stream's end is one too, except in a multirun, where one
+    checkpoint list may serve runs of several lengths (``edits=10,50 protocol.checkpoints=[10,50]``):
+    there it is a warning."""
+    editor_cls = editors.get(cfg.editor.name)
+    with _UserErrors(""):
+        batch = resolve_edit_batch_size(cfg.protocol, cfg.editor)
+    if batch > 1 and not editor_cls.can_batch_edit:
+        where = "protocol.edit_batch_size" if cfg.protocol.edit_batch_size is not None else "editor.edit_batch_size"
+        raise UserError(
+            f"{cfg.editor.name} edits one request at a time; {where} must be 1 or null, got {batch} "
+            "(editors that batch-edit: " + ", ".join(n for n in editors.names() if editors.get(n).can_batch_edit) + ")"
+        )
+    late = [t for t in cfg.protocol.checkpoints or () if t > cfg.edits]
+    if late:
+        msg = f"protocol.checkpoints: {late[0]} > edits={cfg.edits} (a checkpoint is a count of edits of the stream)"
+        if _sweep_group() is None:
+            raise UserError(msg)
+        log.warning("%s: not scored in this run of the sweep", msg)
 
 
 def editor_yaml(cfg: DictConfig) -> Path | None:
@@ -153,20 +171,18 @@ def _sweep_group() -> str | None:
 
 def run(cfg: DictConfig) -> dict:
     """Run one edit stream as configured; returns the summary (also in summary.json)."""
-    check_config(cfg)
+    cfg = check_config(cfg)
     out_dir = Path(cfg.out_dir or _default_out_dir())
-    seed_everything(int(cfg.seed))
-    label = str(cfg.editor.get("label") or cfg.editor.name)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    seed_everything(cfg.seed)
+    label = cfg.editor.label or cfg.editor.name
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # options as plain strings
     with _UserErrors(""):
         pcfg = ProtocolConfig.from_cfg(cfg.protocol, cfg.editor)
-    if int(cfg.protocol.get("loc_topk", 1)) != 1:
-        raise UserError("protocol.loc_topk: only top-1 agreement (protocol.md) is implemented")
     # the results dir is checked (and a resume found) before data and model load
-    resuming = prepare_run_dir(out_dir, resolved, cfg.get("resume", "auto"), bool(cfg.get("overwrite", False)))
+    resuming = prepare_run_dir(out_dir, resolved, cfg.resume, cfg.overwrite)
 
     t_start = time.time()
-    editor_cls = editors.get(str(cfg.editor.name))
+    editor_cls = editors.get(cfg.editor.name)
     with _UserErrors("data"):
         split = stream_split(cfg.data)  # the edit stream's split: eval unless data.split=train (tuning)
         if split == "train" and editor_cls.needs_training:
@@ -176,16 +192,16 @@ def run(cfg: DictConfig) -> dict:
         splits = ("train", "eval") if editor_cls.needs_training else (split,)
         data = build_data(cfg.data, splits)
         # images are checked (opened) before the (slow) model load and the first edit
-        skip = bool(cfg.data.get("skip_missing", False))
+        skip = cfg.data.skip_missing
         skipped = {}
         pool, skipped[split] = with_images(data[split], True) if skip else (data[split], 0)
-        if skipped[split] and len(pool) < int(cfg.edits):
+        if skipped[split] and len(pool) < cfg.edits:
             raise UserError(
                 f"edits={cfg.edits} but only {len(pool)} records of {data[split].file} have all their images "
                 f"({skipped[split]} skipped by data.skip_missing under data.root={cfg.data.root})"
             )
-        pool, dropped = dedupe(pool, str(cfg.data.get("duplicates", "keep")))
-        stream = select_stream(pool, int(cfg.edits), bool(cfg.shuffle), int(cfg.seed))
+        pool, dropped = dedupe(pool, cfg.data.duplicates.value)
+        stream = select_stream(pool, cfg.edits, cfg.shuffle, cfg.seed)
         stream, _ = with_images(stream, skip_missing=False)  # raises the report when images are missing
         if "train" in data and split != "train":  # the training stage's records
             data["train"], skipped["train"] = with_images(data["train"], skip)
@@ -200,15 +216,15 @@ def run(cfg: DictConfig) -> dict:
     check_prompt_lengths(stream, backbone)  # before pre-edit scoring: a too-long prompt would hang there
     writer = RunWriter(out_dir, resume=read_progress(out_dir) if resuming else None)
     tracker = make_tracker(
-        cfg.get("logger"), resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir)
+        cfg.logger, resolved, f"{label}-{cfg.model.name}-{cfg.data.name}", _sweep_group(), str(out_dir)
     )
     summary = {
         "editor": label,
-        "editor_name": str(cfg.editor.name),
-        "model": str(cfg.model.name),
-        "data": str(cfg.data.name),
-        "n_edits": int(cfg.edits),
-        "seed": int(cfg.seed),
+        "editor_name": cfg.editor.name,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "n_edits": cfg.edits,
+        "seed": cfg.seed,
         "skipped_missing": skipped,
         "duplicates_dropped": dropped,
         "data_fingerprint": fingerprint(cfg.data, data),
@@ -252,7 +268,7 @@ def run(cfg: DictConfig) -> dict:
             editor_memory_bytes=editor.memory_bytes(),
             n_probes=len(final),
         )
-        summary["timing"]["memory_bytes_per_edit"] = summary["editor_memory_bytes"] / max(1, int(cfg.edits))
+        summary["timing"]["memory_bytes_per_edit"] = summary["editor_memory_bytes"] / max(1, cfg.edits)
         writer.close(complete=True)
         writer.summary(summary)
     except BaseException as e:
@@ -278,7 +294,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish({"status": "failed"})
         log.error("run failed after computing what is kept in %s: %s", out_dir, e)
         raise
-    if cfg.get("save_editor", False):  # after the results are safe on disk
+    if cfg.save_editor:  # after the results are safe on disk
         summary["editor_state"] = save_editor(editor, out_dir).name
         writer.summary(summary)
     from .report import render, table

@@ -28,7 +28,6 @@ Hydra overrides of the run config (``model.random_init=true``, ``data=toy_vlkeb`
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from .core.io import dumps
 from .protocol import _sync, peak_memory_mb
 
 log = logging.getLogger("bench.speed")
@@ -147,7 +147,7 @@ class SpeedRun:
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         for name, text in (
-            ("speed.json", json.dumps(self.res, indent=1, default=str) + "\n"),
+            ("speed.json", dumps(self.res, indent=1, default=str) + "\n"),  # strict JSON (bench.core.io)
             ("speed.md", markdown(self.res)),
         ):
             tmp = self.out / (name + ".tmp")
@@ -165,9 +165,9 @@ class SpeedRun:
         base_cfg = compose(a.model, a.data, None, self.overrides)
         self.res["model_config"] = {k: base_cfg.model.get(k) for k in ("name", "dtype", "device", "random_init")}
         self.res["versions"] = versions()
-        seed_everything(int(base_cfg.seed))
+        seed_everything(base_cfg.seed)
         data = build_data(base_cfg.data, ("eval",))
-        stream, _ = with_images(select_stream(data["eval"], a.edits, False, int(base_cfg.seed)), skip_missing=False)
+        stream, _ = with_images(select_stream(data["eval"], a.edits, False, base_cfg.seed), skip_missing=False)
         requests = [stream.request(i) for i in range(len(stream))]
         probes = [p for i in range(len(stream)) for p in stream.probes(i)]
         log.info("backbone %s, %d edits of %s, %d probes", a.model, len(requests), a.data, len(probes))
@@ -198,7 +198,7 @@ class SpeedRun:
                 if rows:  # the unedited backbone just before (and again just after) this editor
                     base = forward_seconds(bb, batch, a.repeats)
                 cfg = compose(a.model, a.data, name, self.overrides)
-                seed_everything(int(cfg.seed))
+                seed_everything(cfg.seed)
                 editor = self._build(name, cfg, bb, requests, row)
                 if editor_registry.get(name).needs_training:
                     if train is None:
@@ -276,7 +276,7 @@ class SpeedRun:
         import editors as editor_registry
 
         editor, note = editor_registry.get(name).build_for_timing(
-            bb, cfg.editor, requests, int(cfg.seed), bool(cfg.model.get("random_init"))
+            bb, cfg.editor, requests, cfg.seed, "random_init" in cfg.model and cfg.model.random_init
         )
         if note:
             row["note"] = note

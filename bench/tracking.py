@@ -10,6 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from .core.schema import LoggerSchema, typed
+
 log = logging.getLogger(__name__)
 
 
@@ -31,12 +33,13 @@ class WandbTracker(NullTracker):
         try:
             import wandb
 
-            mode = str(cfg.get("mode", "offline"))
-            group = cfg.get("group") or group
+            cfg = typed(LoggerSchema, cfg, "logger")
+            mode = cfg.mode
+            group = cfg.group or group
             os.environ.setdefault("WANDB_SILENT", "true")
             self.run = wandb.init(
-                project=str(cfg.get("project", "bench")),
-                entity=cfg.get("entity"),
+                project=cfg.project,
+                entity=cfg.entity,
                 mode=mode,
                 name=name,
                 group=group,
@@ -94,9 +97,9 @@ def offline_dir(run) -> str | None:
 
 
 def make_tracker(cfg, run_config: dict, name: str, group: str | None, out_dir: str):
-    kind = str(cfg.get("name", "none")) if cfg is not None else "none"
-    if kind == "none":
+    """The tracker ``cfg`` (the ``logger`` node, a dict, or None: none) names: ``logger.name`` is
+    ``none`` or ``wandb`` (:class:`~bench.core.schema.LoggerSchema`)."""
+    cfg = typed(LoggerSchema, cfg if cfg is not None else {}, "logger")
+    if cfg.name == "none":
         return NullTracker()
-    if kind == "wandb":
-        return WandbTracker(cfg, run_config, name, group, out_dir)
-    raise ValueError(f"logger.name: unknown tracker {kind!r}; valid: none, wandb")
+    return WandbTracker(cfg, run_config, name, group, out_dir)

@@ -31,13 +31,13 @@ log = logging.getLogger("bench.train")
 
 
 def default_out_dir(cfg) -> Path:
-    label = str(cfg.editor.get("label") or cfg.editor.name)
+    label = cfg.editor.label or cfg.editor.name
     return resolve(f"checkpoints/{label}-{cfg.model.name}-{cfg.data.name}")
 
 
 def train(cfg: DictConfig, progress: bool = True) -> dict:
-    check_config(cfg)
-    name = str(cfg.editor.name)
+    cfg = check_config(cfg)
+    name = cfg.editor.name
     cls = editors.get(name)
     if not hasattr(cls, "train_offline"):
         raise ValueError(
@@ -45,18 +45,16 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
             + ", ".join(n for n in editors.names() if hasattr(editors.get(n), "train_offline"))
             + ")"
         )
-    out_dir = resolve(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg)
+    out_dir = resolve(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg)
     resume = bool(OmegaConf.select(cfg, "editor.train.resume", default=False))
-    seed_everything(int(cfg.seed))
+    seed_everything(cfg.seed)
     train_set = build_data(cfg.data, ("train",))["train"]
-    train_set, skipped = with_images(train_set, bool(cfg.data.get("skip_missing", False)))
+    train_set, skipped = with_images(train_set, cfg.data.skip_missing)
     log.info("train split %s: %d records (%d skipped for missing images)", train_set.file, len(train_set), skipped)
     backbone = build_backbone(cfg.model)
     backbone.freeze()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = make_tracker(
-        cfg.get("logger"), resolved, f"train-{name}-{cfg.model.name}-{cfg.data.name}", None, str(out_dir)
-    )
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tracker = make_tracker(cfg.logger, resolved, f"train-{name}-{cfg.model.name}-{cfg.data.name}", None, str(out_dir))
     try:
         result = cls.train_offline(backbone, cfg, train_set, out_dir, tracker, resume, progress)
     except BaseException:
@@ -71,7 +69,7 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    train(cfg, progress=bool(cfg.protocol.get("progress", True)))
+    train(cfg, progress=cfg.protocol.progress)
 
 
 def _argv(argv: list[str]) -> list[str]:

@@ -29,8 +29,8 @@ Mechanics
     several roles, the first of ``roles`` that no other wrapped role of the
     layer feeds (``out`` is fed by ``in``/``gate``: :data:`FED_BY`).
   - ``residual``: the decoder-layer input of the first mixture layer (the raw
-    residual stream, width d; a pre-hook on that layer), this project's ELDER
-    before issue 22, bit for bit.
+    residual stream, width d; a pre-hook on that layer): this project's earlier
+    ELDER, before it read the reference's router input, bit for bit.
 
   Either query is computed before any LoRA acts, so every router runs once, up
   front, for all layers. The WHOLE sequence of sample ``b`` goes to its top-k LoRAs of
@@ -65,7 +65,7 @@ Mechanics
   ``StepLR(step_size=20, gamma=0.5)`` per edit (lines 134-135) and steps both after each
   of ``num_iter`` iterations (lines 149-151). MELO's README says the step is 20 for T5
   and 30 for GPT2-XL/SCOTUS-BERT; the code's 20 is kept. ``lr_schedule=constant``:
-  Adam at ``lr`` throughout (this project's ELDER before issue 22). ``edit_batch``
+  Adam at ``lr`` throughout (this project's earlier ELDER). ``edit_batch``
   trains a batch of requests jointly, each with its label's preset (the paper trains 4
   edits per batch: ``edit_batch_size`` in the YAML).
 
@@ -122,7 +122,8 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from bench.core.editor import Editor, EditorConfig
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Choice, Editor, EditorConfig, typed_config
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import optimizer_update, run_steps
 from bench.core.types import Probe
@@ -149,8 +150,15 @@ def label_key(p: Probe) -> int:
 #: matrix of its layer feeds, so that the query does not depend on any LoRA.
 FED_BY = {"out": ("in", "gate")}
 
-ROUTER_INPUTS = ("target", "residual")
-LR_SCHEDULES = ("step", "constant")
+
+class RouterInput(Choice):
+    target = "target"  # the input of the first mixture layer's query matrix (the reference)
+    residual = "residual"  # the first mixture layer's input (the residual stream)
+
+
+class LRSchedule(Choice):
+    step = "step"  # StepLR(lr_step, lr_gamma), fresh per edit (MELO's loop)
+    constant = "constant"
 
 
 class MixLoRALinear(LinearWrapper):
@@ -203,13 +211,12 @@ class ELDERConfig(EditorConfig):
     n_iter: int = MISSING
     lr: float = MISSING
     guided_weight: float = MISSING
-    seed: int = MISSING
-    early_stop_loss: float | None = MISSING
-    router_input: str = MISSING  # target | residual
-    lr_schedule: str = MISSING  # step | constant
+    seed: int = 0
+    early_stop_loss: float | None = None
+    router_input: RouterInput = MISSING
+    lr_schedule: LRSchedule = MISSING
     lr_step: int = MISSING
     lr_gamma: float = MISSING
-    num_iter: int | None = None  # old name of n_iter
 
 
 @register("elder")
@@ -223,6 +230,7 @@ class ELDER(Editor):
 
     @classmethod
     def preflight(cls, cfg, arch) -> None:
+        cfg = typed_config(cls, cfg)
         super().preflight(cfg, arch)
         cls._query_role(cfg)
         cls._check_schedule(cfg)
@@ -231,21 +239,16 @@ class ELDER(Editor):
 
     @staticmethod
     def _check_schedule(cfg) -> None:
-        if str(cfg.lr_schedule) not in LR_SCHEDULES:
-            raise ValueError(f"editor.lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
-        if str(cfg.lr_schedule) == "step" and (int(cfg.lr_step) < 1 or not float(cfg.lr_gamma) > 0):
+        if cfg.lr_schedule == LRSchedule.step and (cfg.lr_step < 1 or not cfg.lr_gamma > 0):
             raise ValueError("editor.lr_schedule=step needs editor.lr_step >= 1 and editor.lr_gamma > 0")
 
     @staticmethod
     def _query_role(cfg) -> str | None:
         """The wrapped role whose input the routers read (``router_input=target``): the first of ``roles``
         that no other wrapped role of the layer feeds (:data:`FED_BY`); None for ``router_input=residual``."""
-        mode = str(cfg.router_input)
-        if mode not in ROUTER_INPUTS:
-            raise ValueError(f"editor.router_input: expected one of {', '.join(ROUTER_INPUTS)}, got {mode!r}")
-        if mode == "residual":
+        if cfg.router_input == RouterInput.residual:
             return None
-        roles = [str(r) for r in cfg.roles]
+        roles = list(cfg.roles)
         for r in roles:
             if not set(FED_BY.get(r, ())) & set(roles):
                 return r
@@ -255,7 +258,7 @@ class ELDER(Editor):
     def _mixture_layers(cfg, bb) -> list[int]:
         """``num_layers`` consecutive layers from ``first_layer`` (``bb``: a backbone or its Arch)."""
         first = bb.layer_index(cfg.first_layer, "editor.first_layer")  # int index or relative depth
-        n = int(cfg.num_layers)
+        n = cfg.num_layers
         if n < 1 or first + n > bb.num_layers:
             raise IndexError(
                 f"ELDER: editor.first_layer={cfg.first_layer} (layer {first}) + editor.num_layers={n} exceeds "
@@ -263,17 +266,17 @@ class ELDER(Editor):
             )
         return list(range(first, first + n))
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
-        self.num_experts = int(cfg.num_loras)
-        self.top_k = int(cfg.top_k)
-        self.rank = int(cfg.rank)
+        self.num_experts = cfg.num_loras
+        self.top_k = cfg.top_k
+        self.rank = cfg.rank
         if not 1 <= self.top_k <= self.num_experts or self.rank < 1:
             raise ValueError("editor: need 1 <= top_k <= num_loras and rank >= 1")
-        self.scale = float(cfg.lora_alpha) / self.rank
-        self.threshold = float(cfg.threshold)
+        self.scale = cfg.lora_alpha / self.rank
+        self.threshold = cfg.threshold
         self.layers = self._mixture_layers(cfg, backbone)
-        roles = [str(r) for r in cfg.roles]
+        roles = list(cfg.roles)
         if not roles:
             raise ValueError("editor.roles selects no FFN matrix")
         self.targets = [(slot, i, r) for slot, i in enumerate(self.layers) for r in roles]
@@ -289,7 +292,7 @@ class ELDER(Editor):
         # target: the reference's SEQ_REPR, width = that matrix's in_features) or of the whole decoder
         # layer (residual: the residual stream, width d)
         self._check_schedule(cfg)
-        self.router_input = str(cfg.router_input)
+        self.router_input = cfg.router_input
         role = self._query_role(cfg)
         self.query_target = None if role is None else self.targets.index((0, self.layers[0], role))
         if self.query_target is None:
@@ -326,7 +329,7 @@ class ELDER(Editor):
     def _init_params(self) -> None:
         """Routers as nn.Linear's default init; LoRA A kaiming-uniform(a=sqrt 5) on [in, r] (bound
         1/sqrt(r)), B zero, as PEFT/the reference."""
-        g = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        g = torch.Generator().manual_seed(self.cfg.seed)
         d = self.router_w.shape[-1]
         bound = 1.0 / math.sqrt(d)
         self.router_w.copy_((torch.rand(self.router_w.shape, generator=g) * 2 - 1) * bound)
@@ -436,7 +439,7 @@ class ELDER(Editor):
         if hit.numel():
             return self.presets[int(hit[0, 0])]
         n = self.presets.shape[0]
-        g = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)) * 1_000_003 + n)
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + n)
         L, E, k = len(self.layers), self.num_experts, self.top_k
         space = math.comb(E, k) ** L
         seen = {tuple(p.flatten().tolist()) for p in self.presets}
@@ -450,25 +453,21 @@ class ELDER(Editor):
         return p
 
     # ----- editing ----------------------------------------------------------------------------------
-    def edit(self, request: Probe) -> dict:
-        return self.edit_batch([request])
+    def _edit(self, request: Probe) -> dict:
+        return self._edit_batch([request])
 
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+    def _edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
-        self.attach()
         batch = self.backbone.prepare(requests)
         presets = torch.stack([self._preset_for(r) for r in requests])  # [B, L, k]
         params = self._params()
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
+        opt = torch.optim.Adam(params, lr=self.cfg.lr)
         sched = None  # lr_schedule=constant
-        if str(self.cfg.lr_schedule) == "step":  # MELO's LORA.edit: StepLR after every step, fresh per edit
-            sched = torch.optim.lr_scheduler.StepLR(
-                opt, step_size=int(self.cfg.lr_step), gamma=float(self.cfg.lr_gamma)
-            )
-        lam = float(self.cfg.guided_weight)
-        stop = self.cfg.get("early_stop_loss")
+        if self.cfg.lr_schedule == LRSchedule.step:  # MELO's LORA.edit: StepLR after every step, fresh per edit
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.cfg.lr_step, gamma=self.cfg.lr_gamma)
+        lam = self.cfg.guided_weight
         self._editing, self._train_presets = True, presets
         self.last = {}
         try:
@@ -488,7 +487,7 @@ class ELDER(Editor):
                 forward,
                 optimizer_update(opt, sched),
                 monitor="ce",
-                stop_below=None if stop is None else float(stop),
+                stop_below=self.cfg.early_stop_loss,
             )
         finally:
             self._editing, self._train_presets, self._guided = False, None, None
@@ -553,7 +552,7 @@ class ELDER(Editor):
         return s
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.router_w.copy_(state["router.w"])
         self.router_b.copy_(state["router.b"])
         for k, (A, B) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
@@ -563,7 +562,6 @@ class ELDER(Editor):
         self.presets = state["presets"].to(self.device, torch.long).clone()
         self.preset_keys = state["preset_keys"].to(torch.long).clone()
         self.n_edits = int(state["n_edits"])
-        self.attach()
 
     def memory_bytes(self) -> int:
         """LoRAs + routers (allocated up front, fixed size) + stored allocation codes and presets."""

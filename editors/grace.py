@@ -73,7 +73,8 @@ from typing import Any
 import torch
 from omegaconf import MISSING
 
-from bench.core.editor import Editor, EditorConfig, grow_rows
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Choice, Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, as_sequence, module_device
 from bench.core.optim import loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -83,10 +84,29 @@ from .registry import register
 
 log = logging.getLogger(__name__)
 
-REPLACEMENTS = ("replace_last", "replace_all", "replace_prompt", "replace_from_key")
-VAL_INITS = ("cold", "warm")
-EPS_EXPANDS = ("coverage", "moving_average")
-MODULES = ("ffn", "layer")
+
+class Module(Choice):
+    ffn = "ffn"  # backbone.ffn(layer, role)
+    layer = "layer"  # the whole decoder layer
+
+
+class Replacement(Choice):
+    replace_last = "replace_last"
+    replace_all = "replace_all"
+    replace_prompt = "replace_prompt"
+    replace_from_key = "replace_from_key"
+
+
+class ValInit(Choice):
+    cold = "cold"
+    warm = "warm"
+
+
+class EpsExpand(Choice):
+    coverage = "coverage"
+    moving_average = "moving_average"
+
+
 #: the reference's margin when splitting radii (old key's radius d/2 - 1e-5)
 SPLIT_MARGIN = 1e-5
 
@@ -97,18 +117,17 @@ class _Captured(Exception):
 
 @dataclass
 class GRACEConfig(EditorConfig):
-    module: str = MISSING
+    module: Module = MISSING
     role: str = MISSING
     layer: Any = MISSING  # int index or relative depth in [0, 1)
     eps_init: float = MISSING
     n_iter: int = MISSING
     lr: float = MISSING
-    replacement: str = MISSING
-    val_init: str = MISSING
-    seed: int = MISSING
-    eps_expand: str = MISSING
-    early_stop_loss: float | None = MISSING
-    edit_lr: float | None = None  # old name of lr
+    replacement: Replacement = MISSING
+    val_init: ValInit = MISSING
+    seed: int = 0
+    eps_expand: EpsExpand = MISSING
+    early_stop_loss: float | None = None
 
 
 @register("grace")
@@ -120,35 +139,29 @@ class GRACE(Editor):
     latency_fill = "keys/values/eps/labels: the real entries repeated, keys + N(0, 0.01 std) noise"
     layer_keys = ("layer",)
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
-        for field, allowed in (
-            ("replacement", REPLACEMENTS),
-            ("val_init", VAL_INITS),
-            ("eps_expand", EPS_EXPANDS),
-            ("module", MODULES),
-        ):
-            if cfg[field] not in allowed:
-                raise ValueError(f"editor.{field}: {cfg[field]!r} is not one of {', '.join(allowed)}")
-        self.eps_init = float(cfg.eps_init)
+        self.eps_init = cfg.eps_init
         if self.eps_init < 0:
             raise ValueError(f"editor.eps_init must be >= 0, got {self.eps_init}")
-        self.replacement = str(cfg.replacement)
+        self.replacement = cfg.replacement
         layer = backbone.layer_index(cfg.layer, "editor.layer")  # int index or relative depth
         self.layer_index = backbone.layer_index(layer)
-        self.module = backbone.ffn(layer, str(cfg.role)) if cfg.module == "ffn" else backbone.layer(layer)
+        self.module = backbone.ffn(layer, cfg.role) if cfg.module == Module.ffn else backbone.layer(layer)
         self._index = NearestIndex()  # cached key norms for the matmul screen of the lookup
         self._gen = torch.Generator()  # cold values (CPU: the same draws on every device)
         self._empty()
         self._train: tuple[int, torch.Tensor] | None = None  # (row, live value) while an edit trains
         self._capture: dict | None = None  # set while reading an edit's query
         self._warned = False
-        self.attach()  # the codebook hook acts from the start (an empty codebook changes nothing)
+        # the codebook hook is in from the start (an empty codebook changes nothing): route() reads
+        # queries through it before any edit
+        self.attach()
 
     # ----- codebook storage ----------------------------------------------------------------
     def _empty(self) -> None:
         self._index.clear()
-        self._gen.manual_seed(int(self.cfg.get("seed", 0)))
+        self._gen.manual_seed(self.cfg.seed)
         dev = module_device(self.module)
         self.keys = torch.zeros(0, 0, dtype=STATE_DTYPE, device=dev)
         self.values = torch.zeros(0, 0, dtype=STATE_DTYPE, device=dev)
@@ -230,10 +243,10 @@ class GRACE(Editor):
         k = kpos[:, None]
         length = ctx.lengths.to(x.device)[:, None]
         where = {
-            "replace_last": lambda: ar == k,
-            "replace_all": lambda: ar < length,
-            "replace_prompt": lambda: ar < k,
-            "replace_from_key": lambda: (ar >= k) & (ar < length),
+            Replacement.replace_last: lambda: ar == k,
+            Replacement.replace_all: lambda: ar < length,
+            Replacement.replace_prompt: lambda: ar < k,
+            Replacement.replace_from_key: lambda: (ar >= k) & (ar < length),
         }[self.replacement]()
         mask = (where & hit[:, None])[..., None]
         new = torch.where(mask, vals[:, None, :].to(out.dtype), out).reshape(out0.shape)
@@ -271,7 +284,7 @@ class GRACE(Editor):
     # ----- editing ---------------------------------------------------------------------------
     def _update_codebook(self, query: torch.Tensor, out: torch.Tensor, target: list[int]) -> tuple[int, str]:
         """Add / expand / split (GRACE's rules); returns (row to train, action)."""
-        if self.cfg.val_init == "warm":
+        if self.cfg.val_init == ValInit.warm:
             value = out.clone()
         else:  # reference "cold": torch.rand, uniform on [0, 1)
             value = torch.rand(out.shape, generator=self._gen).to(out.device)
@@ -291,14 +304,13 @@ class GRACE(Editor):
             self.eps[j] = d / 2 - SPLIT_MARGIN
             return row, "split"
         if d > float(self.eps[j]):
-            if self.cfg.eps_expand == "moving_average":
+            if self.cfg.eps_expand == EpsExpand.moving_average:
                 self.keys[j] = 0.5 * self.keys[j] + 0.5 * query
             self.eps[j] = d
             return j, "expand"
         return j, "within"
 
-    def edit(self, request: Probe) -> dict:
-        self.attach()
+    def _edit(self, request: Probe) -> dict:
         batch = self.backbone.prepare([request])
         target = list(batch.target_ids[0])
         # the layers below the codebook's are frozen: run them once, every step starts at our layer
@@ -307,8 +319,7 @@ class GRACE(Editor):
         query, out = queries[0], outs[0]
         row, action = self._update_codebook(query, out, target)
         live = self.values[row].detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([live], lr=float(self.cfg.lr))
-        stop = self.cfg.get("early_stop_loss")
+        opt = torch.optim.Adam([live], lr=self.cfg.lr)
         self._train = (row, live)
         try:
             with torch.enable_grad():
@@ -316,7 +327,7 @@ class GRACE(Editor):
                     self.cfg.n_iter,
                     loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
                     optimizer_update(opt),
-                    stop_below=None if stop is None else float(stop),
+                    stop_below=self.cfg.early_stop_loss,
                 )
         finally:
             self._train = None
@@ -346,7 +357,7 @@ class GRACE(Editor):
             "rng": self._gen.get_state(),
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"keys", "values", "eps", "labels"} - set(state)
         if missing:
             raise KeyError(f"grace state_dict lacks {sorted(missing)}")

@@ -97,15 +97,17 @@ cast to float32 for routing and the residual, and the edited output back to ``mo
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from omegaconf import MISSING
 
-from bench.core.editor import Editor, EditorConfig, grow_rows
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Editor, EditorConfig, grow_rows, typed_config
 from bench.core.inject import STATE_DTYPE, module_device
 from bench.core.types import Batch, Prefix, Probe
 
@@ -119,6 +121,8 @@ from .liveedit_nets import (  # noqa: F401 - the networks and checkpoint files, 
     ExpertGenerator,
     FeatureExtractor,
     LiveEditNet,
+    TokenInit,
+    TrainForward,
     _Captured,
     build_net,
     checkpoint_files,
@@ -139,7 +143,7 @@ class LiveEditTrainConfig:
     epochs: int = MISSING
     max_steps: int | None = MISSING
     batch_size: int = MISSING
-    token_init: str = MISSING
+    token_init: TokenInit = MISSING
     lr: float = MISSING
     lr_cut_it: list[int] = MISSING
     lr_cut_rate: float = MISSING
@@ -157,21 +161,21 @@ class LiveEditTrainConfig:
     routing_warmup_batch_size: int | None = MISSING
     routing_warmup_lr: float | None = MISSING
     routing_warmup_max_gb: float = MISSING
-    forward: str = MISSING  # reference | inference (editors.liveedit_train.step_losses)
+    forward: TrainForward = MISSING
 
 
 @dataclass
 class LiveEditConfig(EditorConfig):
-    checkpoint: str | None = MISSING
-    hard_routing: bool = MISSING
-    soft_routing: bool = MISSING
+    checkpoint: str | None = None  # required at edit time (a bench.train folder or its .safetensors)
+    hard_routing: bool = True
+    soft_routing: bool = True
     layer: Any = MISSING  # int index or relative depth in [0, 1)
     module_dim: int = MISSING
     heads: int = MISSING
     n_query: int = MISSING
     rank: int = MISSING
     lora_scale: float = MISSING
-    sentinel_tokens: int | None = MISSING
+    sentinel_tokens: int | None = None  # None: the backbone's image-token count
     train: LiveEditTrainConfig = field(default_factory=LiveEditTrainConfig)
 
 
@@ -187,25 +191,26 @@ class LiveEdit(Editor):
     def preflight(cls, cfg, arch) -> None:
         """The checkpoint exists, was written by ``bench.train`` and fits the model (name, hidden size,
         layer), all from its metadata and the model config: before the backbone loads."""
+        cfg = typed_config(cls, cfg)
         cls._checked_meta(cfg, arch, read_checkpoint_meta(cls._checkpoint(cfg, arch.name if arch else None)))
 
     @staticmethod
     def _checkpoint(cfg, model: str | None) -> str:
-        ckpt = cfg.get("checkpoint")
+        ckpt = cfg.checkpoint
         if not ckpt:
             raise ValueError(
                 "editor.checkpoint: LiveEdit needs a trained expert generator. Train one with "
                 f"`python -m bench.train +editor=liveedit +model={model or '<model>'} data=<dataset>` and pass "
                 "editor.checkpoint=<its folder or .safetensors file>"
             )
-        return str(ckpt)
+        return ckpt
 
     @staticmethod
     def _checked_meta(cfg, bb, meta: dict) -> dict:
         """``meta`` when it fits ``bb`` (a backbone or its Arch; None: nothing to compare)."""
         if bb is None:
             return meta
-        ckpt = cfg.get("checkpoint")
+        ckpt = cfg.checkpoint
         if meta.get("backbone") != bb.name or int(meta.get("hidden_size", -1)) != bb.hidden_size:
             raise ValueError(
                 f"editor.checkpoint: {ckpt} was trained for backbone {meta.get('backbone')!r} "
@@ -217,7 +222,7 @@ class LiveEdit(Editor):
             raise ValueError(f"editor.checkpoint: layer {meta['layer']} does not exist in {bb.name}")
         return meta
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
         ckpt = self._checkpoint(cfg, backbone.name)
         state, meta = load_checkpoint(ckpt)
@@ -228,7 +233,7 @@ class LiveEdit(Editor):
         self._setup(net, meta)
 
     @classmethod
-    def with_net(cls, backbone, cfg, net: LiveEditNet, meta: dict) -> LiveEdit:
+    def with_net(cls, backbone: EditableBackbone, cfg, net: LiveEditNet, meta: dict) -> LiveEdit:
         """An editor around a given (e.g. training) network, without a checkpoint file."""
         obj = cls.__new__(cls)
         Editor.__init__(obj, backbone, cfg)
@@ -241,13 +246,15 @@ class LiveEdit(Editor):
         self.layer_idx = int(meta["layer"])
         self.device = module_device(backbone.layer(self.layer_idx))  # not backbone.device (device_map=auto)
         self.net = net
-        self.hard = bool(cfg.get("hard_routing", True))
-        self.soft = bool(cfg.get("soft_routing", True))
+        self.hard = cfg.hard_routing
+        self.soft = cfg.soft_routing
         self._capture: dict | None = None
-        self._train_fn = None  # set by the trainer: h -> residual-added h
+        self._train_fn = None  # h -> residual-added h while the trainer's forward runs (:meth:`training_residual`)
         self._warned = False
         self._clear()
-        self.attach()  # the expert hook acts from the start (no experts: layer l_e's output unchanged)
+        # the expert hook is in from the start (no experts: layer l_e's output unchanged): layer_reps()
+        # and the trainer's forwards (training_residual) read and change layer l_e through it, with no edit
+        self.attach()
 
     @staticmethod
     def train_offline(backbone, cfg, train_set, out_dir, tracker, resume: bool = False, progress: bool = True) -> dict:
@@ -284,7 +291,7 @@ class LiveEdit(Editor):
             "n_edits": torch.tensor([self.n_edits], dtype=torch.long),
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"psi", "phi", "U", "V"} - set(state)
         if missing:
             raise KeyError(f"LiveEdit state_dict lacks {sorted(missing)}")
@@ -304,9 +311,10 @@ class LiveEdit(Editor):
     def build_for_timing(cls, backbone, cfg, requests, seed, random_init=False):
         """Without a checkpoint on a random-init backbone (``model.random_init``): an untrained generator
         of the configured architecture (timing and memory only)."""
-        if cfg.get("checkpoint") or not random_init:
+        cfg = typed_config(cls, cfg)
+        if cfg.checkpoint or not random_init:
             return cls(backbone, cfg), None
-        arch = {k: cfg.get(k) for k in ARCH_KEYS}
+        arch = {k: cfg[k] for k in ARCH_KEYS}
         img = next((r for r in requests if r.image is not None), None)
         if img is None:
             raise ValueError("LiveEdit needs image edits")
@@ -329,6 +337,16 @@ class LiveEdit(Editor):
     def on_attach(self, at) -> None:
         at.forward_hook(self.backbone.layer(self.layer_idx), self._hook)
 
+    @contextlib.contextmanager
+    def training_residual(self, fn) -> Iterator[None]:
+        """While the ``with`` block runs, layer l_e's output ``h`` becomes ``fn(h)`` (the training stage's
+        edited forward, :mod:`editors.liveedit_train`) instead of the stored experts' residual."""
+        self._train_fn = fn
+        try:
+            yield
+        finally:
+            self._train_fn = None
+
     # ----- reps at layer l_e ------------------------------------------------------------------------
     @torch.no_grad()
     def layer_reps(self, batch: Batch, full: bool = False, prefix: bool = False):
@@ -349,11 +367,11 @@ class LiveEdit(Editor):
         return got
 
     # ----- editing ------------------------------------------------------------------------------------
-    def edit(self, request: Probe) -> dict:
-        return self.edit_batch([request])
+    def _edit(self, request: Probe) -> dict:
+        return self._edit_batch([request])
 
     @torch.no_grad()
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+    def _edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
         for r in requests:
             if r.image is None:

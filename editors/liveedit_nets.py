@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Choice
 from bench.core.errors import UserError
 from bench.core.inject import STATE_DTYPE, module_device
 from bench.core.types import Batch
@@ -51,14 +53,29 @@ class CrossAttention(nn.Module):
         return torch.einsum("nhqk,nkhd->nqhd", a, vh).reshape(N, Lq, -1)
 
 
-#: how learned tokens (query tokens, vision sentinel, expert-generator tokens) start: ``editor.train.token_init``
-TOKEN_INITS = ("kaiming_normal", "standard_normal")
+class TokenInit(Choice):
+    """How learned tokens (query tokens, vision sentinel, expert-generator tokens) start:
+    ``editor.train.token_init`` (:func:`learned_tokens`)."""
+
+    kaiming_normal = "kaiming_normal"
+    standard_normal = "standard_normal"
+
+
+TOKEN_INITS = tuple(m.value for m in TokenInit)
+
+
+class TrainForward(Choice):
+    """The forward of the training losses: ``editor.train.forward`` (``editors.liveedit_train.step_losses``)."""
+
+    reference = "reference"
+    inference = "inference"
 
 
 def learned_tokens(shape: tuple[int, ...], init: str) -> nn.Parameter:
     """A learned-token tensor ``[1, n, d]``. ``kaiming_normal`` (the reference: ``nn.init.kaiming_normal_``
     with its defaults, fan_in = n * d for this shape, gain sqrt(2)): N(0, 2 / (n d)); ``standard_normal``:
-    N(0, 1), the harness's init before issue 10 (the shipped smol_llava checkpoint was trained from it)."""
+    N(0, 1), the harness's earlier init, before the round that set every editor as its paper specifies
+    it (the shipped smol_llava checkpoint was trained from it)."""
     if init == "kaiming_normal":
         t = torch.empty(shape)
         nn.init.kaiming_normal_(t)
@@ -298,7 +315,7 @@ def save_checkpoint(net: LiveEditNet, meta: dict, out_dir: Path, config: dict) -
 
 
 # ----- network construction ----------------------------------------------------------------------
-def build_net(backbone, arch: dict, token_init: str = "kaiming_normal") -> LiveEditNet:
+def build_net(backbone: EditableBackbone, arch: dict, token_init: str = "kaiming_normal") -> LiveEditNet:
     """The network of ``arch`` in float32 on the device of layer ``arch["layer"]`` (default: the
     backbone's first device); ``token_init`` only matters when training from scratch (a checkpoint
     overwrites every parameter)."""

@@ -51,12 +51,18 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
+from bench.core.backbone import EditableBackbone
+
 if TYPE_CHECKING:  # the editor calls this module (LiveEdit.train_offline); annotations only
     from .liveedit import LiveEdit
 
+from bench.core.editor import typed_config
+
 from .liveedit_nets import (
+    ARCH_KEYS,
     TRAINER_FILE,
     WEIGHTS_FILE,
+    TrainForward,
     build_net,
     load_checkpoint,
     resolve_layer,
@@ -110,7 +116,7 @@ def routing_losses(
     return out
 
 
-FORWARDS = ("reference", "inference")
+FORWARDS = tuple(m.value for m in TrainForward)
 
 
 def _per_sample(v: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -160,17 +166,11 @@ def step_losses(
     # 3. edited forward
     if forward == "reference":
         dh = net.residual(h, U, V, c)
-        ed._train_fn = lambda hh: hh + dh.to(hh.dtype)
-        try:
+        with ed.training_residual(lambda hh: hh + dh.to(hh.dtype)):
             logits = bb.label_logits(batch, again, rows, pos)
-        finally:
-            ed._train_fn = None
     else:
-        ed._train_fn = lambda hh: hh + net.residual(hh.float(), U, V, c).to(hh.dtype)
-        try:
+        with ed.training_residual(lambda hh: hh + net.residual(hh.float(), U, V, c).to(hh.dtype)):
             logits = bb.forward(batch).logits[rows, pos]
-        finally:
-            ed._train_fn = None
     # losses averaged over each sample's target tokens, then over the samples (the reference's
     # label_loss(..., True) / logit_KL_loss(..., True) summed over the batch and divided by its size)
     lp = torch.log_softmax(logits.float(), -1)
@@ -240,11 +240,11 @@ def routing_warmup(
     from tqdm.auto import tqdm
 
     net = ed.net
-    B = int(tc.get("routing_warmup_batch_size") or tc.batch_size)
+    B = tc.routing_warmup_batch_size or tc.batch_size
     if B > len(train):
         raise ValueError(f"editor.train.routing_warmup_batch_size={B} but the train split has {len(train)} records")
     t0 = time.time()
-    reps, vis, query = cache_routing_reps(ed, train, int(tc.batch_size) * 4, float(tc.routing_warmup_max_gb), progress)
+    reps, vis, query = cache_routing_reps(ed, train, tc.batch_size * 4, tc.routing_warmup_max_gb, progress)
     log.info(
         "routing warm-up: cached %d x 4 samples (%d tokens each, %.0f MB) in %.1f s",
         reps.shape[1],
@@ -253,8 +253,8 @@ def routing_warmup(
         time.time() - t0,
     )
     params = [p for n, p in net.named_parameters() if n.startswith(("edit_ext.", "inpt_ext."))]
-    opt = torch.optim.Adam(params, lr=float(tc.get("routing_warmup_lr") or tc.lr))
-    seed, every = int(tc.seed), max(1, int(tc.log_every)) * 10
+    opt = torch.optim.Adam(params, lr=tc.routing_warmup_lr or tc.lr)
+    seed, every = tc.seed, max(1, tc.log_every) * 10
     last, acc = {}, []
     for step in tqdm(range(start + 1, start + steps + 1), desc="routing warm-up", disable=not progress):
         rng = np.random.default_rng([seed, 1, step])
@@ -298,28 +298,23 @@ def image_tokens(backbone, train) -> int:
 
 def total_steps(tc, n_train: int) -> int:
     """Joint training steps: ``epochs * ceil(n_train / batch_size)``, capped by ``max_steps`` (module doc)."""
-    if "steps" in tc:
-        raise ValueError(
-            "editor.train.steps was replaced by editor.train.epochs (the reference's unit) and "
-            "editor.train.max_steps (a cap; null = none)"
-        )
-    B = int(tc.batch_size)
+    B = tc.batch_size
     if B < 1:
         raise ValueError(f"editor.train.batch_size: {B} < 1")
-    epochs, cap = tc.get("epochs"), tc.get("max_steps")
+    epochs, cap = tc.epochs, tc.max_steps
     if epochs is None and cap is None:
         raise ValueError("editor.train.epochs and editor.train.max_steps are both null: set at least one")
     for key, v in (("epochs", epochs), ("max_steps", cap)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
             raise ValueError(f"editor.train.{key}: expected an integer >= 0 or null, got {v!r}")
     per_epoch = -(-n_train // B)
-    steps = int(epochs) * per_epoch if epochs is not None else int(cap)
-    return min(steps, int(cap)) if cap is not None else steps
+    steps = epochs * per_epoch if epochs is not None else cap
+    return min(steps, cap) if cap is not None else steps
 
 
 def train(
     editor_cls: type[LiveEdit],
-    backbone,
+    backbone: EditableBackbone,
     cfg,
     train_set,
     out_dir: Path,
@@ -331,26 +326,24 @@ def train(
     returns the final log entry."""
     from tqdm.auto import tqdm
 
-    ecfg, tc = cfg.editor, cfg.editor.train
-    steps, B, seed = total_steps(tc, len(train_set)), int(tc.batch_size), int(tc.seed)
-    forward = str(tc.forward)
-    if forward not in FORWARDS:
-        raise ValueError(f"editor.train.forward: {forward!r} is not one of {list(FORWARDS)}")
+    ecfg = typed_config(editor_cls, cfg.editor)
+    tc = ecfg.train
+    steps, B, seed, forward = total_steps(tc, len(train_set)), tc.batch_size, tc.seed, tc.forward
     if B < 2:
         raise ValueError("editor.train.batch_size: the routing contrasts need at least 2 records per batch")
     if B > len(train_set):
         raise ValueError(f"editor.train.batch_size={B} but the train split has only {len(train_set)} records")
     log.info(
         "training length: %s epochs x %d steps/epoch (%d records, batch %d), max_steps %s -> %d steps",
-        tc.get("epochs"),
+        tc.epochs,
         -(-len(train_set) // B),
         len(train_set),
         B,
-        tc.get("max_steps"),
+        tc.max_steps,
         steps,
     )
     out_dir = Path(out_dir)
-    arch = {k: ecfg.get(k) for k in ("module_dim", "heads", "n_query", "rank", "lora_scale", "sentinel_tokens")}
+    arch = {k: ecfg[k] for k in ARCH_KEYS}
     arch["sentinel_tokens"] = int(arch["sentinel_tokens"] or image_tokens(backbone, train_set))
     meta = {
         **arch,
@@ -358,12 +351,12 @@ def train(
         "backbone": backbone.name,
         "hidden_size": backbone.hidden_size,
         "num_layers": backbone.num_layers,
-        "data": str(cfg.data.name),
+        "data": cfg.data.name,
     }
     torch.manual_seed(seed)
-    net = build_net(backbone, arch, str(tc.token_init)).float()  # token_init: fresh training only (resume loads)
-    opt = torch.optim.Adam(net.parameters(), lr=float(tc.lr))
-    cuts, rate = [int(v) for v in tc.lr_cut_it], float(tc.lr_cut_rate)
+    net = build_net(backbone, arch, tc.token_init).float()  # token_init: fresh training only (resume loads)
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
+    cuts, rate = list(tc.lr_cut_it), tc.lr_cut_rate
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: rate ** sum(s > c for c in cuts))
     step, warmed = 0, 0
     if (out_dir / WEIGHTS_FILE).exists():
@@ -393,17 +386,17 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     ed = editor_cls.with_net(backbone, ecfg, net, meta)
     lam = {
-        "rel": float(tc.rel_lambda),
-        "gen": float(tc.gen_lambda),
-        "loc": float(tc.loc_lambda),
-        "soft": float(tc.soft_routing_lambda),
-        "hard": float(tc.hard_routing_lambda),
+        "rel": tc.rel_lambda,
+        "gen": tc.gen_lambda,
+        "loc": tc.loc_lambda,
+        "soft": tc.soft_routing_lambda,
+        "hard": tc.hard_routing_lambda,
     }
-    config = OmegaConf.to_container(cfg, resolve=True)
-    log_every, save_every = max(1, int(tc.log_every)), max(1, int(tc.save_every))
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    log_every, save_every = max(1, tc.log_every), max(1, tc.save_every)
     meta["routing_warmup_steps"] = warmed
     meta["train_forward"] = forward
-    warm_steps = int(tc.get("routing_warmup_steps") or 0)
+    warm_steps = tc.routing_warmup_steps
     if warm_steps > warmed and step > 0:
         raise ValueError(
             f"editor.train.routing_warmup_steps={warm_steps}: the routing warm-up runs before the joint training, "
@@ -426,7 +419,7 @@ def train(
             },
             out_dir / TRAINER_FILE,
         )
-    max_s = float(tc.max_minutes) * 60 if tc.get("max_minutes") else None
+    max_s = tc.max_minutes * 60 if tc.max_minutes else None
     t0, last, ema = time.time(), {}, None
 
     def save(entry: dict) -> None:

@@ -82,6 +82,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
+from bench.core.backbone import EditableBackbone
 from bench.core.editor import Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import Steps, loss_forward, optimizer_update, run_steps
@@ -284,14 +285,13 @@ class MELOConfig(EditorConfig):
     num_block: int = MISSING
     num_edit_per_block: int = MISSING
     rank_per_block: int = MISSING
-    lora_alpha: float | None = MISSING
+    lora_alpha: float | None = None  # None: the total rank (scaling 1)
     n_iter: int = MISSING
     lr: float = MISSING
     lr_step: int = MISSING
     lr_gamma: float = MISSING
-    seed: int = MISSING
-    early_stop_loss: float | None = MISSING
-    num_iter: int | None = None  # old name of n_iter
+    seed: int = 0
+    early_stop_loss: float | None = None
 
 
 @register("melo")
@@ -303,17 +303,17 @@ class MELO(Editor):
     latency_fill = "one cluster per edit: the real keys repeated + noise, real radii/labels/blocks; LoRA pool as edited"
     layer_keys = ("key_layer", "lora_layers")
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
-        self.num_block = int(cfg.num_block)
-        self.rank_per_block = int(cfg.rank_per_block)
+        self.num_block = cfg.num_block
+        self.rank_per_block = cfg.rank_per_block
         if self.num_block < 1 or self.rank_per_block < 1:
             raise ValueError("editor.num_block and editor.rank_per_block must be >= 1")
-        self.per_block = int(cfg.num_edit_per_block)
+        self.per_block = cfg.num_edit_per_block
         if self.per_block < 1:
             raise ValueError(f"editor.num_edit_per_block must be >= 1, got {self.per_block}")
         self.rank = self.num_block * self.rank_per_block
-        lora_alpha = self.rank if cfg.get("lora_alpha") is None else float(cfg.lora_alpha)
+        lora_alpha = self.rank if cfg.lora_alpha is None else cfg.lora_alpha
         # reference: scaling lora_alpha / r, times sqrt(r / rank_per_block) on each of A and B
         self.scale = (lora_alpha / self.rank) * (self.rank / self.rank_per_block)
         try:
@@ -329,8 +329,8 @@ class MELO(Editor):
                 f"editor.key_layer={cfg.key_layer} / editor.lora_layers={list(cfg.lora_layers)}: {e}; "
                 "set them for this backbone (relative depths in [0, 1) fit every depth)"
             ) from e
-        self.key_role = str(cfg.key_role)
-        roles = [str(r) for r in cfg.lora_roles]
+        self.key_role = cfg.key_role
+        roles = list(cfg.lora_roles)
         self.targets = [(i, r) for i in lora_layers for r in roles]
         if not self.targets:
             raise ValueError("editor.lora_layers / editor.lora_roles select no FFN matrix")
@@ -352,7 +352,7 @@ class MELO(Editor):
         self.lora_B = [
             torch.zeros(self.rank, m.out_features, dtype=STATE_DTYPE, device=module_device(m)) for m in self.originals
         ]
-        self.db = VecDB(self.key_module.out_features, float(cfg.init_radius), module_device(self.key_module))
+        self.db = VecDB(self.key_module.out_features, cfg.init_radius, module_device(self.key_module))
         self.next_block = 0
         self.block_requests: list[Probe] = []  # the requests of the block being filled (next_block - 1)
         self._route: torch.Tensor | None = None
@@ -368,7 +368,7 @@ class MELO(Editor):
     @torch.no_grad()
     def _init_lora(self) -> None:
         """A: kaiming-uniform(a=sqrt 5) on the [in, R] tensor (bound 1/sqrt(R)), as PEFT/MELO; B: zero."""
-        g = torch.Generator().manual_seed(int(self.cfg.get("seed", 0)))
+        g = torch.Generator().manual_seed(self.cfg.seed)
         bound = 1.0 / math.sqrt(self.rank)
         for A, B in zip(self.lora_A, self.lora_B, strict=True):
             A.copy_((torch.rand(A.shape, generator=g) * 2 - 1) * bound)
@@ -408,8 +408,8 @@ class MELO(Editor):
             self._route = self.db.route(q)
 
     # ----- editing -----------------------------------------------------------------------------
-    def edit(self, request: Probe) -> dict:
-        return self.edit_batch([request])
+    def _edit(self, request: Probe) -> dict:
+        return self._edit_batch([request])
 
     def _insert(self, q: torch.Tensor, label: tuple[int, ...], block: int) -> tuple[str, float | None]:
         db = self.db
@@ -440,18 +440,16 @@ class MELO(Editor):
             )
         return self.next_block, []
 
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
+    def _edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
         block, earlier = self._place(len(requests))
-        self.attach()
         batch = self.backbone.prepare(earlier + requests)  # the block trains on every request it holds
         sl = slice(block * self.rank_per_block, (block + 1) * self.rank_per_block)
         live_A = [A[:, sl].clone().requires_grad_(True) for A in self.lora_A]
         live_B = [B[sl].clone().requires_grad_(True) for B in self.lora_B]
         params = live_A + live_B
-        opt = torch.optim.Adam(params, lr=float(self.cfg.lr))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(self.cfg.lr_step), gamma=float(self.cfg.lr_gamma))
-        stop = self.cfg.get("early_stop_loss")
+        opt = torch.optim.Adam(params, lr=self.cfg.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.cfg.lr_step, gamma=self.cfg.lr_gamma)
         actions: list[str] = []
         dists: list[float] = []
         res = Steps()  # no step ran (n_iter 0): loss None
@@ -474,7 +472,7 @@ class MELO(Editor):
                 self.cfg.n_iter,
                 loss_forward(lambda: self.backbone.target_loss(batch, h=prefix)),
                 optimizer_update(opt, sched),
-                stop_below=None if stop is None else float(stop),
+                stop_below=self.cfg.early_stop_loss,
             )
         finally:
             self._force_block = None
@@ -541,7 +539,7 @@ class MELO(Editor):
         return s
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k, (A, B) in enumerate(zip(self.lora_A, self.lora_B, strict=True)):
             A.copy_(state[f"lora.{k}.A"])
             B.copy_(state[f"lora.{k}.B"])
@@ -549,7 +547,6 @@ class MELO(Editor):
         self.next_block = int(state["next_block"])
         self.block_requests = _decode_probes(state["block_requests"]) if "block_requests" in state else []
         self.n_edits = int(state["n_edits"])
-        self.attach()
 
     def memory_bytes(self) -> int:
         """LoRA factors of all blocks (allocated up front) + the vector database (the few held requests

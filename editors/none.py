@@ -15,12 +15,8 @@ class NoEdit(Editor):
     can_batch_edit = True
     display_order = 0
 
-    def edit(self, request: Probe) -> dict:
+    def _edit(self, request: Probe) -> dict:
         self.n_edits += 1
-        return {}
-
-    def edit_batch(self, requests) -> dict:
-        self.n_edits += len(requests)
         return {}
 
     def reset(self) -> None:
@@ -29,5 +25,5 @@ class NoEdit(Editor):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         return None

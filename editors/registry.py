@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from bench.core.editor import Editor
+from bench.core.editor import Editor, typed_config
 
 _REGISTRY: dict[str, type[Editor]] = {}
 
@@ -33,9 +33,8 @@ def get(name: str) -> type[Editor]:
 
 
 def build(cfg, backbone) -> Editor:
-    """Build the editor named by ``cfg.name`` with its hyperparameters ``cfg`` (DictConfig or dict)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    return get(str(cfg.name))(backbone, cfg)
+    """Build the editor named by ``cfg.name`` with its hyperparameters ``cfg`` (DictConfig or dict), applied to
+    its typed config first (:func:`bench.core.editor.typed_config`: old key names moved, every value of its
+    field's type; an unknown key or a wrong type is a ``UserError`` naming ``editor.<key>``)."""
+    cls = get(cfg["name"])
+    return cls(backbone, typed_config(cls, cfg))

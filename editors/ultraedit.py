@@ -47,13 +47,17 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from bench.core.editor import Editor, EditorConfig
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Choice, Editor, EditorConfig, WeightEditorMixin
 from bench.core.inject import STATE_DTYPE, MasterWeights, as_sequence, module_device
 from bench.core.types import Batch, Probe
 
 from .registry import register
 
-TOKENS = ("ans", "all")
+
+class Token(Choice):
+    ans = "ans"  # the positions whose logits predict a target token (the reference)
+    all = "all"  # every real token
 
 
 class RunningMeanStd:
@@ -138,31 +142,29 @@ def sub_batch(batch: Batch, rows: Sequence[int]) -> Batch:
 
 @dataclass
 class UltraEditConfig(EditorConfig):
-    modules: list[Any] = MISSING  # [{layer, role}, ...]
+    modules: list[Any] = MISSING  # [{role, first, last}, ...]: inclusive layer ranges per FFN role
     edit_batch_size: int = MISSING
     lr: float = MISSING
     ridge: float = MISSING
-    token: str = MISSING
+    token: Token = MISSING
     cache_batch_size: int = MISSING
     sort_by_length: bool = MISSING
     fp16_loss_scale: float = MISSING
 
 
 @register("ultraedit")
-class UltraEdit(Editor):
+class UltraEdit(WeightEditorMixin, Editor):
     Config = UltraEditConfig
     can_batch_edit = True  # one closed-form shift per batch of edits (the reference edits 100 at once)
     display_order = 60
     finite_stats = ("loss", "shift_norm")  # the run stops when either is NaN/inf
     layer_keys = ("modules.first", "modules.last")
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
-        if str(cfg.token) not in TOKENS:
-            raise ValueError(f"editor.token: {cfg.token!r} is not one of {TOKENS}")
-        if int(cfg.cache_batch_size) < 1:
+        if cfg.cache_batch_size < 1:
             raise ValueError(f"editor.cache_batch_size: need >= 1, got {cfg.cache_batch_size}")
-        self.lr, self.ridge = float(cfg.lr), float(cfg.ridge)
+        self.lr, self.ridge = cfg.lr, cfg.ridge
         self.names: list[str] = []
         self.modules: list[nn.Linear] = []
         for group in cfg.modules:
@@ -188,7 +190,6 @@ class UltraEdit(Editor):
             if not isinstance(m, nn.Linear):
                 raise TypeError(f"UltraEdit edits nn.Linear FFN matrices, got {type(m).__name__}")
         self.masters = MasterWeights({n + ".weight": m.weight for n, m in zip(self.names, self.modules, strict=True)})
-        self.attach()
         # one normaliser per (in, out) shape, shared by the matrices of that shape (reference)
         self.shapes = [(m.in_features, m.out_features) for m in self.modules]
         self.norms = self._new_norms(dict.fromkeys(self.shapes))
@@ -200,7 +201,7 @@ class UltraEdit(Editor):
 
     # ----- editing ------------------------------------------------------------------------------
     def _positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.token == "ans":
+        if self.cfg.token == Token.ans:
             rows, pos, _ = batch.label_positions()
             return rows, pos
         return torch.nonzero(batch.attention_mask.bool(), as_tuple=True)
@@ -219,21 +220,19 @@ class UltraEdit(Editor):
 
             return hook
 
-        handles = [m.register_forward_hook(make_hook(j)) for j, m in enumerate(self.modules)]
-        try:
-            with torch.enable_grad():
-                logits = self.backbone.forward(batch).logits
-                loss = self.backbone.target_loss(batch, logits)
-                missing = [self.names[j] for j in range(len(self.modules)) if j not in seen]
-                if missing:
-                    raise RuntimeError(f"UltraEdit: edited matrices not reached by the forward: {missing}")
-                scale = float(self.cfg.fp16_loss_scale) if logits.dtype == torch.float16 else 1.0
-                grads = torch.autograd.grad(
-                    loss * scale if scale != 1.0 else loss, [seen[j][1] for j in range(len(self.modules))]
-                )
-        finally:
-            for h in handles:
-                h.remove()
+        # the hooks last this sub-batch only (and a detach() while it runs takes them out too)
+        with self.attachments.scope() as during, torch.enable_grad():
+            for j, m in enumerate(self.modules):
+                during.forward_hook(m, make_hook(j))
+            logits = self.backbone.forward(batch).logits
+            loss = self.backbone.target_loss(batch, logits)
+            missing = [self.names[j] for j in range(len(self.modules)) if j not in seen]
+            if missing:
+                raise RuntimeError(f"UltraEdit: edited matrices not reached by the forward: {missing}")
+            scale = self.cfg.fp16_loss_scale if logits.dtype == torch.float16 else 1.0
+            grads = torch.autograd.grad(
+                loss * scale if scale != 1.0 else loss, [seen[j][1] for j in range(len(self.modules))]
+            )
         rows, pos = self._positions(batch)
         shape = tuple(batch.attention_mask.shape)
         keys = [as_sequence(seen[j][0], shape=shape)[rows, pos].detach().float() for j in range(len(self.modules))]
@@ -242,11 +241,10 @@ class UltraEdit(Editor):
             gs = [g / scale for g in gs]
         return keys, gs, float(loss.detach())
 
-    def edit(self, request: Probe) -> dict:
-        return self.edit_batch([request])
+    def _edit(self, request: Probe) -> dict:
+        return self._edit_batch([request])
 
-    def edit_batch(self, requests: Sequence[Probe]) -> dict:
-        self.attach()
+    def _edit_batch(self, requests: Sequence[Probe]) -> dict:
         requests = list(requests)
         if not requests:
             return {}
@@ -257,7 +255,7 @@ class UltraEdit(Editor):
             if self.cfg.sort_by_length
             else list(range(len(requests)))
         )
-        cb = int(self.cfg.cache_batch_size)
+        cb = self.cfg.cache_batch_size
         keys: list[list[torch.Tensor]] = [[] for _ in self.modules]
         grads: list[list[torch.Tensor]] = [[] for _ in self.modules]
         losses = []
@@ -289,12 +287,6 @@ class UltraEdit(Editor):
     def _stat_key(self, shape: tuple[int, int], field: str) -> str:
         return f"stats.{shape[0]}x{shape[1]}.{field}"
 
-    def on_attach(self, at) -> None:  # the edits live in the weights: put the edited ones back
-        self.masters.put_back()
-
-    def on_detach(self) -> None:  # the original weights, bit for bit; the edited masters stay here
-        self.masters.take_out()
-
     def reset(self) -> None:
         self.masters.restore()
         self.norms = self._new_norms(self.norms)
@@ -308,8 +300,7 @@ class UltraEdit(Editor):
         state["n_edits"] = torch.tensor([self.n_edits], dtype=torch.long)
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.attach()
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.masters.load(state)
         for shape, norm in self.norms.items():
             fields = {f: self._stat_key(shape, f) for f in norm.tensors()}

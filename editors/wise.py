@@ -71,16 +71,36 @@ from omegaconf import MISSING
 from torch import nn
 from torch.nn import functional as F
 
-from bench.core.editor import Editor, EditorConfig
+from bench.core.backbone import EditableBackbone
+from bench.core.editor import Choice, Editor, EditorConfig
 from bench.core.inject import STATE_DTYPE, as_sequence
 from bench.core.optim import run_steps
 from bench.core.types import Probe
 
 from .registry import register
 
-ACTS = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "identity": lambda t: t}
+
+class Act(Choice):
+    silu = "silu"
+    relu = "relu"
+    gelu = "gelu"
+    identity = "identity"
+
+
+ACTS = {Act.silu: F.silu, Act.relu: F.relu, Act.gelu: F.gelu, Act.identity: lambda t: t}
+#: out-of-scope samples of the margin loss: ``text`` = text-locality questions, ``text+image`` = also image ones
+OutOfScope = Choice("OutOfScope", [("text", "text"), ("text+image", "text+image")], module=__name__)
 #: ``out_of_scope`` -> the train-split probe kinds :meth:`WISE.fit` draws out-of-scope samples from
-OUT_OF_SCOPE = {"text": ("t_loc",), "text+image": ("t_loc", "m_loc")}
+OUT_OF_SCOPE = {OutOfScope["text"]: ("t_loc",), OutOfScope["text+image"]: ("t_loc", "m_loc")}
+
+
+class MergeAlg(Choice):
+    ties = "ties"  # the only one implemented (:func:`ties_merge`)
+
+
+class RouteTokens(Choice):
+    all = "all"  # a sample's real tokens
+    prompt = "prompt"  # up to its last prompt token
 
 
 # ----- TIES merging -------------------------------------------------------------------------------
@@ -151,28 +171,27 @@ def _pos_mean(t: torch.Tensor) -> torch.Tensor:
 class WISEConfig(EditorConfig):
     layer: Any = MISSING  # int index or relative depth in [0, 1)
     role: str = MISSING
-    act: str = MISSING
+    act: Act = MISSING
     n_iter: int = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
     norm_constraint: float = MISSING
     act_margin: list[float] = MISSING
     loc_pool_size: int = MISSING
-    out_of_scope: str = MISSING
+    out_of_scope: OutOfScope = MISSING
     loc_prompts: list[Any] = MISSING
     mask_ratio: float = MISSING
     save_freq: int = MISSING
     merge_freq: int = MISSING
-    merge_alg: str = MISSING
+    merge_alg: MergeAlg = MISSING
     densities: float = MISSING
     weights: float = MISSING
     merge_prev_weight: float = MISSING
     act_ratio: float = MISSING
-    route_tokens: str = MISSING
-    long_seq: int = MISSING
+    route_tokens: RouteTokens = MISSING
+    long_seq: int | None = None  # None: the mean token distance at any length
     retrieve: bool = MISSING
     seed: int = MISSING
-    edit_lr: float | None = None  # old name of lr
 
 
 @register("wise")
@@ -194,31 +213,21 @@ class WISE(Editor):
     # margin loss needs irrelevant inputs, and the eval records' own probes must never be used.
     needs_training = True
 
-    def __init__(self, backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         super().__init__(backbone, cfg)
         c = cfg
-        if str(c.act) not in ACTS:
-            raise ValueError(f"editor.act: {c.act!r} is not one of {sorted(ACTS)}")
-        if "loc_kinds" in c:
-            raise ValueError(f"editor.loc_kinds was replaced by editor.out_of_scope (one of {sorted(OUT_OF_SCOPE)})")
-        if str(c.out_of_scope) not in OUT_OF_SCOPE:
-            raise ValueError(f"editor.out_of_scope: {c.out_of_scope!r} is not one of {sorted(OUT_OF_SCOPE)}")
-        if str(c.route_tokens) not in ("all", "prompt"):
-            raise ValueError(f"editor.route_tokens: {c.route_tokens!r} is not 'all' or 'prompt'")
-        self.save_freq, self.merge_freq = int(c.save_freq), int(c.merge_freq)
+        self.save_freq, self.merge_freq = c.save_freq, c.merge_freq
         if self.save_freq < 1 or self.merge_freq < self.save_freq or self.merge_freq % self.save_freq:
             raise ValueError(
                 f"editor.save_freq ({self.save_freq}) / merge_freq ({self.merge_freq}): "
                 "need 1 <= save_freq <= merge_freq and merge_freq a multiple of save_freq"
             )
-        if str(c.merge_alg) != "ties":
-            raise ValueError(f"editor.merge_alg: {c.merge_alg!r}: only 'ties' is implemented")
-        if not 0.0 < float(c.mask_ratio) <= 1.0:
+        if not 0.0 < c.mask_ratio <= 1.0:
             raise ValueError(f"editor.mask_ratio: {c.mask_ratio} not in (0, 1]")
-        self.alpha, self.beta, self.gamma = (float(v) for v in c.act_margin)
-        self.act = ACTS[str(c.act)]
+        self.alpha, self.beta, self.gamma = c.act_margin
+        self.act = ACTS[c.act]
         self.layer_idx = self.backbone.layer_index(c.layer, "editor.layer")  # int index or relative depth
-        self.module: nn.Linear = backbone.ffn(self.layer_idx, str(c.role))
+        self.module: nn.Linear = backbone.ffn(self.layer_idx, c.role)
         self.loc_pool: list[Probe] = [Probe(str(p.prompt), str(p.target), None, "t_loc") for p in c.loc_prompts]
         if not self.loc_pool:
             raise ValueError("editor.loc_prompts: need at least one generic locality prompt")
@@ -290,7 +299,7 @@ class WISE(Editor):
             "counters": torch.tensor([self.n_edits, self.cur_edits, self.n_merges], dtype=torch.long),
         }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = {"cur", "mask", "shards", "shard_min_act", "merged", "min_act", "counters"} - set(state)
         if missing:
             raise KeyError(f"WISE state_dict lacks {sorted(missing)}")
@@ -304,8 +313,6 @@ class WISE(Editor):
         self.min_act, self.cur_min_act = (float(v) for v in state["min_act"].tolist())
         self.n_edits, self.cur_edits, self.n_merges = (int(v) for v in state["counters"].tolist())
         self._cache = None
-        if self.n_edits:
-            self.attach()
 
     def memory_bytes(self) -> int:
         if not self.n_edits:
@@ -325,9 +332,9 @@ class WISE(Editor):
         train split, no learning); without it (e.g. in unit tests) the generic prompts of
         the YAML are used. Either way the pool is disjoint from the eval split.
         """
-        kinds = set(OUT_OF_SCOPE[str(self.cfg.out_of_scope)])
+        kinds = set(OUT_OF_SCOPE[self.cfg.out_of_scope])
         pool = []
-        for i in range(min(len(train), int(self.cfg.loc_pool_size))):
+        for i in range(min(len(train), self.cfg.loc_pool_size)):
             pool += [p for p in train.probes(i) if p.kind in kinds]
         if pool:
             self.loc_pool = pool
@@ -343,7 +350,7 @@ class WISE(Editor):
         if ctx is None or tuple(ctx.attention_mask.shape) != (B, L):
             return torch.ones((B, L), dtype=torch.bool, device=x.device)
         valid = ctx.attention_mask.bool()
-        if self.cfg.route_tokens == "prompt":
+        if self.cfg.route_tokens == RouteTokens.prompt:
             pos = torch.arange(L, device=x.device)
             valid = valid & (pos[None, :] <= ctx.prompt_last[:, None])
         return valid
@@ -358,17 +365,17 @@ class WISE(Editor):
         m = valid.to(n.dtype)
         cnt = m.sum(-1)
         mean = (n * m).sum(-1) / cnt.clamp_min(1.0)
-        long_seq = self.cfg.get("long_seq")
+        long_seq = self.cfg.long_seq
         if infer and long_seq is not None:
             mx = n.masked_fill(~valid, float("-inf")).amax(-1)
-            mean = torch.where(cnt > float(long_seq), mx, mean)
+            mean = torch.where(cnt > long_seq, mx, mean)
         return mean
 
     def _candidates(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(memories [K, out, in], thresholds [K]) that inference routes among, cached."""
         if self._cache is not None:
             return self._cache
-        ratio = float(self.cfg.act_ratio)
+        ratio = self.cfg.act_ratio
         mems: list[torch.Tensor] = []
         thr: list[float] = []
         if self.cfg.retrieve:
@@ -437,17 +444,15 @@ class WISE(Editor):
         def spy(module, inputs, output):
             got.append(self.route(as_sequence(inputs[0], self.backbone), as_sequence(output, self.backbone))[0])
 
-        h = self.module.register_forward_hook(spy, prepend=True)
-        try:
+        with self.attachments.scope() as during:  # the spy lasts this call (a detach() takes it out too)
+            during.forward_hook(self.module, spy, prepend=True)
             self.backbone.forward(self.backbone.prepare(list(probes)))
-        finally:
-            h.remove()
         return got[0].tolist()
 
     # ----- editing ----------------------------------------------------------------------------------
     def _new_mask(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + self.n_edits // self.save_freq)
-        m = torch.rand(self.weight.shape, generator=g) < float(self.cfg.mask_ratio)
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.n_edits // self.save_freq)
+        m = torch.rand(self.weight.shape, generator=g) < self.cfg.mask_ratio
         return m.to(self.weight.device)
 
     def _act_loss(self, d_in: torch.Tensor, d_out: torch.Tensor) -> torch.Tensor:
@@ -464,8 +469,7 @@ class WISE(Editor):
         d = self._dist(orig, side, batch.attention_mask.bool(), infer=False)
         return ce, d[:n_req], d[n_req:]
 
-    def edit(self, request: Probe) -> dict:
-        self.attach()
+    def _edit(self, request: Probe) -> dict:
         c = self.cfg
         if self.n_edits % self.save_freq == 0:  # a new shard: fresh copy of W, fresh random mask
             self.cur = self.base_weight().clone()
@@ -473,7 +477,7 @@ class WISE(Editor):
             self.cur_edits, self.cur_min_act = 0, math.inf
         batch = self.backbone.prepare([request, self._loc_sample()])
         w0 = self.base_weight()
-        lr, wd, bound = float(c.lr), float(c.weight_decay), float(c.norm_constraint)
+        lr, wd, bound = c.lr, c.weight_decay, c.norm_constraint
         maskf = self.mask.to(self.cur.dtype)
         meter = _StopMeter()
         prefix = self.backbone.prefix(batch, self.layer_idx)  # layers below the memory: once per edit
@@ -534,17 +538,17 @@ class WISE(Editor):
 
     def _merge_merged(self, shards: list[torch.Tensor]) -> torch.Tensor:
         """WISE-Merge: TIES of the shards (and, weighted ``merge_prev_weight``, the previous merge)."""
-        n, dens = len(shards), float(self.cfg.densities)
+        n, dens = len(shards), self.cfg.densities
         if self.merged is None:
-            return ties_merge(self.base_weight(), shards, [float(self.cfg.weights) / n] * n, dens)
-        keep = float(self.cfg.merge_prev_weight)
+            return ties_merge(self.base_weight(), shards, [self.cfg.weights / n] * n, dens)
+        keep = self.cfg.merge_prev_weight
         return ties_merge(self.base_weight(), shards + [self.merged], [(1 - keep) / n] * n + [keep], dens)
 
     def _merge(self) -> None:
         if self.cfg.retrieve:  # merge the last merge_freq/save_freq shards into one memory
             k = self.merge_freq // self.save_freq
             group = list(self.shards[-k:])
-            merged = ties_merge(self.base_weight(), group, [float(self.cfg.weights) / k] * k, float(self.cfg.densities))
+            merged = ties_merge(self.base_weight(), group, [self.cfg.weights / k] * k, self.cfg.densities)
             self.shards = torch.cat([self.shards[:-k], merged.unsqueeze(0)])
             self.shard_min_act = torch.cat([self.shard_min_act[:-k], self.shard_min_act[-k:].min().view(1)])
         else:

@@ -5,8 +5,9 @@ A refactor that must not change behaviour runs one sweep before and one after, t
     python scripts/compare_cases.py BEFORE_SWEEP_DIR AFTER_SWEEP_DIR
 
 Each argument is a folder holding Hydra sweep dirs (``<dir>/<sweep>/<n>_<editor>_<model>_<data>/``) or
-run dirs directly. Runs are matched by their folder name without the job number. Exit 0 when every run
-matches (same probes, same scores, predictions and log-probs, same edit losses), 1 otherwise.
+run dirs directly. Runs are matched by their folder name without the job number (with it where two runs of
+one side would share a name). Exit 0 when every run matches (same probes, same scores, predictions and
+log-probs, same edit losses), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ KEYS = ("score", "pred", "logprob")
 
 
 def runs(root: Path) -> dict[str, Path]:
-    out = {}
-    for cases in sorted(root.glob("**/cases.jsonl")):
-        name = cases.parent.name
-        out[name.split("_", 1)[1] if name.split("_", 1)[0].isdigit() else name] = cases.parent
-    return out
+    """Run folders by name without the job number; where two share that name (one editor under two
+    settings, e.g. the experiment's ``ultraedit_100`` and ``ultraedit_10`` arms), by the full folder name."""
+    dirs = [c.parent for c in sorted(root.glob("**/cases.jsonl"))]
+
+    def short(d: Path) -> str:
+        head, _, rest = d.name.partition("_")
+        return rest if head.isdigit() and rest else d.name
+
+    counts: dict[str, int] = {}
+    for d in dirs:
+        counts[short(d)] = counts.get(short(d), 0) + 1
+    return {(short(d) if counts[short(d)] == 1 else d.name): d for d in dirs}
 
 
 def lines(path: Path) -> list[dict]:

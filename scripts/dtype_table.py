@@ -33,6 +33,7 @@ def run_one(backbone: str, dtype: str, editor: str, edits: int, seed: int, root:
 
     from bench.backbones.hosted import hosted_model_cfg, save_hosted
     from bench.config import compose
+    from bench.core.io import loads
     from bench.run import run
 
     out_dir = root / backbone / dtype / editor
@@ -66,7 +67,7 @@ def run_one(backbone: str, dtype: str, editor: str, edits: int, seed: int, root:
     losses = []
     try:
         for line in (out_dir / "edits.jsonl").read_text().splitlines():
-            v = json.loads(line).get("loss")
+            v = loads(line).get("loss")  # a non-finite loss is null + loss_nonfinite: restored to NaN
             if isinstance(v, int | float):
                 losses.append(float(v))
     except OSError:

@@ -93,6 +93,17 @@ CHK utf | grep -E "UTF|status|rc="; RUN1 utf
 echo "## row: 10,000-word prompt"
 mk long; $PY -c "
 import json; p='$W/long/eval.json'; r=json.load(open(p)); r[3]['rephrase']=' '.join(['word']*10000); json.dump(r, open(p,'w'))"
+CHK long | grep -E "context|record 3|status|rc="; CHK long model=tiny | grep -E "context|record 3|status|rc="
+echo "## row: empty list [] as eval file"
+mk emptylist; echo '[]' > $W/emptylist/eval.json; CHK emptylist | grep -E "error|status|rc="
+echo "## row: NaN loss (ft_l, editor.lr=1e6, float16): every JSON file strict"
+$PY -m bench +editor=ft_l +model=tiny model.dtype=float16 editor.lr=1e6 edits=4 $D out_dir=$W/nan 2>&1 | tail -1; echo "rc=${PIPESTATUS[0]}"
+cat $W/nan/edits.jsonl; $PY -c "
+import json, pathlib
+def bad(c): raise ValueError(c)
+fs = [p for p in pathlib.Path('$W/nan').rglob('*') if p.name.endswith(('.json', '.jsonl', '.partial'))]
+[json.loads(l, parse_constant=bad) for p in fs for l in (p.read_text().splitlines() if 'jsonl' in p.name else [p.read_text()]) if l.strip()]
+print('%d JSON files, all strict JSON' % len(fs))"
 /usr/bin/time -f "%e s" $PY -m bench +editor=ft_l +model=tiny edits=5 protocol.progress=false data=toy_evqa data.toy=null data.root=$W/long data.train_file=$W/long/train.json data.eval_file=$W/long/eval.json out_dir=$W/long/run 2>&1 | grep -v "^\[" | tail -4
 echo "## row: check data.root=DIR on the default toy set"
 mkdir -p $W/user; echo '["my data"]' > $W/user/eval.json; md5sum $W/user/eval.json

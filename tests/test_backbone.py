@@ -66,6 +66,27 @@ def test_swap_ffn_wraps_and_restores(tiny):
     assert tiny.swap_ffn(1, "out", orig) is wrapper and tiny.ffn(1, "out") is orig
 
 
+def test_backbone_satisfies_the_editable_backbone_protocol(tiny):
+    """Every member of ``bench.core.backbone.EditableBackbone`` (what editors may use) exists on
+    ``Backbone``, with the protocol's parameters first, and the tiny backbone is an instance."""
+    import inspect
+
+    from bench.backbones.base import Backbone
+    from bench.core.backbone import EditableBackbone, protocol_members
+
+    members = protocol_members()
+    assert {"layer", "layer_index", "ffn", "ffn_name", "swap_ffn", "prepare", "target_loss", "context"} <= set(members)
+    for m in members:
+        assert hasattr(Backbone, m) or m in Backbone.__annotations__, f"Backbone lacks {m}"
+        want = getattr(EditableBackbone, m, None)
+        if inspect.isfunction(want):
+            got = list(inspect.signature(getattr(Backbone, m)).parameters)
+            assert got[: len(inspect.signature(want).parameters)] == list(inspect.signature(want).parameters), m
+        assert hasattr(tiny, m), f"the tiny backbone lacks {m}"
+    assert isinstance(tiny, EditableBackbone)
+    assert not isinstance(object(), EditableBackbone)
+
+
 def assert_prefix_path_matches(bb, probes, atol: float = 1e-5) -> None:
     """prefix(k) + forward_from(k) gives forward()'s logits at every k; the head-at-labels path
     gives the same loss and scores as the full logits; the real layers are back afterwards."""

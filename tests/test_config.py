@@ -1,9 +1,12 @@
 import pytest
 from conftest import CONF, make_cfg
+from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 import editors
+from bench.config import check_group_names
+from bench.core.errors import UserError
 from bench.run import available, check_config
 
 EDITORS = available("editor")
@@ -32,11 +35,14 @@ def test_data_configs_compose(data):
 
 @pytest.mark.parametrize("group, bad", [("editor", "+editor=nope"), ("model", "+model=nope"), ("data", "data=nope")])
 def test_unknown_names_list_valid_ones(group, bad):
-    with pytest.raises(MissingConfigException) as e:
+    word = {"data": "dataset"}.get(group, group)
+    with pytest.raises(UserError, match=rf"^unknown {word} 'nope'; valid: {', '.join(available(group))}$"):
         make_cfg(bad, *(x for x in ("+editor=none", "+model=tiny") if not x.startswith(f"+{group}")))
-    msg = str(e.value)
-    for valid in available(group):
-        assert valid in msg
+    with pytest.raises(UserError, match=rf"unknown {word} 'nope'"):  # a sweep's values too
+        check_group_names([f"{group}=choice({available(group)[0]},nope)"])
+    with pytest.raises(MissingConfigException):  # what Hydra itself says without the check
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose(config_name="config", overrides=["data=nope"])
 
 
 @pytest.mark.parametrize("missing", ["editor", "model"])

@@ -44,7 +44,7 @@ def test_check_lists_malformed_records_by_file_index_field(tmp_path, capsys):
     text = format_check("toy_evqa", list(res.values()))
     assert "malformed records: 2" in text and "record 5: field 'loc': missing" in text
     args = ["check", f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20"]
-    assert main(args) == 1 and "NOT READY" in capsys.readouterr().out
+    assert main(args) == 2 and "NOT READY" in capsys.readouterr().out
 
 
 def test_check_ok_on_generated_set(tmp_path, capsys):
@@ -58,3 +58,47 @@ def test_check_ok_on_generated_set(tmp_path, capsys):
 def test_real_dataset_configs_need_an_image_root():
     with pytest.raises(ValueError, match=r"data.root: evqa needs its image root"):
         check_config(make_cfg("+editor=none", "+model=tiny", "data=evqa"))
+
+
+def _check_out(capsys, args: list[str]) -> tuple[int, str]:
+    rc = main(args)
+    return rc, capsys.readouterr().out
+
+
+def test_check_finds_what_a_run_refuses(tmp_path, capsys):
+    """A 10,000-word loc (against the stated default context and against a model's), a prompt that only
+    the model's shorter context refuses, an empty list, an empty file, too few records for edits=N:
+    each named with file, record and field, exit 2 as a run's user errors."""
+    cfg = tiny_cfg(tmp_path)
+    rs = build_data(cfg.data, ("eval",))["eval"]
+    good = rs.file.read_text()
+    args = ["check", f"data.root={tmp_path}/data", "data.toy.n_eval=40", "data.toy.n_train=20"]
+    raw = json.loads(good)
+    raw[3]["loc"] = " ".join(["word"] * 10_000)
+    rs.file.write_text(json.dumps(raw))
+    rc, out = _check_out(capsys, args)
+    assert rc == 2 and "a default context of 2048 SmolLM2 tokens" in out
+    assert f"[eval] {rs.file}" in out and "record 3 field 'loc' (t_loc probe): ~100" in out and "NOT READY" in out
+    rc, out = _check_out(capsys, [*args, "model=tiny"])
+    assert rc == 2 and "tiny's context, 512 tokens (4 per image)" in out and "record 3 field 'loc'" in out
+
+    raw = json.loads(good)
+    raw[5]["rephrase"] = " ".join(["word"] * 1000)  # fits 2048 tokens, not tiny's 512
+    rs.file.write_text(json.dumps(raw))
+    assert _check_out(capsys, args)[0] == 0
+    rc, out = _check_out(capsys, [*args, "+model=tiny"])
+    assert rc == 2 and "record 5 field 'rephrase' (t_gen probe)" in out
+
+    rs.file.write_text("[]")
+    rc, out = _check_out(capsys, args)
+    assert rc == 2 and f"error: {rs.file}: no records (an empty list); the edit stream is drawn from it" in out
+    rs.file.write_text("")
+    rc, out = _check_out(capsys, args)
+    assert rc == 2 and f"{rs.file}: empty file (0 bytes)" in out
+
+    rs.file.write_text(good)
+    rc, out = _check_out(capsys, args)  # 40 records, the default edits=50: a warning only
+    assert rc == 0 and "edits=50 but only 40 usable records (edits=50 is the default" in out
+    rc, out = _check_out(capsys, [*args, "edits=45"])
+    assert rc == 2 and f"error: {rs.file}: edits=45 but only 40 usable records" in out
+    assert _check_out(capsys, [*args, "edits=40"])[0] == 0

@@ -27,7 +27,9 @@ def test_eval_is_the_default_split(tmp_path):
 
 
 def test_a_wrong_split_and_a_trained_editor_on_train_are_refused(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="data.split: expected one of train, eval"):
+    with pytest.raises(
+        UserError, match=r"data.split: expected train or eval \(as in conf/data/toy_evqa.yaml: 'eval'\)"
+    ):
         run(tiny_cfg(tmp_path, "data.split=test"))
     # an editor with a training stage trains on the train split: its stream must not be drawn from it
     monkeypatch.setattr(editors.get("ft_l"), "needs_training", True)

@@ -77,7 +77,9 @@ def test_own_dataset_checks_and_runs(tmp_path, monkeypatch, capsys):
     assert {c["target"].strip() for c in cases if c["kind"] == "rel"} == {"purple", "orange"}
     # a missing image is reported with file, record and field
     (tmp_path / "my_data" / "images" / "blue.png").unlink()
-    assert data_main(["check", "data=my_data", "--config-dir", "my_conf"]) == 1
+    assert (
+        data_main(["check", "data=my_data", "--config-dir", "my_conf"]) == 2
+    )  # a run would refuse it: exit 2, as for other user errors
     assert "m_loc" in capsys.readouterr().out
 
 
@@ -154,7 +156,6 @@ class MyMemory(Editor):
         self.module = backbone.layer(int(cfg.layer))
         self.rows = torch.zeros(0, backbone.hidden_size)
         self.gen = torch.Generator().manual_seed(0)
-        self.attach()
 
     def on_attach(self, at):
         at.forward_hook(self.module, self._hook)
@@ -166,8 +167,7 @@ class MyMemory(Editor):
         h = h + float(self.cfg.scale) * self.rows.mean(0).to(h.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
-    def edit(self, request):
-        self.attach()
+    def _edit(self, request):
         self.rows = torch.cat([self.rows, torch.randn(1, self.backbone.hidden_size, generator=self.gen)])
         self.n_edits += 1
         return {"loss": 0.0}
@@ -178,7 +178,7 @@ class MyMemory(Editor):
     def state_dict(self):
         return {"rows": self.rows.clone()}
 
-    def load_state_dict(self, state):
+    def _load_state_dict(self, state):
         self.rows = state["rows"].clone()
 
     def synthetic_state(self, real, n, g):

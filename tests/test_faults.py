@@ -327,6 +327,66 @@ def test_failed_summary_write_removes_its_temp_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+def test_full_disk_names_the_file_and_the_bytes(tmp_path, monkeypatch):
+    import bench.results as res
+    from bench.core.errors import DiskFullError
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(res.os, "fsync", fsync)
+    text = json.dumps({"status": "failed"}, indent=1) + "\n"
+    with pytest.raises(DiskFullError) as e:
+        res.atomic_write_json(tmp_path / "summary.json", {"status": "failed"})
+    msg = str(e.value)
+    assert msg.startswith(f"No space left on device writing {tmp_path / 'summary.json'}: about {len(text)} bytes")
+    assert " bytes free there; free some space or choose another out_dir" in msg and "\n" not in msg
+    assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError) and e.value.user_error
+
+
+def test_full_disk_while_saving_the_editor_state(tmp_path, data_root, reference, monkeypatch, capsys):
+    """safetensors fails on a full disk while progress is saved: one line (file, bytes to write, bytes
+    free), exit 2 without a traceback; files valid; the same command resumes to the same scores."""
+    import re
+
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    from bench.core.errors import report_user_errors
+
+    real = st.save_file
+
+    def full(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(".editor_2."):
+            Path(filename).write_bytes(b"\0" * 100)  # part of it reached the disk
+            raise SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            )
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", full)
+    with pytest.raises(SystemExit) as e:
+        report_user_errors(lambda: run(_inproc_cfg(tmp_path, data_root, "ft_l")))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert re.fullmatch(
+        rf"error: No space left on device writing {re.escape(str(tmp_path))}/progress/editor_2\.safetensors: "
+        r"about [\d,]+ bytes to write, [\d,]+ bytes free there; free some space or choose another out_dir",
+        lines[0],
+    ), lines[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("DiskFullError: No space left on device")
+    assert summary["resumable_from_edit"] == 0
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in (tmp_path / "progress").glob("editor_*")) == ["editor_0.safetensors"]
+    monkeypatch.setattr(st, "save_file", real)
+    resumed = run(_inproc_cfg(tmp_path, data_root, "ft_l"))
+    assert resumed["status"] == "ok" and resumed["resumed_at_edit"] == 0
+    assert cases_of(tmp_path) == reference("ft_l")["cases"]
+
+
 def test_user_error_prints_without_traceback(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [

@@ -1,8 +1,11 @@
 """The package's dependency order: core <- backbones <- editors <- harness <- tools, with no cycles.
 
-Walks every import statement (module level and inside functions; ``if TYPE_CHECKING:`` blocks are
-annotations only and are skipped) of ``bench`` and ``editors`` and fails on an import of a higher
-layer or on a cycle between modules.
+Walks every import statement (module level, inside functions and under ``if TYPE_CHECKING:``) of
+``bench`` and ``editors`` and fails on an import of a higher layer, type-only ones included (the core
+types a backbone as :class:`bench.core.backbone.EditableBackbone`, not as ``bench.backbones``' class),
+or on a cycle between modules at run time (a type-only import of a module that imports this one is
+no cycle). It also fails when an editor or the core reads a backbone attribute that
+:class:`~bench.core.backbone.EditableBackbone` does not list.
 """
 
 from __future__ import annotations
@@ -25,23 +28,24 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node except those under ``if TYPE_CHECKING:``."""
+def _nodes(tree: ast.AST, type_only: bool):
+    """Every node; without ``type_only``, not those under ``if TYPE_CHECKING:``."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not type_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             stack.extend(node.orelse)
             continue
         yield node
         stack.extend(ast.iter_child_nodes(node))
 
 
-def import_edges(mods: dict[str, Path]) -> set[tuple[str, str]]:
+def import_edges(mods: dict[str, Path], type_only: bool = True) -> set[tuple[str, str]]:
+    """``(importer, imported)`` module pairs; ``type_only``: with the imports under ``if TYPE_CHECKING:``."""
     edges = set()
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _nodes(ast.parse(path.read_text(encoding="utf-8")), type_only):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -111,7 +115,7 @@ def test_no_import_goes_up_a_layer():
 
 
 def test_no_import_cycles():
-    found = cycles(import_edges(modules()))
+    found = cycles(import_edges(modules(), type_only=False))
     assert not found, found
 
 
@@ -129,3 +133,57 @@ def test_the_walker_sees_a_back_edge(tmp_path):
     edges = import_edges(modules(tmp_path))
     assert ("bench.core.types", "editors.x") in edges and layer("bench.core.types") < layer("editors.x")
     assert cycles(edges) == [["bench.core.types", "editors.x"]]
+
+
+def test_the_walker_sees_a_type_only_back_edge(tmp_path):
+    """An import of a higher layer under ``if TYPE_CHECKING:`` is a back edge too; a type-only import of a
+    module that imports this one at run time is no cycle."""
+    for rel, text in {
+        "bench/__init__.py": "",
+        "bench/core/__init__.py": "",
+        "bench/backbones/__init__.py": "",
+        "bench/core/editor.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench.backbones.base import B\n",
+        "bench/backbones/base.py": "from bench.core import editor\n",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    mods = modules(tmp_path)
+    edges = import_edges(mods)
+    assert ("bench.core.editor", "bench.backbones.base") in edges
+    assert layer("bench.core.editor") < layer("bench.backbones.base")
+    assert ("bench.core.editor", "bench.backbones.base") not in import_edges(mods, type_only=False)
+    assert cycles(import_edges(mods, type_only=False)) == []
+
+
+#: names a backbone goes by in editors and the core (``self.backbone``, ``ed.backbone``, ``backbone``, ``bb``)
+BACKBONE_NAMES = {"backbone", "bb"}
+
+
+def backbone_reads(path: Path) -> set[tuple[str, int]]:
+    """``(attribute, line)`` of every ``<backbone>.attribute`` read in a module."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        v = node.value
+        name = v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else None
+        if name in BACKBONE_NAMES:
+            out.add((node.attr, node.lineno))
+    return out
+
+
+def test_editors_use_only_what_the_backbone_protocol_lists():
+    """What an editor (or the core) reads of a backbone is a member of ``EditableBackbone``, so every
+    backbone that satisfies the protocol runs every editor."""
+    from bench.core.backbone import protocol_members
+
+    allowed = set(protocol_members())
+    paths = sorted((ROOT / "editors").glob("*.py")) + sorted((ROOT / "bench" / "core").glob("*.py"))
+    used, other = set(), []
+    for p in paths:
+        for attr, line in backbone_reads(p):
+            used.add(attr)
+            if attr not in allowed:
+                other.append(f"{p.relative_to(ROOT)}:{line}: backbone.{attr}")
+    assert not other, "not in bench.core.backbone.EditableBackbone:\n" + "\n".join(sorted(other))
+    assert {"prepare", "ffn", "swap_ffn", "context"} <= used  # the walk does see the editors' reads

@@ -513,8 +513,9 @@ def test_epochs_to_steps():
         steps(20, epochs=-1)
     with pytest.raises(ValueError, match="editor.train.max_steps"):
         steps(20, epochs=1, max_steps=2.5)
-    with pytest.raises(ValueError, match="editor.train.steps was replaced"):
-        steps(20, epochs=1, steps=5)
+    # the length's old key is no field of the typed config (it became epochs and max_steps)
+    with pytest.raises(ValueError, match=r"editor.train.steps: not a key .*did you mean editor.train.max_steps\?"):
+        make_cfg("+editor=liveedit", "+model=tiny", "editor.train.steps=5")
     # the editor default is the reference's; the smol_llava recipe is the shipped (v4) checkpoint's 2,400 joint
     # steps, the reference's token init and training forward
     base = make_cfg("+editor=liveedit", "+model=tiny").editor.train

@@ -202,13 +202,13 @@ def tiny_run_cfg(tmp_path: Path, editor: str = "ft_l", *extra: str):
 def test_nan_loss_fails_the_run_and_keeps_what_was_scored(tmp_path, monkeypatch):
     from editors.ft_l import FTL
 
-    real = FTL.edit_batch
+    real = FTL._edit_batch
 
     def edit_batch(self, requests):
         stats = real(self, requests)
         return {**stats, "loss": float("nan")} if self.n_edits == 3 else stats
 
-    monkeypatch.setattr(FTL, "edit_batch", edit_batch)
+    monkeypatch.setattr(FTL, "_edit_batch", edit_batch)
     cfg = tiny_run_cfg(tmp_path)
     with pytest.raises(NonFiniteError) as e:
         run(cfg)

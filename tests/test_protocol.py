@@ -24,7 +24,7 @@ class SpyEditor(Editor):
         self.w = backbone.ffn(-1, "out").weight
         self.orig = self.w.detach().clone()
 
-    def edit(self, request):
+    def _edit(self, request):
         if self.fail_at is not None and self.n_edits + 1 == self.fail_at:
             raise RuntimeError(f"boom at edit {self.fail_at}")
         self.events.append(("edit", request.record))
@@ -42,7 +42,7 @@ class SpyEditor(Editor):
     def state_dict(self):
         return {"w": self.w.detach().clone()}
 
-    def load_state_dict(self, state):
+    def _load_state_dict(self, state):
         with torch.no_grad():
             self.w.copy_(state["w"])
 

@@ -71,5 +71,7 @@ def test_check_reports_missing_images_and_counts(tmp_path, capsys):
     assert first[0] == 3 and first[1] == "image"  # records 0-2 have their images
     text = format_check("evqa", list(res.values()))
     assert re.search(r"missing images: \d+ references", text) and "record 3 field 'image'" in text
-    assert main(["check", "data=evqa", f"data.root={tmp_path}", f"data.ann_root={SHARED_DATA}"]) == 1
+    assert (
+        main(["check", "data=evqa", f"data.root={tmp_path}", f"data.ann_root={SHARED_DATA}"]) == 2
+    )  # missing images: a run would refuse them
     assert "status: NOT READY" in capsys.readouterr().out

@@ -119,7 +119,7 @@ def test_cfg_job_equals_the_recorded_config_with_config_dir(tmp_path):
     mine = tmp_path / "myconf"
     (mine / "editor_model" / "ft_l").mkdir(parents=True)
     (mine / "editor_model" / "ft_l" / "tiny.yaml").write_text(
-        "lr: 0.0123\nsteps: 2\nspecialized: {file: editor_model/ft_l/tiny.yaml}\n"
+        "lr: 0.0123\nn_iter: 2\nspecialized: {file: editor_model/ft_l/tiny.yaml}\n"
     )
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1", OMP_NUM_THREADS="1")
     run_dir = tmp_path / "run"
@@ -130,7 +130,7 @@ def test_cfg_job_equals_the_recorded_config_with_config_dir(tmp_path):
         "+model=tiny",
         "+editor=ft_l",
         "edits=2",
-        "editor.steps=3",
+        "editor.steps=3",  # FT-L's old name of n_iter: moved to it, with a warning
         f"data.root={tmp_path}/d",
         f"hydra.run.dir={run_dir}",
         *SMALL,
@@ -142,7 +142,8 @@ def test_cfg_job_equals_the_recorded_config_with_config_dir(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     job = yaml.safe_load(shown.stdout)
-    assert job["editor"]["lr"] == 0.0123 and job["editor"]["steps"] == 3
+    assert job["editor"]["lr"] == 0.0123 and job["editor"]["n_iter"] == 3 and "steps" not in job["editor"]
+    assert "editor.steps is the old name of editor.n_iter" in shown.stderr
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")

@@ -62,7 +62,7 @@ def test_none_tracker_and_unknown():
     assert isinstance(make_tracker(OmegaConf.create({"name": "none"}), {}, "n", None, "/tmp"), NullTracker)
     import pytest
 
-    with pytest.raises(ValueError, match="valid: none, wandb"):
+    with pytest.raises(ValueError, match="logger.name: expected none or wandb, got 'mlflow'"):
         make_tracker(OmegaConf.create({"name": "mlflow"}), {}, "n", None, "/tmp")
 
 

@@ -221,8 +221,8 @@ def test_fit_uses_train_loc_questions_not_eval(make, toy_root):
     assert seen == ["t_loc", "m_loc"]
     with pytest.raises(ValueError, match="editor.out_of_scope"):
         make(out_of_scope="image")
-    with pytest.raises(ValueError, match="editor.loc_kinds was replaced by editor.out_of_scope"):
-        make(loc_kinds=["t_loc"])
+    with pytest.raises(ValueError, match="editor.loc_kinds: not a key of editor 'wise'"):
+        make(loc_kinds=["t_loc"])  # replaced by out_of_scope: no field of the typed config
 
 
 def test_weight_decay_on_every_entry(make, toy_eval):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..core.schema import model_config
 from .base import Arch, Backbone, Batch, Probe, ProbeScore
 
 # name -> "module:Class" (imported lazily so a missing optional dependency only
@@ -15,24 +16,26 @@ BACKBONES = {
 
 
 def backbone_class(cfg) -> type[Backbone]:
-    kind = str(cfg.get("backbone", ""))
-    if kind not in BACKBONES:
-        raise ValueError(f"model.backbone: unknown backbone {kind!r}; valid: {', '.join(sorted(BACKBONES))}")
-    mod, cls = BACKBONES[kind].split(":")
+    """The adapter class of a model config (its ``backbone``; :func:`model_config` checks the value)."""
+    mod, cls = BACKBONES[model_config(cfg).backbone].split(":")
     return getattr(importlib.import_module(mod), cls)
 
 
 def backbone_arch(cfg) -> Arch | None:
     """The model's shape from its config alone (no weights loaded); None where it is not known
     cheaply. For a transformers model whose files are absent this raises ``WeightsNotFound``."""
+    cfg = model_config(cfg)
     return backbone_class(cfg).arch(cfg)
 
 
 def build_backbone(cfg) -> Backbone:
+    """The backbone of a model config (composed, a YAML loaded as it is, or a dict), typed by
+    :func:`~bench.core.schema.model_config` first: every key checked, every field there."""
+    cfg = model_config(cfg)
     model = backbone_class(cfg)(cfg)
-    if cfg.get("device_map") is not None:  # placed by accelerate while loading; moving it would undo that
+    if "device_map" in cfg and cfg.device_map is not None:  # placed by accelerate; moving it would undo that
         return model
-    return model.to(str(cfg.get("device", "cpu")))
+    return model.to(cfg.device)
 
 
 __all__ = ["Arch", "Backbone", "backbone_arch", "Batch", "Probe", "ProbeScore", "build_backbone", "BACKBONES"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -30,6 +31,15 @@ from torch import nn
 from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Prefix, Probe, ProbeScore, layer_index  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+
+class ContextLimit(NamedTuple):
+    """What a probe must fit (:meth:`Backbone.context_limit`): the tokenizer, the language model's
+    context length (``max_position_embeddings``) and the tokens an image adds."""
+
+    tokenizer: Any
+    max_tokens: int
+    image_tokens: int
 
 
 def _get_path(root: nn.Module, path: str) -> nn.Module:
@@ -72,19 +82,20 @@ class Backbone(nn.Module):
     #: (the reference path; tests compare the two)
     prefix_enabled: bool = True
 
-    def __init__(self, cfg=None, default_batch_size: int = 16) -> None:
-        """Reads the fields every model YAML has (name, layer/FFN paths, templates, batching)."""
+    def __init__(self, cfg=None) -> None:
+        """Reads the fields every model config has (:class:`~bench.core.schema.ModelSchema`: name, layer/FFN
+        paths, templates, batching); ``cfg`` is typed by it (subclasses pass :func:`model_config`'s)."""
         super().__init__()
         self.ffn_paths = {}
         self._ctx: Batch | None = None
         if cfg is not None:
-            self.name = str(cfg.name)
-            self.layers_path = str(cfg.layers_path)
+            self.name = cfg.name
+            self.layers_path = cfg.layers_path
             self.ffn_paths = dict(cfg.ffn)
-            self.image_template = str(cfg.template.image)
-            self.text_template = str(cfg.template.text)
-            self.add_bos = bool(cfg.get("add_bos", False))
-            self.batch_size = int(cfg.get("batch_size", default_batch_size))
+            self.image_template = cfg.template.image
+            self.text_template = cfg.template.text
+            self.add_bos = cfg.add_bos
+            self.batch_size = cfg.batch_size
 
     # ----- things subclasses provide -------------------------------------------------
     lm: nn.Module
@@ -124,6 +135,13 @@ class Backbone(nn.Module):
     def arch(cls, cfg) -> Arch | None:
         """The model's shape read from its config alone, without building it (None: not known
         cheaply). Lets a run check editor preconditions before a slow load."""
+        return None
+
+    @classmethod
+    def context_limit(cls, cfg) -> ContextLimit | None:
+        """Tokenizer and context length from the config and the tokenizer files alone, no weights
+        (None: not known cheaply); ``python -m bench.data check model=...`` checks prompt lengths
+        with it as a run does after its model load."""
         return None
 
     def layer(self, i: int | float) -> nn.Module:

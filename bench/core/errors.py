@@ -34,13 +34,34 @@ class NonFiniteError(RuntimeError):
     user_error = True
 
 
+class DiskFullError(OSError):
+    """A write that failed for want of space (``ENOSPC``): one line naming the file, the bytes it tried
+    to write and the bytes free (``shutil.disk_usage``). Printed without a traceback, exit 2, like the
+    other results-dir errors (an unwritable ``out_dir``); what was written before stays valid."""
+
+    user_error = True
+
+    def __init__(self, path, need: int, free: int | None) -> None:
+        import errno
+
+        self.path, self.need, self.free = str(path), int(need), free
+        have = f"{free:,} bytes free there" if free is not None else "free space unknown"
+        super().__init__(
+            errno.ENOSPC,
+            f"No space left on device writing {path}: about {need:,} bytes to write, {have}; "
+            "free some space or choose another out_dir",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 #: what to try when a run in this dtype gives a non-finite number
 NONFINITE_HINTS = {
     "float16": "float16's range is narrow (max 65504): try model.dtype=bfloat16 (float32's range at half the "
     "memory) or model.dtype=float32",
     "bfloat16": "try model.dtype=float32 (bfloat16 keeps 8 mantissa bits)",
-    "float32": "the numbers diverged in float32: try a smaller editor learning rate (editor.lr / editor.edit_lr) "
-    "or fewer steps",
+    "float32": "the numbers diverged in float32: try a smaller editor learning rate (editor.lr) or fewer steps",
 }
 
 

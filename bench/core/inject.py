@@ -5,6 +5,8 @@ editor state (:data:`STATE_DTYPE`, :func:`module_device`), PEFT-style wrappers o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
+    from .backbone import EditableBackbone
     from .editor import Editor
 
 
@@ -31,7 +34,9 @@ def module_device(module: nn.Module) -> torch.device:
     raise ValueError(f"{type(module).__name__} has no parameter or buffer to take a device from")
 
 
-def as_sequence(t: torch.Tensor, backbone=None, shape: tuple[int, int] | None = None) -> torch.Tensor:
+def as_sequence(
+    t: torch.Tensor, backbone: EditableBackbone | None = None, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """An FFN matrix's input or output as ``[B, L, d]``.
 
     LLaMA-style LMs call their FFN on ``[B, L, d]``; OPT (hence BLIP-2) flattens the batch to
@@ -201,7 +206,7 @@ class Attachments:
         self._undo.append(h.remove)
         return h
 
-    def swap(self, backbone, layer: int, role: str, new: nn.Module, expect: nn.Module) -> nn.Module:
+    def swap(self, backbone: EditableBackbone, layer: int, role: str, new: nn.Module, expect: nn.Module) -> nn.Module:
         """``backbone.swap_ffn`` of ``expect`` for ``new`` (PEFT's ``base_layer`` wrapping), swapped back on undo."""
         backbone.swap_ffn(layer, role, new, expect=expect)
         self._undo.append(lambda: backbone.swap_ffn(layer, role, expect, expect=new))
@@ -209,6 +214,21 @@ class Attachments:
 
     def on_undo(self, fn) -> None:
         self._undo.append(fn)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[Attachments]:
+        """Attachments that last only while the ``with`` block runs (what an edit puts in for its own
+        forwards: FT-L's :class:`MasterLinear`, UltraEdit's cache hooks): undone in reverse order when
+        the block ends, on an exception too, and by :meth:`undo` of this object (the editor's
+        ``detach()``) while the block is still open."""
+        inner = Attachments()
+        undo = inner.undo
+        self._undo.append(undo)
+        try:
+            yield inner
+        finally:
+            inner.undo()
+            self._undo = [u for u in self._undo if u is not undo]
 
     def undo(self) -> None:
         while self._undo:

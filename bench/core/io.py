@@ -1,13 +1,98 @@
-"""Atomic writes (temporary file + rename; removed on failure): text, JSON, CSV, safetensors."""
+"""Atomic writes (temporary file + rename; removed on failure): text, JSON, CSV, safetensors.
+
+Every JSON file the harness writes is strict JSON (RFC 8259: no ``NaN``/``Infinity``, which
+``JSON.parse`` and ``jq`` reject): :func:`dumps` writes a non-finite float as ``null`` with a flag
+beside it, ``{"loss": NaN}`` as ``{"loss": null, "loss_nonfinite": "nan"}`` (``"inf"``,
+``"-inf"``); in a list the element is ``null``. :func:`loads` reads such files back with the
+flagged values restored (``float("nan")``). A write that fails for want of space raises
+:class:`~bench.core.errors.DiskFullError` (path, bytes to write, bytes free).
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import math
+import numbers
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import DiskFullError
+
+#: suffix of the key that says which non-finite value a ``null`` stands for
+NONFINITE = "_nonfinite"
+_FLAGS = ("nan", "inf", "-inf")
+
+
+def _nonfinite(v) -> str | None:
+    """``"nan"``, ``"inf"`` or ``"-inf"`` for a non-finite float (numpy's too), else None."""
+    if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return None
+
+
+def strict(obj):
+    """``obj`` with every non-finite float replaced by ``null`` (in a dict, plus ``<key>_nonfinite``)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            flag = _nonfinite(v)
+            out[k] = None if flag else strict(v)
+            if flag:
+                out[f"{k}{NONFINITE}"] = flag
+        return out
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    return None if _nonfinite(obj) else obj
+
+
+def dumps(obj, **kw) -> str:
+    """``json.dumps`` of :func:`strict` ``(obj)`` with ``allow_nan=False``: what a path that bypassed
+    the sanitiser would write as ``NaN`` raises instead."""
+    return json.dumps(strict(obj), allow_nan=False, **kw)
+
+
+def _restore(d: dict) -> dict:
+    for k in [k for k in d if isinstance(k, str) and k.endswith(NONFINITE)]:
+        base = k[: -len(NONFINITE)]
+        if base in d and d[base] is None and d[k] in _FLAGS:
+            d[base] = float(d.pop(k))
+    return d
+
+
+def loads(text: str | bytes):
+    """``json.loads`` that restores the values :func:`dumps` flagged (``null`` -> ``float("nan")``)."""
+    return json.loads(text, object_hook=_restore)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A write failed for want of space (``ENOSPC``/``EDQUOT``; safetensors says it in its message)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(s in text for s in ("No space left on device", "os error 28", "StorageFull", "Disk quota exceeded"))
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system of ``path`` (its nearest existing folder), per ``shutil.disk_usage``."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p if p.is_dir() else p.parent).free
+    except OSError:
+        return None
+
+
+def disk_full_error(path: Path, need: int, cause: BaseException) -> BaseException:
+    """``cause`` as a :class:`DiskFullError` when it is a full disk (else ``cause`` itself)."""
+    if isinstance(cause, DiskFullError) or not is_disk_full(cause):
+        return cause
+    return DiskFullError(path, need, free_bytes(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -20,9 +105,12 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        err = disk_full_error(path, len(text.encode("utf-8")), e)
+        if err is e:
+            raise
+        raise err from e
 
 
 def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
@@ -37,13 +125,16 @@ def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | No
     try:
         save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        err = disk_full_error(path, sum(t.numel() * t.element_size() for t in tensors.values()), e)
+        if err is e:
+            raise
+        raise err from e
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+    atomic_write_text(path, dumps(obj, indent=1, default=str) + "\n")
 
 
 def atomic_write_csv(path: Path, rows: list[dict]) -> None:

@@ -9,7 +9,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SOURCE_ROOT = PACKAGE_DIR.parent
 #: the Hydra configs: ``conf/`` at the top of a source checkout (``bench/conf`` links to it), the package
 #: data ``bench/conf`` of an installed wheel
-CONF_DIR = (PACKAGE_DIR / "conf").resolve() if (PACKAGE_DIR / "conf" / "config.yaml").is_file() else SOURCE_ROOT / "conf"
+CONF_DIR = (
+    (PACKAGE_DIR / "conf").resolve() if (PACKAGE_DIR / "conf" / "config.yaml").is_file() else SOURCE_ROOT / "conf"
+)
 #: prefix of config paths inside the installed ``bench`` package (e.g. shipped checkpoints)
 PKG_PREFIX = "pkg://bench/"
 

@@ -82,6 +82,8 @@ def read_json(file: str | Path):
             None,
             f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line {line}); save the file as UTF-8",
         ) from None
+    if not text.strip():
+        raise RecordError(file, None, None, f"empty file ({len(data)} bytes): expected a JSON list of records")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
