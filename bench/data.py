@@ -354,6 +354,14 @@ def check(
     return out
 
 
+def _first_lines(items: list, first: int) -> list[str]:
+    """The first ``first`` of ``items`` as indented report lines, and how many more there are."""
+    out = [f"    {x}" for x in items[:first]]
+    if len(items) > first:
+        out.append(f"    ... and {len(items) - first} more")
+    return out
+
+
 def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
     lines = [f"dataset {name}"]
     budget = next((r.budget for r in results if r.budget), "")
@@ -365,9 +373,7 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
         lines.append(f"[{r.split}] {r.file}: {r.records} records")
         if r.errors:
             lines.append(f"  malformed records: {len(r.errors)}")
-            lines += [f"    {e}" for e in r.errors[:first]]
-            if len(r.errors) > first:
-                lines.append(f"    ... and {len(r.errors) - first} more")
+            lines += _first_lines(r.errors, first)
             lines.append("  probes and images not checked until the malformed records are fixed")
             continue
         lines.append("  malformed records: none")
@@ -376,9 +382,7 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
         if r.missing:
             n_files = len({p for _, _, p in r.missing})
             lines.append(f"  missing images: {len(r.missing)} references, {n_files} files, under {r.image_root}")
-            lines += [f"    record {i} field '{f}': {p}" for i, f, p in r.missing[:first]]
-            if len(r.missing) > first:
-                lines.append(f"    ... and {len(r.missing) - first} more")
+            lines += _first_lines([f"record {i} field '{f}': {p}" for i, f, p in r.missing], first)
         else:
             lines.append(f"  missing images: none (image root {r.image_root}; every image opened and decoded)")
         if r.duplicates:
@@ -392,9 +396,7 @@ def format_check(name: str, results: list[SplitCheck], first: int = 5) -> str:
             lines.append(f"    data.skip_missing=true: a run drops these {n_recs} records")
         if r.long:
             lines.append(f"  prompts longer than the context: {len(r.long)} probes")
-            lines += [f"    {x}" for x in r.long[:first]]
-            if len(r.long) > first:
-                lines.append(f"    ... and {len(r.long) - first} more")
+            lines += _first_lines(r.long, first)
         elif r.lengths_checked:
             lines.append("  prompts longer than the context: none")
         lines += [f"  error: {x}" for x in r.problems]

@@ -25,6 +25,23 @@ def _feature_cache_in_tmp(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _logging_handlers_restored():
+    """A test that runs Hydra's app in this process (``--help``, ``--cfg``, a run) has it configure logging
+    with handlers on the stream pytest captured for that test; they are taken off again afterwards, so a
+    later test's log lines never go to a closed stream ("--- Logging error ---" on stderr)."""
+    import logging
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("hydra", "bench"))]
+    before = {lg.name: (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
+    yield
+    for lg in loggers:
+        handlers, level, propagate = before[lg.name]
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
 def make_cfg(*overrides: str):
     """The config ``python -m bench <overrides>`` runs (``+editor=``/``+model=`` accepted)."""
     return compose(*overrides, config_dir=CONF)
