@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .config import resolve  # (relative paths: the working directory; pkg://bench/...: the package)
 from .core.errors import UserError, report_user_errors
@@ -34,20 +34,30 @@ def toy_cache() -> Path:
     return resolve("data/generated")
 
 
+def data_config(cfg) -> DictConfig:
+    """``cfg`` (a ``data`` config) as its typed config (:class:`bench.core.schema.DataSchema`): itself when
+    Hydra composed it with the schema, else merged over it (a YAML of the user's that names no schema, a
+    dict), so every key has its type and default; a wrong key or value is a ``UserError`` naming it."""
+    from .core.schema import DataSchema, typed
+
+    return typed(DataSchema, cfg, "data")
+
+
 def image_root(cfg, generate: bool = True) -> Path:
     """The dataset's image root (generating the toy set there when ``cfg`` is one, unless
     ``generate`` is false and the root lies outside the toy cache)."""
+    cfg = data_config(cfg)
     if OmegaConf.is_missing(cfg, "root"):
         raise UserError(f"data.root: {cfg.name} needs its image root: add data.root=/path/to/images")
     root = resolve(cfg.root)
-    toy = cfg.get("toy")
+    toy = cfg.toy
     if toy is not None:
         from .toy.generate import ensure_toy, is_toy_current
 
         if generate or toy_cache() == root or toy_cache() in root.parents:
             log.info("embedded dataset %s (seed %s) under %s", toy.kind, toy.seed, root)
-            ensure_toy(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval))
-        elif not is_toy_current(str(toy.kind), root, int(toy.seed), int(toy.n_train), int(toy.n_eval)):
+            ensure_toy(toy.kind, root, toy.seed, toy.n_train, toy.n_eval)
+        elif not is_toy_current(toy.kind, root, toy.seed, toy.n_train, toy.n_eval):
             raise UserError(
                 f"data.root: no generated {toy.kind} set at {root}, and the check generates toy sets only "
                 f"under {toy_cache()}; a run generates one into an empty or new folder"
@@ -62,24 +72,20 @@ SPLITS = ("train", "eval")
 def stream_split(cfg) -> str:
     """The split the edit stream is drawn from: ``data.split`` (``eval``, the default, for every reported
     run; ``train`` to tune an editor on records that no reported stream contains)."""
-    s = cfg.get("split", "eval")
-    if s not in SPLITS:
-        raise UserError(f"data.split: expected one of {', '.join(SPLITS)}, got {s!r}")
-    return str(s)
+    return data_config(cfg).split.value  # the schema allows train and eval only
 
 
 def build_data(cfg, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, RecordSet]:
     """Load (generating toy sets when needed) the requested splits of ``cfg``."""
+    cfg = data_config(cfg)
     root = image_root(cfg)
-    prompts = Prompts.from_cfg(cfg.get("prompts"))
+    prompts = Prompts.from_cfg(cfg.prompts)
     files = dict(zip(SPLITS, (cfg.train_file, cfg.eval_file), strict=True))
     out = {}
     for s in splits:
         if s not in files:
             raise ValueError(f"data: unknown split {s!r}; valid: {sorted(files)}")
-        out[s] = RecordSet(
-            resolve(files[s]), root, prompts, allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False))
-        )
+        out[s] = RecordSet(resolve(files[s]), root, prompts, allow_absolute_paths=cfg.allow_absolute_paths)
     return out
 
 
@@ -96,7 +102,7 @@ def fingerprint(cfg, data: dict[str, RecordSet]) -> dict:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         out[split] = {"file": str(rs.file), "sha256": h.hexdigest()}
-    if cfg.get("toy") is not None:
+    if data_config(cfg).toy is not None:
         from .toy.generate import read_meta
 
         out["generator"] = read_meta(resolve(cfg.root))  # build_data generated or checked it
@@ -252,7 +258,9 @@ def prompt_budget(model_cfg=None) -> PromptBudget | str:
     note = ""
     if model_cfg is not None:
         from .backbones import backbone_class
+        from .core.schema import model_config
 
+        model_cfg = model_config(model_cfg)
         lim = backbone_class(model_cfg).context_limit(model_cfg)
         if lim is not None:
             per_image = f" ({lim.image_tokens} per image)" if lim.image_tokens else ""
@@ -307,10 +315,11 @@ def check(
     refuses before its first edit. ``budget``: measure prompt lengths against it (:func:`prompt_budget`);
     ``edits``: the stream length (too few records is an error when ``edits_given``, else a warning);
     ``trains``: the editor trains on the train split (an empty one is then an error)."""
+    cfg = data_config(cfg)
     root = image_root(cfg, generate=False)
     stream = stream_split(cfg)
-    dup_mode = str(cfg.get("duplicates", "keep"))
-    skip = bool(cfg.get("skip_missing", False))
+    dup_mode = cfg.duplicates.value
+    skip = cfg.skip_missing
     out = []
     for s in splits:
         res = SplitCheck(s, resolve(cfg[f"{s}_file"]), skip_missing=skip)
@@ -325,8 +334,8 @@ def check(
             rs = RecordSet(
                 res.file,
                 root,
-                Prompts.from_cfg(cfg.get("prompts")),
-                allow_absolute_paths=bool(cfg.get("allow_absolute_paths", False)),
+                Prompts.from_cfg(cfg.prompts),
+                allow_absolute_paths=cfg.allow_absolute_paths,
             )
             res.image_root = rs.image_root
             res.missing = rs.bad_images()
@@ -446,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     results = report_user_errors(run_check)
-    print(format_check(str(cfg.data.name), results))
+    print(format_check(cfg.data.name, results))
     return 0 if all(r.ok for r in results) else 2
 
 

@@ -141,7 +141,8 @@ class Backbone(nn.Module):
     def context_limit(cls, cfg) -> ContextLimit | None:
         """Tokenizer and context length from the config and the tokenizer files alone, no weights
         (None: not known cheaply); ``python -m bench.data check model=...`` checks prompt lengths
-        with it as a run does after its model load."""
+        with it as a run does after its model load. ``cfg`` is typed
+        (:func:`bench.core.schema.model_config`)."""
         return None
 
     def layer(self, i: int | float) -> nn.Module:

@@ -146,7 +146,7 @@ class EmbeddedVLLM(Backbone):
     def context_limit(cls, cfg) -> ContextLimit | None:
         """SmolLM2's tokenizer; the random LM's context or SmolLM2's (its cached ``config.json``);
         ``vision.pool`` squared image tokens."""
-        lm, image_tokens = cfg.lm, int(cfg.vision.pool) ** 2
+        lm, image_tokens = cfg.lm, cfg.vision.pool**2
         if lm.source == "random":
             return ContextLimit(smollm2_tokenizer(), RANDOM_CONTEXT, image_tokens)
         if lm.source == "smollm2":

@@ -241,7 +241,7 @@ class HFVLLM(Backbone):
         """The language model's ``max_position_embeddings`` from ``config.json`` and the tokenizer files
         (the stand-in tokenizer with ``model.random_init``); no weights. Image tokens are not counted,
         as in the run's check (the language model's own config has no image tokens)."""
-        if cfg.get("random_init"):
+        if cfg.random_init:
             config = random_config(cfg)[1]
             text = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
             return ContextLimit(standin_tokenizer(int(text.vocab_size)), int(text.max_position_embeddings), 0)
