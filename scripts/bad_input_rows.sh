@@ -17,10 +17,11 @@ B="$PY -m bench"
 row() {  # name, extra check (a shell command printing one line, or ""), then the command
   local name=$1 extra=$2; shift 2
   "$@" > "$BD/out.log" 2> "$BD/err.log"; local rc=$?
-  local first; first=$(grep -m1 -E "^(error|interrupted|Error)" "$BD/err.log" || grep -m1 -v "^\s*$" "$BD/err.log")
+  local first; first=$($PY "$REPO/scripts/_first_message.py" "$BD/err.log" "$BD/out.log")
   local tb=no; grep -q "^Traceback" "$BD/err.log" && tb=yes
   local more=""; [ -n "$extra" ] && more=$(eval "$extra")
-  printf '| %s | `%s` | %s | %s | %s | %s |\n' "$name" "${*#"$PY "}" "$rc" "${first:0:220}" "$tb" "$more"
+  local cmd="$*"; cmd=${cmd#"$PY "}
+  printf '| %s | `python %s` | %s | %s | %s | %s |\n' "$name" "$cmd" "$rc" "${first:0:240}" "$tb" "$more"
 }
 
 echo "| row | command | exit | first line of the message | traceback | also checked |"
@@ -34,15 +35,7 @@ row 5 "" $B +editor=nope +model=smol_llava
 row 5 "" $B +editor=none +model=nope
 row 5 "" $B +editor=none +model=smol_llava data=nope
 row 5 "" $B -m +editor=none,nope +model=smol_llava
-strict='$PY -c "
-import json, pathlib, sys
-def no(c): raise ValueError(c)
-files = [p for p in pathlib.Path(\"$BD/r6\").rglob(\"*\") if p.suffix in (\".json\", \".jsonl\", \".partial\")]
-for p in files:
-    for line in (p.read_text().splitlines() if p.suffix != \".json\" else [p.read_text()]):
-        json.loads(line, parse_constant=no)
-print(f\"{len(files)} JSON/JSONL files parse strictly; edits.jsonl: {open(\"$BD/r6/edits.jsonl\").readline().strip()}\")
-" 2>&1 | tail -1'
+strict='$PY "$REPO/scripts/_first_message.py" --strict "$BD/r6"'
 rm -rf "$BD/r6"
 row 6 "$strict" $B +editor=ft_l +model=smol_llava model.dtype=float16 edits=4 editor.lr=1e6 out_dir="$BD/r6"
 $PY - "$BD/files" <<'PY'
