@@ -17,6 +17,7 @@ from bench.core.backbone import EditableBackbone
 from bench.core.editor import Choice
 from bench.core.errors import UserError
 from bench.core.inject import STATE_DTYPE, module_device
+from bench.core.io import dumps
 from bench.core.types import Batch
 
 log = logging.getLogger(__name__)
@@ -307,10 +308,10 @@ def save_checkpoint(net: LiveEditNet, meta: dict, out_dir: Path, config: dict) -
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()},
         str(tmp),
-        metadata={"liveedit": json.dumps(meta)},
+        metadata={"liveedit": dumps(meta)},
     )
     os.replace(tmp, path)
-    (out_dir / CONFIG_FILE).write_text(json.dumps({"meta": meta, "config": config}, indent=1, default=str) + "\n")
+    (out_dir / CONFIG_FILE).write_text(dumps({"meta": meta, "config": config}, indent=1, default=str) + "\n")
     return path
 
 

@@ -40,7 +40,6 @@ layer and architecture as metadata), ``config.json`` (that metadata and the full
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ if TYPE_CHECKING:  # the editor calls this module (LiveEdit.train_offline); anno
     from .liveedit import LiveEdit
 
 from bench.core.editor import typed_config
+from bench.core.io import dumps
 
 from .liveedit_nets import (
     ARCH_KEYS,
@@ -279,7 +279,7 @@ def routing_warmup(
             # warm-up after joint steps must not break W&B's increasing step
             tracker.log({"warmup/step": step, **{f"warmup/{k}": v for k, v in last.items() if k != "warmup_step"}})
             with open(out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps({"phase": "routing_warmup", **last}) + "\n")
+                f.write(dumps({"phase": "routing_warmup", **last}) + "\n")
             log.info(
                 "routing warm-up step %d: %s",
                 step,
@@ -459,7 +459,7 @@ def train(
             if step % log_every == 0 or step == steps:
                 tracker.log({f"train/{k}": v for k, v in last.items()})
                 with open(out_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(last) + "\n")
+                    f.write(dumps(last) + "\n")
                 log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step"))
             out_of_time = max_s is not None and time.time() - t0 > max_s
             if step % save_every == 0 or step == steps or out_of_time:
