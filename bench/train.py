@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import editors
 
 from .backbones import build_backbone
-from .config import CONF_DIR, normalize_overrides
+from .config import CONF_DIR, normalize_overrides, precheck
 from .data import build_data, resolve, with_images
 from .run import check_config, seed_everything
 from .tracking import make_tracker
@@ -85,7 +85,9 @@ def _argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *_argv(sys.argv[1:])]
+    args = _argv(sys.argv[1:])
+    precheck(args)  # an unknown editor/model/data name, key or type: exit 2 before Hydra's app starts
+    sys.argv = [sys.argv[0], *args]
     _hydra_main()
 
 

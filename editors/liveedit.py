@@ -140,7 +140,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LiveEditTrainConfig:
-    epochs: int = MISSING
+    epochs: int | None = MISSING  # null: max_steps alone sets the length
     max_steps: int | None = MISSING
     batch_size: int = MISSING
     token_init: TokenInit = MISSING

@@ -201,3 +201,23 @@ def test_hydra_files_go_into_out_dir(tmp_path):
     r = subprocess.run(over, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "edits: 1" in (out / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, first",
+    [
+        (["+editor=nope", "+model=tiny"], "error: unknown editor 'nope'; valid: "),
+        (["+editor=liveedit", "+model=tiny", "editor.train.batch_sise=2"], "error: editor.train.batch_sise: not a key"),
+    ],
+)
+def test_bench_train_checks_names_and_keys_before_hydra(monkeypatch, capsys, argv, first):
+    """``python -m bench.train`` refuses an unknown name or key as ``python -m bench`` does: exit 2, one line."""
+    import bench.train as bt
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench-train", *argv])
+    monkeypatch.setattr(bt, "_hydra_main", lambda: pytest.fail("Hydra's app ran"))
+    with pytest.raises(SystemExit) as e:
+        bt.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(first) and err.count("\n") == 1, err
