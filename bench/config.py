@@ -310,6 +310,13 @@ def available(group: str) -> list[str]:
 SCHEMA_GROUPS = ("model", "data", "logger")
 
 
+def _group_schema(group: str | None, node) -> type:
+    """The schema of ``group``'s config ``node`` (None: the run config); a model's by its backbone kind."""
+    if group == "model":
+        return _schema.model_schema(node)
+    return {None: _schema.RunSchema, "data": _schema.DataSchema, "logger": _schema.LoggerSchema}[group]
+
+
 def _group_choice(group: str, overrides: Iterable[str]) -> str | None:
     """The option of ``group`` a command line chooses, else the primary config's default."""
     for o in reversed(list(overrides)):
@@ -349,10 +356,7 @@ def schema_error(cause: BaseException, overrides: Iterable[str]) -> Exception | 
     if yaml is not None:
         rel = re.sub(r"\[\d+\]$", "", key.removeprefix(f"{group}.") if group else key)
         was = OmegaConf.select(yaml, rel, default=MISSING, throw_on_resolution_failure=False)
-        if group == "model":
-            root = _schema.model_schema(yaml)
-        else:
-            root = {None: _schema.RunSchema, "data": _schema.DataSchema, "logger": _schema.LoggerSchema}[group]
+        root = _group_schema(group, yaml)
     return _schema.explain(cause, group or "", where, root=root, source=_rel(path) if path else "", was=was)
 
 
@@ -368,11 +372,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if node is None:
             continue
         name = node["name"] if "name" in node and not OmegaConf.is_missing(node, "name") else None
-        where = _where(group, name)[0]
-        if group == "model":
-            done = _schema.model_config(node, where)
-        else:
-            done = _schema.typed(_schema.DataSchema if group == "data" else _schema.LoggerSchema, node, group, where)
+        done = _schema.typed(_group_schema(group, node), node, group, _where(group, name)[0])
         if done is not node:
             cfg[group] = done
     return cfg

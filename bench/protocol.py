@@ -39,11 +39,10 @@ from .backbones.base import Backbone, Probe
 from .core.errors import NonFiniteError, nonfinite_hint
 from .core.metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .core.records import RecordSet
-from .core.schema import Mode, ProtocolSchema, typed
+from .core.schema import ProtocolSchema, typed
 from .results import RunWriter
 
 log = logging.getLogger(__name__)
-MODES = tuple(m.value for m in Mode)
 
 
 @dataclass

@@ -25,9 +25,9 @@ from .core.io import (  # noqa: F401
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
-    disk_full_error,
     dumps,
     loads,
+    raise_if_disk_full,
 )
 
 RESULT_FILES = ("summary.json", "cases.jsonl", "cases.jsonl.partial", "curve.csv", "edits.jsonl")
@@ -157,10 +157,8 @@ class RunWriter:
                 f.seek(start)
             except OSError:
                 pass
-            err = disk_full_error(Path(f.name), len(data), e)
-            if err is e:
-                raise
-            raise err from e
+            raise_if_disk_full(Path(f.name), len(data), e)
+            raise
 
     def add_cases(self, cases: list[dict]) -> None:
         self._append(self._cases, cases)

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bench.core.schema import RESIZE_MODES
+
 # EfficientNet-Lite0 stages: (expand ratio, kernel, stride, out channels, repeats).
 # Lite variants: no squeeze-excite, ReLU6, fixed 32-channel stem and 1280-channel head.
 _LITE0_STAGES = [
@@ -118,9 +120,6 @@ class RandomConvEncoder(nn.Module):
 
     def tap_channels(self, taps: tuple[int, ...]) -> int:
         return 0
-
-
-RESIZE_MODES = ("squash", "crop", "pad")
 
 
 class ImageLoader:

@@ -20,7 +20,6 @@ rounded to ``model.dtype``.
 from __future__ import annotations
 
 import abc
-import difflib
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -34,7 +33,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from .backbone import EditableBackbone
 from .errors import UserError
 from .inject import Attachments, MasterWeights
-from .schema import Choice  # noqa: F401 - editors type their options with it (bench.core.editor.Choice)
+from .schema import Choice, parent_schema, unknown_key  # noqa: F401 - Choice: editors type their options with it
 from .types import Arch, Probe
 
 if TYPE_CHECKING:
@@ -90,19 +89,10 @@ def typed_config(cls: type[Editor], cfg) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(cls.Config), values)
     except (ConfigKeyError, ConfigAttributeError) as e:
-        raise UserError(_not_a_field(cls, str(e.full_key))) from e
+        key = str(e.full_key)  # the structured node that refused it: cls.Config, or one nested in it
+        raise unknown_key(f"editor.{key}", parent_schema(cls.Config, key), f"editor {cls.name!r}") from e
     except ValidationError as e:
         raise UserError(f"editor.{e.full_key}: {str(e.msg).splitlines()[0]}") from e
-
-
-def _not_a_field(cls: type[Editor], key: str) -> str:
-    parent, _, leaf = key.rpartition(".")
-    schema = OmegaConf.structured(cls.Config)
-    node = OmegaConf.select(schema, parent) if parent else schema
-    valid = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
-    close = difflib.get_close_matches(leaf, valid, n=1)
-    hint = f"; did you mean editor.{parent + '.' if parent else ''}{close[0]}?" if close else ""
-    return f"editor.{key}: not a key of editor {cls.name!r}{hint or ';'} valid keys: {', '.join(valid)}"
 
 
 class Editor(abc.ABC):

@@ -88,11 +88,11 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def disk_full_error(path: Path, need: int, cause: BaseException) -> BaseException:
-    """``cause`` as a :class:`DiskFullError` when it is a full disk (else ``cause`` itself)."""
-    if isinstance(cause, DiskFullError) or not is_disk_full(cause):
-        return cause
-    return DiskFullError(path, need, free_bytes(path))
+def raise_if_disk_full(path: Path, need: int, cause: BaseException) -> None:
+    """Raise ``cause`` as a :class:`DiskFullError` (from it) when it is a full disk; else return, for the
+    caller's bare ``raise`` to re-raise ``cause`` as it is."""
+    if not isinstance(cause, DiskFullError) and is_disk_full(cause):
+        raise DiskFullError(path, need, free_bytes(path)) from cause
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -107,10 +107,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        err = disk_full_error(path, len(text.encode("utf-8")), e)
-        if err is e:
-            raise
-        raise err from e
+        raise_if_disk_full(path, len(text.encode("utf-8")), e)
+        raise
 
 
 def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
@@ -127,10 +125,8 @@ def atomic_save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | No
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        err = disk_full_error(path, sum(t.numel() * t.element_size() for t in tensors.values()), e)
-        if err is e:
-            raise
-        raise err from e
+        raise_if_disk_full(path, sum(t.numel() * t.element_size() for t in tensors.values()), e)
+        raise
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -227,11 +227,15 @@ class HFLM:
     head: str | None = None  # its LM head when the module has none
 
 
+#: how a non-square image becomes square (bench.backbones.vision.ImageLoader)
+RESIZE_MODES = ("squash", "crop", "pad")
+
+
 @dataclass
 class HFVision:
     module: str = MISSING
     image_size: int | None = spec(None, min=1, means="null: the vision config's")
-    resize: str = spec("squash", choices=("squash", "crop", "pad"))  # bench.backbones.vision.RESIZE_MODES
+    resize: str = spec("squash", choices=RESIZE_MODES)
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
