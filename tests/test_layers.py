@@ -119,17 +119,25 @@ def test_no_import_cycles():
     assert not found, found
 
 
+def write_tree(root, files: dict[str, str]) -> None:
+    """A package tree for the walker: ``{relative path: source}``."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def test_the_walker_sees_a_back_edge(tmp_path):
     """The check can fail: a core module importing an editor is reported."""
-    for rel, text in {
-        "bench/__init__.py": "",
-        "bench/core/__init__.py": "",
-        "editors/__init__.py": "",
-        "bench/core/types.py": "def f():\n    from editors import x\n",
-        "editors/x.py": "from bench.core import types\n",
-    }.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    write_tree(
+        tmp_path,
+        {
+            "bench/__init__.py": "",
+            "bench/core/__init__.py": "",
+            "editors/__init__.py": "",
+            "bench/core/types.py": "def f():\n    from editors import x\n",
+            "editors/x.py": "from bench.core import types\n",
+        },
+    )
     edges = import_edges(modules(tmp_path))
     assert ("bench.core.types", "editors.x") in edges and layer("bench.core.types") < layer("editors.x")
     assert cycles(edges) == [["bench.core.types", "editors.x"]]
@@ -138,15 +146,16 @@ def test_the_walker_sees_a_back_edge(tmp_path):
 def test_the_walker_sees_a_type_only_back_edge(tmp_path):
     """An import of a higher layer under ``if TYPE_CHECKING:`` is a back edge too; a type-only import of a
     module that imports this one at run time is no cycle."""
-    for rel, text in {
-        "bench/__init__.py": "",
-        "bench/core/__init__.py": "",
-        "bench/backbones/__init__.py": "",
-        "bench/core/editor.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench.backbones.base import B\n",
-        "bench/backbones/base.py": "from bench.core import editor\n",
-    }.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
+    write_tree(
+        tmp_path,
+        {
+            "bench/__init__.py": "",
+            "bench/core/__init__.py": "",
+            "bench/backbones/__init__.py": "",
+            "bench/core/editor.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from bench.backbones.base import B\n",
+            "bench/backbones/base.py": "from bench.core import editor\n",
+        },
+    )
     mods = modules(tmp_path)
     edges = import_edges(mods)
     assert ("bench.core.editor", "bench.backbones.base") in edges
