@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from bench.core.editor import Editor
 
 from .backbones.base import Backbone, Probe
-from .core.errors import NonFiniteError, nonfinite_hint
+from .core.answers import MATCHERS, NEAR_TIE_EPS, check_matchers, cross_check, locality_same
+from .core.errors import NonFiniteError, UserError, nonfinite_hint
 from .core.metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .core.records import RecordSet
 from .core.schema import ProtocolSchema, typed
@@ -54,6 +55,20 @@ class ProtocolConfig:
     score_batch_size: int | None = None
     progress: bool = True
     save_every: int = 10  # save resumable progress every N edits (0: never)
+    eval: str = "both"  # teacher_forced | generate | both
+    max_new_tokens: int = 32
+    stop: tuple[str, ...] = ("\n",)
+    matchers: tuple[str, ...] = ("em", "contains", "f1")
+    gen_batch_size: int | None = None
+    near_tie_eps: float = NEAR_TIE_EPS
+
+    @property
+    def teacher_forced(self) -> bool:
+        return self.eval in ("teacher_forced", "both")
+
+    @property
+    def generate(self) -> bool:
+        return self.eval in ("generate", "both")
 
     @classmethod
     def from_cfg(cls, cfg, editor_cfg=None) -> ProtocolConfig:
@@ -62,7 +77,18 @@ class ProtocolConfig:
         null`` (the default) takes the editor's own ``edit_batch_size`` (its reference setting, e.g.
         ELDER 4, UltraEdit 100) from ``editor_cfg`` when it has one, else 1; an integer wins."""
         p = typed(ProtocolSchema, cfg if cfg is not None else {}, "protocol", "protocol")
+        g = p.generation
+        try:
+            check_matchers(list(g.matchers))
+        except ValueError as e:
+            raise UserError(str(e)) from None
         return cls(
+            eval=p.eval.value,
+            max_new_tokens=g.max_new_tokens,
+            stop=tuple(g.stop),
+            matchers=tuple(g.matchers),
+            gen_batch_size=g.batch_size,
+            near_tie_eps=g.near_tie_eps,
             mode=p.mode.value,
             chunk_size=p.chunk_size,
             checkpoints=sorted(p.checkpoints or ()),
@@ -119,6 +145,8 @@ class Lifelong:
         self.writer, self.tracker = writer, tracker
         self.probes = [stream.probes(i) for i in range(len(stream))]
         self.pre: dict[tuple[int, int], list[int]] = {}
+        self.pre_gen: dict[tuple[int, int], str] = {}  # pre-edit generated text of the locality probes
+        self.score_seconds = {"teacher_forced": 0.0, "generate": 0.0}
         self.edit_seconds: list[float] = []
         self.n_edited = 0
         self.curve: list[dict] = []
@@ -162,39 +190,81 @@ class Lifelong:
         )
 
     # ----- scoring ----------------------------------------------------------------------------
+    def _score(self, probes: list[Probe]):
+        t0 = time.perf_counter()
+        scores = self.bb.score(probes, self.cfg.score_batch_size, self.cfg.progress)
+        self.score_seconds["teacher_forced"] += time.perf_counter() - t0
+        return scores
+
+    def _generate(self, probes: list[Probe]):
+        c = self.cfg
+        t0 = time.perf_counter()
+        gens = self.bb.generate(probes, c.max_new_tokens, c.stop, c.gen_batch_size or c.score_batch_size, c.progress)
+        self.score_seconds["generate"] += time.perf_counter() - t0
+        return gens
+
     def cache_pre_edit(self) -> None:
-        """Score locality probes on the unedited model (before the first edit)."""
+        """Score (and/or generate for) the locality probes on the unedited model (before the first edit)."""
         if self.editor.n_edits:
             raise RuntimeError("pre-edit cache must be taken before the first edit")
         keys = [(i, j) for i, ps in enumerate(self.probes) for j, p in enumerate(ps) if p.kind in LOCALITY_KINDS]
         log.info("caching pre-edit predictions of %d locality probes", len(keys))
         probes = [self.probes[i][j] for i, j in keys]
-        scores = self.bb.score(probes, self.cfg.score_batch_size, self.cfg.progress)
-        self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
-        self._check_scores(probes, scores, "on the unedited backbone (pre-edit locality cache)")
-        self.pre = {k: s.pred_ids for k, s in zip(keys, scores, strict=True)}
+        if self.cfg.teacher_forced:
+            scores = self._score(probes)
+            self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
+            self._check_scores(probes, scores, "on the unedited backbone (pre-edit locality cache)")
+            self.pre = {k: s.pred_ids for k, s in zip(keys, scores, strict=True)}
+        if self.cfg.generate:
+            gens = self._generate(probes)
+            self.pre_gen = {k: g.text for k, g in zip(keys, gens, strict=True)}
 
     def evaluate(self, positions: list[int], step: int) -> list[dict]:
+        c = self.cfg
         flat: list[tuple[int, int, Probe]] = [(i, j, p) for i in positions for j, p in enumerate(self.probes[i])]
-        scores = self.bb.score([p for _, _, p in flat], self.cfg.score_batch_size, self.cfg.progress)
+        probes = [p for _, _, p in flat]
+        scores = self._score(probes) if c.teacher_forced else [None] * len(flat)
+        gens = self._generate(probes) if c.generate else [None] * len(flat)
         dec = self.bb.tokenizer.decode
         cases = []
-        for (i, j, p), s in zip(flat, scores, strict=True):
+        for (i, j, p), s, g in zip(flat, scores, gens, strict=True):
             case = {"step": step, "pos": i, "record": p.record, "kind": p.kind, "probe": j}
-            if p.kind in LOCALITY_KINDS:
-                pre = self.pre[(i, j)]
-                case["score"] = agreement(s.pred_ids, pre)
-                case["pre_pred"] = dec(pre)
-            else:
-                case["score"] = token_accuracy(s.pred_ids, s.target_ids)
-            lp = round(s.logprob, 4)  # a NaN is written as null + "logprob_nonfinite" (bench.core.io.dumps)
-            case.update(pred=dec(s.pred_ids), target=p.target, prompt=p.prompt, image=p.image, logprob=lp)
+            local = p.kind in LOCALITY_KINDS
+            if s is not None:
+                if local:
+                    pre = self.pre[(i, j)]
+                    case["score"] = agreement(s.pred_ids, pre)
+                    case["pre_pred"] = dec(pre)
+                else:
+                    case["score"] = token_accuracy(s.pred_ids, s.target_ids)
+                case["pred"] = dec(s.pred_ids)
+            case.update(target=p.target, prompt=p.prompt, image=p.image)
+            if s is not None:
+                case["logprob"] = round(s.logprob, 4)  # a NaN is written as null + "logprob_nonfinite"
+            if g is not None:
+                case.update(gen_text=g.text, gen_stop=g.stop)
+                if local:
+                    pre_text = self.pre_gen[(i, j)]
+                    case.update(pre_gen_text=pre_text, gen_loc=locality_same(self.answer(g.text), self.answer(pre_text)))
+                else:
+                    for m in c.matchers:
+                        case[f"gen_{m}"] = MATCHERS[m](g.answer, p.target)
+            if s is not None and g is not None:
+                x = cross_check(g.ids, s.pred_ids, s.target_ids, s.margins, c.near_tie_eps)
+                case.update(xcheck=x.agree, xcheck_near_tie=x.near_tie)
             cases.append(case)
         if self.writer:
             self.writer.add_cases(cases)  # kept (with logprob null) before the guard stops the run
-        self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
-        self._check_scores([p for _, _, p in flat], scores, f"after {step} edits")
+        if c.teacher_forced:
+            self.nonfinite_logprobs += sum(not math.isfinite(s.logprob) for s in scores)
+            self._check_scores(probes, scores, f"after {step} edits")
         return cases
+
+    def answer(self, text: str) -> str:
+        """The answer in a generated text: what comes before the first stop string."""
+        from .core.answers import answer_before_stop
+
+        return answer_before_stop(text, self.cfg.stop)
 
     # ----- editing ----------------------------------------------------------------------------
     def _edit(self, positions: list[int], bar) -> None:
@@ -302,17 +372,18 @@ class Lifelong:
             "config": self.config,
             "time": time.time(),
         }
-        self.writer.save_progress(progress, tensors, self.pre)
+        self.writer.save_progress(progress, tensors, self.pre, self.pre_gen)
         self.save_seconds += time.perf_counter() - t0
         self.n_saves += 1
 
-    def resume(self, progress: dict, tensors: dict, pre: dict) -> None:
+    def resume(self, progress: dict, tensors: dict, pre: dict, pre_gen: dict | None = None) -> None:
         """Continue from progress saved by an earlier, interrupted run of the same config."""
         if progress.get("mode") != self.cfg.mode:
             raise ValueError(f"saved progress is of protocol.mode={progress.get('mode')}, not {self.cfg.mode}")
         self.n_edited = int(progress["edits_done"])
         self.edit_seconds = list(progress["edit_seconds"])
         self.pre = pre
+        self.pre_gen = dict(pre_gen or {})
         self.curve = list(self.writer.curve) if self.writer else []
         state = {n[len("editor/") :]: t for n, t in tensors.items() if n.startswith("editor/")}
         if self.cfg.mode == "sequential":
@@ -344,6 +415,8 @@ class Lifelong:
             "peak_mem_mb": round(peak_memory_mb(self.bb.device), 1),
             "save_seconds_total": self.save_seconds,
             "n_saves": self.n_saves,
+            "score_seconds_teacher_forced": self.score_seconds["teacher_forced"],
+            "score_seconds_generate": self.score_seconds["generate"],
         }
 
 

@@ -166,13 +166,15 @@ class RunWriter:
     def add_edit(self, row: dict) -> None:
         self._append(self._edits, [row])
 
-    def save_progress(self, progress: dict, editor_state: dict, pre: dict | None) -> None:
+    def save_progress(self, progress: dict, editor_state: dict, pre: dict | None, pre_gen: dict | None = None) -> None:
         """Everything a resume needs, each file atomic; ``progress.json`` last (it points at the rest)."""
         d = self.progress_dir
         d.mkdir(exist_ok=True)
         step = int(progress["edits_done"])
         if pre is not None and not (d / "pre.json").is_file():
             atomic_write_json(d / "pre.json", [[i, j, ids] for (i, j), ids in pre.items()])
+        if pre_gen and not (d / "pre_gen.json").is_file():
+            atomic_write_json(d / "pre_gen.json", [[i, j, text] for (i, j), text in pre_gen.items()])
         name = f"editor_{step}.safetensors"
         progress = {
             **progress,
@@ -192,15 +194,19 @@ class RunWriter:
             if old.name != name:
                 old.unlink(missing_ok=True)
 
-    def load_progress(self) -> tuple[dict, dict, dict]:
-        """(progress, editor state, pre-edit cache) saved by :meth:`save_progress`."""
+    def load_progress(self) -> tuple[dict, dict, dict, dict]:
+        """(progress, editor state, pre-edit cache, pre-edit generations) saved by :meth:`save_progress`."""
         from safetensors.torch import load_file
 
         d = self.progress_dir
         progress = read_progress(self.dir)
         state = load_file(str(d / progress["editor_state"]))
         pre = {(int(i), int(j)): list(ids) for i, j, ids in json.loads((d / "pre.json").read_text(encoding="utf-8"))}
-        return progress, state, pre
+        gen_file = d / "pre_gen.json"
+        pre_gen = {}
+        if gen_file.is_file():
+            pre_gen = {(int(i), int(j)): str(t) for i, j, t in json.loads(gen_file.read_text(encoding="utf-8"))}
+        return progress, state, pre, pre_gen
 
     def add_curve(self, row: dict) -> None:
         self.curve.append(row)

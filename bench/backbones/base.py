@@ -21,6 +21,7 @@ and inside any batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -28,7 +29,18 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from bench.core.types import IMAGE_MARK, PROMPT_MARK, Arch, Batch, Prefix, Probe, ProbeScore, layer_index  # noqa: F401
+from bench.core.answers import answer_before_stop
+from bench.core.types import (  # noqa: F401
+    IMAGE_MARK,
+    PROMPT_MARK,
+    Arch,
+    Batch,
+    Generation,
+    Prefix,
+    Probe,
+    ProbeScore,
+    layer_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,19 @@ def _get_path(root: nn.Module, path: str) -> nn.Module:
             raise AttributeError(f"module path '{path}' not found: {type(mod).__name__} has no attribute '{part}'")
         mod = getattr(mod, part)
     return mod
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """The keyword a decoder takes its KV cache by: ``cache`` (transformers 5.x) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _cache_of(output) -> Any:
+    """The KV cache a decoder returned (``cache`` in transformers 5.x, ``past_key_values`` before)."""
+    got = getattr(output, "cache", None)
+    return got if got is not None else output.past_key_values
 
 
 class _PrefixDone(Exception):
@@ -243,8 +268,13 @@ class Backbone(nn.Module):
             head, mid = "", before
         return head, mid, after
 
-    def prepare(self, probes: Sequence[Probe]) -> Batch:
-        """Tokenise and embed probes into one right-padded batch."""
+    def prepare(self, probes: Sequence[Probe], prompt_only: bool = False) -> Batch:
+        """Tokenise and embed probes into one right-padded batch.
+
+        ``prompt_only``: the sequences stop after the prompt (no target tokens; ``target_ids`` empty) for
+        :meth:`generate`. The prompt's tokens are the very ones teacher forcing puts before the target
+        (the context part of :meth:`encode_joint`), so a generation starts from the state teacher forcing
+        scores the target's first token in."""
         probes = list(probes)
         bos = getattr(self.tokenizer, "bos_token_id", None) if self.add_bos else None
         img_paths = [p.image for p in probes if p.image is not None]
@@ -262,7 +292,7 @@ class Backbone(nn.Module):
             ctx, tgt = self.encode_joint(self.probe_context(p), p.target)
             seq.append(("ids", ctx))
             pieces.append(seq)
-            targets.append(tgt)
+            targets.append([] if prompt_only else tgt)
         n_img = img_emb.shape[1] if img_emb is not None else 0
         lengths, prompt_last = [], []
         for p, seq, tgt in zip(probes, pieces, targets, strict=True):
@@ -437,31 +467,125 @@ class Backbone(nn.Module):
         sel = logits[rows, pos] if logits is not None else self.label_logits(batch, h, rows, pos)
         return nn.functional.cross_entropy(sel.float(), ids)
 
-    @torch.no_grad()
-    def score(self, probes: Sequence[Probe], batch_size: int | None = None, progress: bool = False) -> list[ProbeScore]:
-        """Teacher-forced argmax predictions on every probe's target span."""
-        from tqdm.auto import tqdm
-
-        probes = list(probes)
-        bs = batch_size or self.batch_size
-        # sort by token count so batches pad little; results go back in input order
+    def _by_size(self, probes: list[Probe], bs: int) -> list[list[int]]:
+        """Indices of ``probes`` in chunks of ``bs``, sorted by token count so batches pad little (results
+        go back in input order)."""
         if len(probes) > bs:
             n_img = self.num_image_tokens if hasattr(self, "num_image_tokens") else 1
             size = [sum(map(len, self.encode_joint(p.prompt, p.target))) + (n_img if p.image else 0) for p in probes]
             order = sorted(range(len(probes)), key=lambda i: size[i])
         else:
             order = list(range(len(probes)))
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    @torch.no_grad()
+    def score(self, probes: Sequence[Probe], batch_size: int | None = None, progress: bool = False) -> list[ProbeScore]:
+        """Teacher-forced argmax predictions on every probe's target span (with each position's top-1/top-2
+        logit margin)."""
+        from tqdm.auto import tqdm
+
+        probes = list(probes)
         out: list[ProbeScore | None] = [None] * len(probes)
-        chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+        chunks = self._by_size(probes, batch_size or self.batch_size)
         for chunk in tqdm(chunks, desc="scoring", disable=not progress, leave=False):
             batch = self.prepare([probes[i] for i in chunk])
             rows, pos, ids = batch.label_positions()
             sel = self.label_logits(batch, None, rows, pos).float()
+            top = sel.topk(2, dim=-1).values if sel.shape[-1] > 1 else sel.repeat(1, 2)
             preds = sel.argmax(-1).tolist()
+            margins = (top[:, 0] - top[:, 1]).tolist()
             lps = torch.log_softmax(sel, -1).gather(-1, ids[:, None])[:, 0].tolist()
             k = 0
             for b, i in enumerate(chunk):
                 n = len(batch.target_ids[b])
-                out[i] = ProbeScore(batch.target_ids[b], preds[k : k + n], float(sum(lps[k : k + n])))
+                out[i] = ProbeScore(
+                    batch.target_ids[b], preds[k : k + n], float(sum(lps[k : k + n])), margins[k : k + n]
+                )
                 k += n
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        probes: Sequence[Probe],
+        max_new_tokens: int = 16,
+        stop: Sequence[str] = ("\n",),
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """Greedy decoding from every probe's prompt (its target unused but for the prompt's tokens, see
+        :meth:`prepare`), batched, with the KV cache.
+
+        A row stops at EOS, once its text holds a stop string, or after ``max_new_tokens`` tokens; the
+        batch stops when every row has (decoding continues for no finished row's sake). Layout: the
+        prompts are right-padded as in teacher forcing (so ``prompt_last`` and every editor hook see the
+        prompt pass exactly as in :meth:`score`); each decode forward appends one token per row at
+        position id ``lengths[b] + step - 1`` with the padding between a short prompt and its new tokens
+        masked out: the equivalent of left padding, so a probe generates the same alone and in any
+        batch. Editors' hooks see :attr:`context` with ``step >= 1`` in the decode forwards
+        (:class:`~bench.core.types.Batch`). Nothing is cut to the target's length."""
+        from tqdm.auto import tqdm
+
+        probes = list(probes)
+        out: list[Generation | None] = [None] * len(probes)
+        chunks = self._by_size(probes, batch_size or self.batch_size)
+        for chunk in tqdm(chunks, desc="generating", disable=not progress, leave=False):
+            batch = self.prepare([probes[i] for i in chunk], prompt_only=True)
+            for i, g in zip(chunk, self._generate_batch(batch, max_new_tokens, tuple(stop)), strict=True):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: Batch, max_new_tokens: int, stop: tuple[str, ...]) -> list[Generation]:
+        B, L = batch.attention_mask.shape
+        dev = batch.inputs_embeds.device
+        dec, head = self.decoder(), self.lm_head()
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        rows = torch.arange(B, device=dev)
+        with self._in_context(batch):
+            o = dec(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=torch.arange(L, device=dev).unsqueeze(0).expand(B, L),
+                use_cache=True,
+            )
+        cache_kw = _cache_kwarg(dec)
+        cache = _cache_of(o)
+        nxt = head(o.last_hidden_state[rows, batch.prompt_last.to(dev)]).float().argmax(-1)
+        ids: list[list[int]] = [[] for _ in range(B)]
+        why: list[str | None] = [None] * B
+        mask = batch.attention_mask
+        for step in range(1, max_new_tokens + 1):
+            for b, t in enumerate(nxt.tolist()):
+                if why[b] is not None:
+                    continue
+                ids[b].append(t)
+                if eos is not None and t == eos:
+                    why[b] = "eos"
+                elif stop and any(s in self.tokenizer.decode(ids[b], skip_special_tokens=True) for s in stop):
+                    why[b] = "stop"
+                elif step == max_new_tokens:
+                    why[b] = "length"
+            if all(w is not None for w in why):
+                break
+            new = nxt[:, None]
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=mask.device)], 1)
+            positions = batch.lengths.to(dev) + (step - 1)
+            emb = self.embed_tokens(new)
+            ctx = dataclasses.replace(
+                batch, inputs_embeds=emb, attention_mask=mask, input_ids=new, step=step, positions=positions
+            )
+            with self._in_context(ctx):
+                o = dec(
+                    inputs_embeds=emb,
+                    attention_mask=mask,
+                    position_ids=positions[:, None],
+                    use_cache=True,
+                    **{cache_kw: cache},
+                )
+            cache = _cache_of(o)
+            nxt = head(o.last_hidden_state[:, -1]).float().argmax(-1)
+        gens = []
+        for b in range(B):
+            text = self.tokenizer.decode(ids[b], skip_special_tokens=True)
+            gens.append(Generation(ids[b], text, answer_before_stop(text, stop), why[b] or "length"))
+        return gens

@@ -45,7 +45,7 @@ def as_sequence(
     any other tensor is returned unchanged.
     """
     if shape is None and backbone is not None and backbone.context is not None:
-        shape = tuple(backbone.context.attention_mask.shape)
+        shape = backbone.context.seq_shape
     if t.dim() == 2 and shape is not None and t.shape[0] == shape[0] * shape[1]:
         return t.view(shape[0], shape[1], t.shape[-1])
     return t

@@ -64,6 +64,24 @@ class Mode(Choice):
     chunked = "chunked"
 
 
+class EvalMode(Choice):
+    teacher_forced = "teacher_forced"
+    generate = "generate"
+    both = "both"
+
+
+@dataclass
+class GenerationSchema:
+    """``protocol.generation.*``: greedy decoding for ``protocol.eval: generate|both`` (docs/protocol.md,
+    "Generation")."""
+
+    max_new_tokens: int = spec(32, min=1)
+    stop: list[str] = spec(factory=lambda: ["\n"], means="[]: only EOS and max_new_tokens stop")
+    matchers: list[str] = spec(factory=lambda: ["em", "contains", "f1"], means="names in bench.core.answers.MATCHERS")
+    batch_size: int | None = spec(None, min=1, means="null: protocol.score_batch_size")
+    near_tie_eps: float = spec(1e-3, min=0.0, means="cross-check: top-1/top-2 logit margin counted as a tie")
+
+
 @dataclass
 class ProtocolSchema:
     """``protocol.*`` (docs/protocol.md)."""
@@ -76,6 +94,8 @@ class ProtocolSchema:
     loc_topk: int = spec(1, choices=(1,), means="only top-1 agreement (protocol.md) is implemented")
     progress: bool = True
     save_every: int = spec(10, min=0, means="0: never")
+    eval: EvalMode = EvalMode.both
+    generation: GenerationSchema = field(default_factory=GenerationSchema)
 
 
 @dataclass

@@ -41,10 +41,34 @@ class Batch:
     lengths: torch.Tensor  # [B] real length
     image_mask: torch.Tensor  # [B, L] bool, True on image tokens
     probes: list[Probe] = field(default_factory=list)
+    #: 0: every token of the sequences is in this forward (teacher forcing, or the prompt pass of a
+    #: generation); ``k >= 1``: the ``k``-th KV-cached decode forward of :meth:`Backbone.generate`, in
+    #: which each row holds ONE new token (``inputs_embeds`` [B, 1, d]) at position ``positions[b]``, the
+    #: other fields still describing the prompt (``prompt_last``, ``image_mask``, ``lengths``: the
+    #: prompt's) and ``attention_mask`` covering the cache plus the new token [B, past + 1]
+    step: int = 0
+    #: the new token's position id per row in a decode forward ([B], ``step >= 1`` only)
+    positions: torch.Tensor | None = None
+    #: state an editor keeps from the prompt pass of a generation for its decode forwards (its routing
+    #: decision, its key's hit): one dict shared by the prompt batch and every decode step made from it
+    memo: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.inputs_embeds.shape[0]
+
+    @property
+    def decoding(self) -> bool:
+        """True in a KV-cached decode forward (one new token per row; see :attr:`step`)."""
+        return self.step > 0
+
+    @property
+    def seq_shape(self) -> tuple[int, int]:
+        """``(B, T)`` of the hidden states of this forward: ``attention_mask``'s shape, or ``(B, 1)`` in a
+        decode forward (its mask also covers the cached tokens)."""
+        if self.step:
+            return (self.inputs_embeds.shape[0], self.inputs_embeds.shape[1])
+        return tuple(self.attention_mask.shape)  # type: ignore[return-value]
 
     def label_positions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch index, logit position, target id) for every target token."""
@@ -91,6 +115,9 @@ class ProbeScore:
     target_ids: list[int]
     pred_ids: list[int]
     logprob: float
+    #: per target position, the teacher-forced logit margin top-1 minus top-2 (how close the argmax was to
+    #: a tie; the generation cross-check leaves out positions below its epsilon)
+    margins: list[float] = field(default_factory=list)
 
     @property
     def token_acc(self) -> float:
@@ -132,3 +159,13 @@ class Arch:
 
     def layer_index(self, i: int | float, key: str = "layer") -> int:
         return layer_index(i, self.num_layers, key, self.name)
+
+
+@dataclass
+class Generation:
+    """What :meth:`Backbone.generate` made of one probe's prompt (greedy decoding)."""
+
+    ids: list[int]  # the generated tokens, the stopping one included (EOS, or the one completing a stop string)
+    text: str  # ``ids`` decoded (special tokens skipped), before any cut or normalisation
+    answer: str  # ``text`` up to the first stop string (protocol.md, "Generation")
+    stop: str  # why decoding ended: "eos", "stop" (a stop string), or "length" (max_new_tokens)
