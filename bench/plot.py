@@ -8,11 +8,14 @@ one line; any other differing setting makes its own line, labelled with it). Wri
 ``--out`` (default: the first directory):
 
 - ``curves.png``/``.pdf``: one panel per metric (Rel, T-Gen, M-Gen, T-Loc, M-Loc, Port
-  where present), the metric in % versus the number of edits from each run's ``curve.csv``
+  where present, Rel-EM), the metric in % versus the number of edits from each run's ``curve.csv``
   (``protocol.checkpoints`` and the end of the stream); the line is the mean over seeds,
   the band mean ± std (or ± the 95% t-interval with ``--band ci95``) where a row has
-  several seeds;
-- ``final.png``/``.pdf``: the final metrics of every row side by side, error bars as the band.
+  several seeds; runs scored by generation (``protocol.eval=generate|both``) add, from a new
+  row of panels on, the generation metrics of ``bench.report`` (G-Rel, G-T-Gen, G-M-Gen,
+  G-T-Loc, G-M-Loc, G-Port, G-Rel-F1, G-Rel-Cont, XCheck);
+- ``final.png``/``.pdf``: the final metrics of every row side by side, error bars as the band
+  (teacher-forced metrics in one panel, generation metrics in a second one where present).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import math
 from pathlib import Path
 
-from .report import COLUMNS, find_summaries, group_runs, note, spread
+from .report import COLUMNS, COUNT_METRICS, GEN_COLUMNS, SHOWN, find_summaries, group_runs, note, spread
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +36,32 @@ def row_label(keys: list[str], values: tuple) -> str:
     return ", ".join(parts)
 
 
+#: panel groups: the teacher-forced metrics, then the generation ones (each group starts a row of panels)
+GROUPS = (COLUMNS, GEN_COLUMNS)
+
+
+def is_fraction(key: str) -> bool:
+    """A metric in [0, 1] that the plots show: the report's columns, any ``gen_*``/``xcheck_*`` share."""
+    return key in SHOWN or (key.startswith(("gen_", "xcheck_")) and key not in COUNT_METRICS)
+
+
 def read_curve(summary: dict) -> dict[int, dict[str, float]]:
-    """edits -> metrics (fractions) of one run: its curve.csv, or its final metrics when it has none."""
+    """edits -> metrics (fractions) of one run: its curve.csv, or its final metrics when it has none.
+
+    Keeps the report's metrics and every generation share (``gen_*``, ``xcheck_agree``); counts and
+    timings are left out."""
     path = Path(summary.get("_path", "")) / "curve.csv"
     points: dict[int, dict[str, float]] = {}
     if path.is_file():
         with open(path, newline="") as f:
             for i, row in enumerate(csv.DictReader(f), start=2):
                 try:
-                    points[int(row["edits"])] = {k: float(row[k]) for k in COLUMNS if row.get(k) not in (None, "")}
+                    points[int(row["edits"])] = {
+                        k: float(v) for k, v in row.items() if is_fraction(k) and v not in (None, "")
+                    }
                 except (KeyError, ValueError) as e:
                     raise ValueError(f"{path}: line {i}: bad value ({e})") from e
-    points.setdefault(int(summary["n_edits"]), {k: float(v) for k, v in summary["metrics"].items() if k in COLUMNS})
+    points.setdefault(int(summary["n_edits"]), {k: float(v) for k, v in summary["metrics"].items() if is_fraction(k)})
     return points
 
 
@@ -58,7 +75,7 @@ def collect(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], list[
             for t, ms in read_curve(s).items():
                 for k, v in ms.items():
                     curves.setdefault(k, {}).setdefault(t, []).append(100.0 * v)
-        final = {k: [100.0 * s["metrics"][k] for s in runs if k in s["metrics"]] for k in COLUMNS}
+        final = {k: [100.0 * s["metrics"][k] for s in runs if k in s["metrics"]] for k in SHOWN}
         flag = note(runs)
         rows.append(
             {
@@ -87,6 +104,13 @@ def _subtitle(summaries: list[dict], band: str) -> str:
     return "; ".join(parts)
 
 
+def _layout(present) -> tuple[list[list[str]], int]:
+    """Panels per group (teacher-forced, generation) among the metrics ``present`` and the number of columns."""
+    groups = [[k for k in g if present(k)] for g in GROUPS]
+    groups = [g for g in groups if g]
+    return groups, min(4, max((len(g) for g in groups), default=1))
+
+
 def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", logx: bool = False) -> list[Path]:
     import matplotlib
 
@@ -94,12 +118,20 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    metrics = [k for k in COLUMNS if any(k in r["curves"] for r in rows)]
-    ncol = min(3, len(metrics))
-    nrow = math.ceil(len(metrics) / ncol)
+    groups, ncol = _layout(lambda k: any(k in r["curves"] for r in rows))
+    if not groups:
+        raise ValueError("no metric to plot")
+    # each group starts a row of panels: the generation metrics sit under the teacher-forced ones
+    place = [(gi, j) for gi, g in enumerate(groups) for j in range(len(g))]
+    starts = [sum(math.ceil(len(g) / ncol) for g in groups[:gi]) for gi in range(len(groups))]
+    nrow = sum(math.ceil(len(g) / ncol) for g in groups)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow + 0.6), squeeze=False, sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, k in zip(axes.flat, metrics, strict=False):
+    used = set()
+    for gi, j in place:
+        k = groups[gi][j]
+        ax = axes[starts[gi] + j // ncol, j % ncol]
+        used.add(id(ax))
         for i, r in enumerate(rows):
             pts = sorted(r["curves"].get(k, {}).items())
             if not pts:
@@ -118,7 +150,7 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
                     alpha=0.2,
                     lw=0,
                 )  # a metric lives in [0, 100]
-        ax.set_title(COLUMNS[k])
+        ax.set_title(SHOWN[k])
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
         if logx:
@@ -129,10 +161,23 @@ def plot_curves(rows: list[dict], out: Path, subtitle: str, band: str = "std", l
         ax.set_xlabel("edits")
     for ax in axes[:, 0]:
         ax.set_ylabel("%")
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.axis("off")
+    handles, labels = {}, []
+    for ax in axes.flat:  # every row once, whichever panel has it (a row may lack the first metric)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend(
+        [handles[lab] for lab in labels],
+        labels,
+        loc="lower center",
+        ncol=min(4, len(labels)),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(f"metrics versus number of edits ({subtitle})", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 + 0.03 * math.ceil(len(labels) / 4) / nrow, 1, 0.95))
     return _save(fig, out / "curves")
@@ -144,26 +189,41 @@ def plot_final(rows: list[dict], out: Path, subtitle: str, band: str = "std") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [k for k in COLUMNS if any(k in r["final"] for r in rows)]
+    groups, _ = _layout(lambda k: any(k in r["final"] for r in rows))
+    if not groups:
+        raise ValueError("no metric to plot")
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(metrics) * max(1, len(rows)) * 0.55 + 2), 4.2))
-    for i, r in enumerate(rows):
-        stats = [_band(r["final"][k], band) if k in r["final"] else (math.nan, 0.0) for k in metrics]
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(
-            xs,
-            [m for m, _ in stats],
-            width,
-            yerr=[w for _, w in stats] if r["runs"] > 1 else None,
-            capsize=3,
-            label=f"{r['label']} (n={r['runs']})",
-        )
-    ax.set_xticks(range(len(metrics)), [COLUMNS[k] for k in metrics])
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title(f"final metrics ({subtitle.replace('band', 'error bars')})", fontsize=10)
+    widest = max(len(g) for g in groups)
+    fig, axs = plt.subplots(
+        len(groups),
+        1,
+        figsize=(max(6.0, 1.1 * widest * max(1, len(rows)) * 0.55 + 2), 4.2 * len(groups)),
+        squeeze=False,
+    )
+    for ax, metrics in zip(axs[:, 0], groups, strict=True):
+        for i, r in enumerate(rows):
+            stats = [_band(r["final"][k], band) if k in r["final"] else (math.nan, 0.0) for k in metrics]
+            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
+            ax.bar(
+                xs,
+                [m for m, _ in stats],
+                width,
+                yerr=[w for _, w in stats] if r["runs"] > 1 else None,
+                capsize=3,
+                label=f"{r['label']} (n={r['runs']})",
+            )
+        ax.set_xticks(range(len(metrics)), [SHOWN[k] for k in metrics])
+        ax.set_xlim(-0.5, widest - 0.5)  # the same bar width in every panel
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 105)
+        ax.grid(axis="y", alpha=0.3)
+    axs[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    title = f"final metrics ({subtitle.replace('band', 'error bars')})"
+    if len(groups) > 1:
+        axs[0, 0].set_title(f"{title}\nteacher-forced", fontsize=10)
+        axs[1, 0].set_title("generated (greedy)", fontsize=10)
+    else:
+        axs[0, 0].set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "final")
 

@@ -6,7 +6,25 @@
 Reads only ``summary.json`` files (found recursively); columns Rel, T-Gen, M-Gen, T-Loc,
 M-Loc (and Port where present) in percent, Rel-EM (exact match: share of edit prompts whose
 whole target is predicted; token accuracy credits partly right answers), plus s/edit and
-KB/edit (memory the editor stores beside the model, per edit).
+KB/edit (memory the editor stores beside the model, per edit). These are teacher-forced
+(the target is fed and each of its tokens is checked against the argmax).
+
+Generation columns (runs with ``protocol.eval=generate|both``; a column appears only when
+some run has it, a run without it shows '-'), in percent, from free greedy generation:
+G-Rel, G-T-Gen, G-M-Gen, G-Port (exact match of the generated answer, ``gen_<kind>_em``),
+G-T-Loc, G-M-Loc (generation unchanged from the pre-edit one, ``gen_t_loc``/``gen_m_loc``),
+G-Rel-F1 and G-Rel-Cont (token F1 / target contained, ``gen_rel_f1``/``gen_rel_contains``),
+and XCheck (``xcheck_agree``: share of decidable probes whose generation agrees with teacher
+forcing). The csv also has every other ``gen_*`` metric and the ``<kind>_em`` / ``xcheck_*``
+figures a run recorded, under their metric names (``gen_t_gen_f1``, ``t_gen_em``, ...; in
+percent, except the counts ``xcheck_decided`` and ``xcheck_near_ties``).
+
+Gap (teacher-forced minus generated, in percentage points, a second table printed under the
+main one, and ``<name>_std``/``_ci95`` columns in the csv): ``Rel gap`` = Rel - G-Rel, i.e.
+teacher-forced token accuracy minus generated exact match, likewise ``T-Gen gap``,
+``M-Gen gap`` and ``Port gap``; taken per run (runs that have both numbers), then averaged
+over seeds like any metric. Positive: teacher forcing credits more than the model says when
+it answers freely (partly right tokens, or a right answer it does not stop after).
 
 Rows: runs are averaged only when every setting that can change the measurement is the
 same, i.e. they differ only in ``seed`` (and in where and how they were logged:
@@ -53,6 +71,32 @@ COLUMNS = {
     "port": "Port",
     "rel_em": "Rel-EM",
 }
+#: generation-mode columns (``protocol.eval=generate|both``), shown only when some run has them
+GEN_COLUMNS = {
+    "gen_rel_em": "G-Rel",
+    "gen_t_gen_em": "G-T-Gen",
+    "gen_m_gen_em": "G-M-Gen",
+    "gen_t_loc": "G-T-Loc",
+    "gen_m_loc": "G-M-Loc",
+    "gen_port_em": "G-Port",
+    "gen_rel_f1": "G-Rel-F1",
+    "gen_rel_contains": "G-Rel-Cont",
+    "xcheck_agree": "XCheck",
+}
+#: every displayed metric column (metric key -> name), in table order
+SHOWN = {**COLUMNS, **GEN_COLUMNS}
+#: gap columns: name -> (teacher-forced metric, generated metric); gap = 100 * (tf - gen) per run
+GAPS = {
+    "Rel gap": ("rel", "gen_rel_em"),
+    "T-Gen gap": ("t_gen", "gen_t_gen_em"),
+    "M-Gen gap": ("m_gen", "gen_m_gen_em"),
+    "Port gap": ("port", "gen_port_em"),
+}
+#: metrics kept in the csv only, under their own names: other generation matchers, the other exact matches
+CSV_ONLY_PREFIXES = ("gen_", "xcheck_")
+CSV_ONLY_SUFFIXES = ("_em",)
+#: csv-only metrics that are counts, not fractions (averaged as they are, not in %)
+COUNT_METRICS = ("xcheck_decided", "xcheck_near_ties")
 #: columns every table has (a run without Port or without Rel-EM, recorded before it existed, shows '-')
 MAIN_COLUMNS = ("rel", "t_gen", "m_gen", "t_loc", "m_loc")
 #: config keys (dotted prefixes) that do not change what is measured: averaged over / ignored
@@ -242,15 +286,39 @@ def note(runs: list[dict]) -> str:
     return "; ".join(notes)
 
 
+def _csv_only(key: str) -> bool:
+    return key not in SHOWN and (key.startswith(CSV_ONLY_PREFIXES) or key.endswith(CSV_ONLY_SUFFIXES))
+
+
+def _values(runs: list[dict], k: str) -> list[float]:
+    """A metric over runs, in % (counts as they are); runs without it are left out."""
+    scale = 1.0 if k in COUNT_METRICS else 100.0
+    return [scale * s["metrics"][k] for s in runs if k in s.get("metrics", {})]
+
+
+def _gaps(runs: list[dict], tf: str, gen: str) -> list[float]:
+    """Per run: 100 * (teacher-forced - generated), for runs that have both."""
+    return [100.0 * (m[tf] - m[gen]) for s in runs if tf in (m := s.get("metrics", {})) and gen in m]
+
+
 def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
     keys, groups = group_runs(summaries, list(by))
+    extra: list[str] = []  # csv-only metrics, in the order the runs recorded them
+    for s in summaries:
+        extra += [k for k in s.get("metrics", {}) if _csv_only(k) and k not in extra]
     rows = []
     for kv, runs in groups:
         row = dict(zip(keys, kv, strict=False))
-        for k, name in COLUMNS.items():
-            vals = [100.0 * s["metrics"][k] for s in runs if k in s.get("metrics", {})]
+        for k, name in SHOWN.items():
+            vals = _values(runs, k)
             if vals or k in MAIN_COLUMNS:
                 row[name], row[f"{name}_std"], row[f"{name}_ci95"] = spread(vals)
+        for name, (tf, gen) in GAPS.items():
+            if vals := _gaps(runs, tf, gen):
+                row[name], row[f"{name}_std"], row[f"{name}_ci95"] = spread(vals)
+        for k in extra:
+            if vals := _values(runs, k):
+                row[k], row[f"{k}_std"], row[f"{k}_ci95"] = spread(vals)
         row["s/edit"] = spread([s["timing"]["s_per_edit"] for s in runs])[0]
         row["KB/edit"] = spread([s.get("editor_memory_bytes", 0) / max(1, s["n_edits"]) / 1024 for s in runs])[0]
         row["runs"] = len(runs)
@@ -260,33 +328,56 @@ def table(summaries: list[dict], by: list[str] = ()) -> pd.DataFrame:
         row["note"] = note(runs)
         rows.append(row)
     df = pd.DataFrame(rows)
-    metric_cols = [c for c in df.columns if c not in keys and c not in ("runs", "seeds", "note", "s/edit", "KB/edit")]
+    metric_cols = [
+        f"{name}{suffix}"
+        for name in [*SHOWN.values(), *GAPS, *extra]
+        for suffix in ("", "_std", "_ci95")
+        if name in df.columns
+    ]
     df = df[keys + metric_cols + ["s/edit", "KB/edit", "runs", "seeds"] + (["note"] if df["note"].any() else [])]
     return df.set_index(keys)
 
 
 def metric_names(df: pd.DataFrame) -> list[str]:
-    return [c for c in COLUMNS.values() if c in df.columns]
+    """The displayed metric columns of a table: teacher-forced, then generation (those it has)."""
+    return [c for c in SHOWN.values() if c in df.columns]
+
+
+def gap_names(df: pd.DataFrame) -> list[str]:
+    """The gap columns of a table (teacher-forced minus generated), empty without generation metrics."""
+    return [c for c in GAPS if c in df.columns]
+
+
+GAP_CAPTION = (
+    "Gap, teacher-forced minus generated (percentage points): Rel gap = Rel - G-Rel "
+    "(token accuracy - generated exact match), likewise T-Gen, M-Gen, Port"
+)
 
 
 def _num(v, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
-def _cells(df: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells: key columns as given, metrics 'mean ± std' with 2 decimals, '-' when missing."""
+def _cells(df: pd.DataFrame, pm: str, gap: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells: key columns as given, metrics 'mean ± std' with 2 decimals, '-' when missing.
+
+    ``gap``: the gap table (key columns, the signed gaps, runs) instead of the main one.
+    """
     keys = list(df.index.names)
-    metrics = metric_names(df)
-    extra = [c for c in ("note",) if c in df.columns]
-    header = keys + metrics + ["s/edit", "KB/edit", "runs"] + extra
+    metrics = gap_names(df) if gap else metric_names(df)
+    fmt = "+.2f" if gap else ".2f"
+    extra = [c for c in ("note",) if c in df.columns and not gap]
+    header = keys + metrics + ([] if gap else ["s/edit", "KB/edit"]) + ["runs"] + extra
     body = []
     for idx, r in df.iterrows():
         kv = list(idx) if isinstance(idx, tuple) else [idx]
         cells = [str(v) for v in kv]
         for m in metrics:
             mean, std = r[m], r[f"{m}_std"]
-            cells.append(_num(mean, ".2f") + (f"{pm}{std:.2f}" if not math.isnan(mean) and not math.isnan(std) else ""))
-        cells += [_num(r["s/edit"], ".3g"), _num(r["KB/edit"], ".1f"), str(int(r["runs"]))]
+            cells.append(_num(mean, fmt) + (f"{pm}{std:.2f}" if not math.isnan(mean) and not math.isnan(std) else ""))
+        if not gap:
+            cells += [_num(r["s/edit"], ".3g"), _num(r["KB/edit"], ".1f")]
+        cells.append(str(int(r["runs"])))
         cells += [str(r[c]) for c in extra]
         body.append(cells)
     return header, body
@@ -310,38 +401,48 @@ def latex_escape(s: str) -> str:
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(s))
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    if fmt == "markdown":
-        from tabulate import tabulate
+def _markdown(df: pd.DataFrame, gap: bool) -> str:
+    from tabulate import tabulate
 
-        header, body = _cells(df, " ± ")
-        nk = len(df.index.names)
-        align = (
-            ["left"] * nk + ["right"] * (len(header) - nk - ("note" in df.columns)) + ["left"] * ("note" in df.columns)
-        )
-        text = tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True, colalign=align)
+    header, body = _cells(df, " ± ", gap)
+    nk = len(df.index.names)
+    note_col = "note" in header
+    align = ["left"] * nk + ["right"] * (len(header) - nk - note_col) + ["left"] * note_col
+    return tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True, colalign=align)
+
+
+def _latex(df: pd.DataFrame, gap: bool) -> list[str]:
+    header, body = _cells(df, "\x00", gap)
+    nk = len(df.index.names)
+    note_col = "note" in header
+    lines = [
+        "\\begin{tabular}{" + "l" * nk + "r" * (len(header) - nk - note_col) + "l" * note_col + "}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
+    for cells in body:
+        lines.append(" & ".join(latex_escape(c).replace("\x00", " $\\pm$ ") for c in cells) + " \\\\")
+    return lines + ["\\bottomrule", "\\end{tabular}"]
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """The table as markdown, csv or LaTeX; markdown and LaTeX add the gap table when the runs generated."""
+    gaps = bool(gap_names(df))
+    if fmt == "markdown":
+        text = _markdown(df, gap=False)
+        if gaps:
+            text += f"\n\n{GAP_CAPTION}:\n\n" + _markdown(df, gap=True)
         if (df["runs"] > 1).any():
             text += "\n\nmean ± std over runs (seeds); 95% t-intervals (`*_ci95`) in table.csv"
         return text
     if fmt == "csv":
         return df.to_csv(float_format="%.6g")
     if fmt == "latex":
-        header, body = _cells(df, "\x00")
-        nk = len(df.index.names)
-        lines = [
-            "% bench.report table: needs \\usepackage{booktabs}; metrics in %, mean $\\pm$ std over seeds",
-            "\\begin{tabular}{"
-            + "l" * nk
-            + "r" * (len(header) - nk - ("note" in df.columns))
-            + "l" * ("note" in df.columns)
-            + "}",
-            "\\toprule",
-            " & ".join(latex_escape(h) for h in header) + " \\\\",
-            "\\midrule",
-        ]
-        for cells in body:
-            lines.append(" & ".join(latex_escape(c).replace("\x00", " $\\pm$ ") for c in cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
+        lines = ["% bench.report table: needs \\usepackage{booktabs}; metrics in %, mean $\\pm$ std over seeds"]
+        lines += _latex(df, gap=False)
+        if gaps:
+            lines += ["", "\\medskip", "", f"% {GAP_CAPTION}"] + _latex(df, gap=True)
         return "\n".join(lines)
     raise ValueError(f"unknown format {fmt!r}; valid: markdown, csv, latex")
 

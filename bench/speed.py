@@ -4,6 +4,11 @@ Measured on one backbone and one edit stream (default ``smol_llava`` + ``toy_evq
 
 1. **Scoring**: batched (``backbone.score``) against a per-sample loop over the stream's
    probes; identical predictions are asserted (the run fails after writing its results if not).
+   Then **generation** (``backbone.generate``, greedy with the KV cache, with the run config's
+   ``protocol.generation`` values) on the same probes: its time as a ratio to batched teacher-forced
+   scoring (target 2.5x), the tokens generated, why rows stopped, how many forwards each batch ran
+   (its longest row) against the tokens per row, and batched against one-by-one generation, whose
+   token ids must be identical (asserted as for scoring).
 2. **s/edit** of every editor on the same stream of ``--edits`` requests (one request per
    ``edit`` call, as ``protocol.edit_batch_size=1``); an editor's ``fit`` (WISE reads the train
    split) is timed apart. Also the editor's bytes per stored edit after the stream.
@@ -138,6 +143,7 @@ class SpeedRun:
             "threads": torch.get_num_threads(),
             "overrides": overrides,
             "scoring": None,
+            "generation": None,
             "editors": {},
             "latency": {},
             "fill": {},
@@ -180,7 +186,11 @@ class SpeedRun:
         # 1. scoring: batched vs per-sample
         scored = probes if a.score_probes is None else probes[: a.score_probes]
         if scored:
-            self._scoring(bb, scored)
+            from .protocol import ProtocolConfig
+
+            pc = ProtocolConfig.from_cfg(base_cfg.get("protocol"))
+            t_tf = self._scoring(bb, scored, pc.score_batch_size)
+            self._generation(bb, scored, pc, t_tf)
 
         # 2./3. base forward latency, then every editor
         batch = bb.prepare(probes[: a.batch])
@@ -245,12 +255,14 @@ class SpeedRun:
         self.save()
         return self.res
 
-    def _scoring(self, bb, probes) -> None:
+    def _scoring(self, bb, probes, batch_size: int | None = None) -> float:
+        """Batched teacher-forced scoring (``protocol.score_batch_size``, as a run scores) against a
+        per-sample loop; returns the batched seconds."""
         dev = bb.device
-        bb.score(probes[: min(len(probes), 4)])  # warm-up (image features, allocator)
+        bb.score(probes[: min(len(probes), 4)], batch_size)  # warm-up (image features, allocator)
         _sync(dev)
         t0 = time.perf_counter()
-        batched = bb.score(probes)
+        batched = bb.score(probes, batch_size)
         _sync(dev)
         t_b = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -260,7 +272,7 @@ class SpeedRun:
         diff = sum(x.pred_ids != y.pred_ids for x, y in zip(batched, single, strict=True))
         self.res["scoring"] = {
             "probes": len(probes),
-            "batch_size": bb.batch_size,
+            "batch_size": batch_size or bb.batch_size,
             "batched_s": round(t_b, 3),
             "per_sample_s": round(t_s, 3),
             "speedup": round(t_s / t_b, 2),
@@ -268,6 +280,67 @@ class SpeedRun:
             "differing": diff,
         }
         log.info("scoring: batched %.2f s, per-sample %.2f s (%.2fx), %d differing", t_b, t_s, t_s / t_b, diff)
+        self.save()
+        return t_b
+
+    def _generation(self, bb, probes, pc, t_tf: float) -> None:
+        """Greedy generation (``backbone.generate`` with ``protocol.generation``'s values, batch size as a run
+        takes it) on the probes teacher-forced scoring just timed (``t_tf`` seconds batched), after the same
+        warm-up; then one probe at a time, whose token ids must be the batched ones."""
+        dev = bb.device
+        bs = pc.gen_batch_size or pc.score_batch_size or bb.batch_size
+        n, stop = pc.max_new_tokens, tuple(pc.stop)
+        bb.generate(probes[: min(len(probes), 4)], n, stop, bs)  # warm-up, as for scoring
+        _sync(dev)
+        t0 = time.perf_counter()
+        batched = bb.generate(probes, n, stop, bs)
+        _sync(dev)
+        t_b = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = [bb.generate([p], n, stop, bs)[0] for p in probes]
+        _sync(dev)
+        t_s = time.perf_counter() - t0
+        diff = sum(x.ids != y.ids for x, y in zip(batched, single, strict=True))
+        tokens = [len(g.ids) for g in batched]
+        # the batches generate() ran: each runs as many forwards as its longest row has tokens (the prompt
+        # pass gives the first token, every decode step one more), for every row of the batch
+        chunks = bb._by_size(list(probes), bs)
+        steps = [max(tokens[i] for i in c) for c in chunks]
+        row_steps = sum(len(c) * k for c, k in zip(chunks, steps, strict=True))
+        self.res["generation"] = g = {
+            "probes": len(probes),
+            "max_new_tokens": n,
+            "stop": list(stop),
+            "batch_size": bs,
+            "teacher_forced_s": round(t_tf, 3),
+            "batched_s": round(t_b, 3),
+            "ratio": round(t_b / t_tf, 2),  # generate / teacher-forced, both batched
+            "target_ratio": 2.5,
+            "per_sample_s": round(t_s, 3),
+            "speedup": round(t_s / t_b, 2),
+            "tokens_mean": round(sum(tokens) / len(tokens), 2),
+            "tokens_max": max(tokens),
+            "stopped": {k: sum(x.stop == k for x in batched) for k in ("eos", "stop", "length")},
+            "batches": len(chunks),
+            "batch_steps_mean": round(sum(steps) / len(steps), 2),  # forwards per batch: its longest row's tokens
+            "row_steps_used": round(sum(tokens) / row_steps, 3),  # share of the rows' forwards that made a token
+            "identical_ids": diff == 0,
+            "differing": diff,
+        }
+        log.info(
+            "generation: batched %.2f s = %.2fx teacher-forced (%.2f s), per-sample %.2f s; %.2f tokens/probe "
+            "(max %d), stopped %s; %.2f forwards per batch vs %.2f tokens per row; %d differing",
+            t_b,
+            g["ratio"],
+            t_tf,
+            t_s,
+            g["tokens_mean"],
+            g["tokens_max"],
+            g["stopped"],
+            g["batch_steps_mean"],
+            g["tokens_mean"],
+            diff,
+        )
         self.save()
 
     @staticmethod
@@ -382,6 +455,31 @@ def markdown(res: dict) -> str:
                 f"{'yes' if sc['identical_predictions'] else 'NO (' + str(sc['differing']) + ' differ)'} |"
             ),
             "",
+        ]
+    ge = res.get("generation")
+    if ge:
+        stop = ", ".join(repr(x).replace("|", "/") for x in ge["stop"]) or "none"
+        out += [
+            (
+                f"Generation (greedy, KV cache, at most {ge['max_new_tokens']} new tokens, stop strings {stop}, "
+                f"batches of {ge['batch_size']}) on the same {ge['probes']} probes:\n"
+            ),
+            "| generation | batched s | teacher-forced s | generate / teacher-forced | per-sample s | batched speed-up "
+            "| identical token ids |",
+            "|---|---|---|---|---|---|---|",
+            (
+                f"| greedy | {ge['batched_s']} | {ge['teacher_forced_s']} | {ge['ratio']}x (target "
+                f"{ge['target_ratio']}x) | {ge['per_sample_s']} | {ge['speedup']}x | "
+                f"{'yes' if ge['identical_ids'] else 'NO (' + str(ge['differing']) + ' differ)'} |"
+            ),
+            "",
+            (
+                f"Tokens generated per probe: mean {ge['tokens_mean']}, max {ge['tokens_max']}; stopped by "
+                + ", ".join(f"{k} {v}" for k, v in ge["stopped"].items())
+                + f". Forwards per batch (its longest row): mean {ge['batch_steps_mean']} over {ge['batches']} "
+                f"batches, against {ge['tokens_mean']} tokens per row: {ge['row_steps_used']:.0%} of the "
+                "rows' forwards made a token.\n"
+            ),
         ]
     eds = res.get("editors", {})
     if eds:
@@ -516,8 +614,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown(res))
     print(f"written: {Path(args.out) / 'speed.json'} and speed.md")
     sc = res.get("scoring") or {}
+    ge = res.get("generation") or {}
+    bad = []
     if sc and not sc.get("identical_predictions"):
-        raise SystemExit(f"batched and per-sample scoring disagree on {sc.get('differing')} probes")
+        bad.append(f"batched and per-sample scoring disagree on {sc.get('differing')} probes")
+    if ge and not ge.get("identical_ids"):
+        bad.append(f"batched and per-sample generation disagree on {ge.get('differing')} probes")
+    if bad:
+        raise SystemExit("; ".join(bad))
     return res
 
 

@@ -96,6 +96,19 @@ Departures from the reference (deliberate)
   to every output, the mixture off or the adapters disabled included. Here the mixture off is the
   original matrix bit for bit.
 
+Generation
+----------
+At generation time (``Backbone.generate``: a prompt pass, then KV-cached decode forwards of one new token
+each) the reference, with MELO's ``key_id: -1``, routes on the last token of whatever the grace layer sees
+(JiaangL/ELDER ``peft_egg/src/peft/tuners/elder.py`` ``ElderGraceLinear.forward``: ``x[:, key_id]``; the
+globals ``SEQ_REPR``/``IN_EDIT_SCOPE`` are rewritten every forward): on a decoder-only model with a KV
+cache each decode step recomputes query, code, deferral and top-k routing from its one new token (it ships
+no generation code). Here, by default (``generation_key: prompt``), routing and deferral are decided ONCE on
+the prompt (the query at the last prompt token, as teacher forcing) and kept for every generated token
+(``Batch.memo``): the experts and gates chosen on the prompt apply to a generated token as they apply to the
+target tokens in teacher forcing (the whole sequence of a sample goes to its top-k). ``generation_key:
+each_token`` is the reference with a KV cache: each decode forward routes (and defers) on its new token.
+
 Peer check (``scripts/peer_elder.py --ref <JiaangL/ELDER>``, tiny backbone, the reference's gates and
 LoRAs copied in, same inputs; ``results/tables/peer_elder/peer_elder.md``): router input, scores, top-2
 sets, codes and the deferral decision at thresholds 0-9 are identical; the mixture output differs by
@@ -154,6 +167,11 @@ FED_BY = {"out": ("in", "gate")}
 class RouterInput(Choice):
     target = "target"  # the input of the first mixture layer's query matrix (the reference)
     residual = "residual"  # the first mixture layer's input (the residual stream)
+
+
+class GenerationKey(Choice):
+    prompt = "prompt"  # route on the prompt's last token, keep the routing for every generated token
+    each_token = "each_token"  # the reference (key_id -1) with a KV cache: re-route on each new token
 
 
 class LRSchedule(Choice):
@@ -217,6 +235,7 @@ class ELDERConfig(EditorConfig):
     lr_schedule: LRSchedule = MISSING
     lr_step: int = MISSING
     lr_gamma: float = MISSING
+    generation_key: GenerationKey = GenerationKey.prompt
 
 
 @register("elder")
@@ -311,6 +330,8 @@ class ELDER(Editor):
             for m in self.originals
         ]
         self._route: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.generation_key = cfg.generation_key
+        self._memo_key = ("elder", id(self))  # this editor's prompt-pass routing in Batch.memo
         self._editing = False
         self._train_presets: torch.Tensor | None = None
         self._guided: torch.Tensor | None = None
@@ -391,14 +412,22 @@ class ELDER(Editor):
         self._route_on(as_sequence(args[0], self.backbone))
 
     def _route_on(self, h: torch.Tensor) -> None:
-        """Route every sample of the forward on ``h`` at its last prompt token; sets ``self._route``."""
+        """Route every sample of the forward on ``h`` at its last prompt token; sets ``self._route``.
+
+        In a generation's decode forward (one new token per row): ``generation_key: prompt`` keeps the
+        routing and deferral of the prompt pass (``ctx.memo``); ``each_token`` routes on the new token (the
+        reference's ``key_id -1`` with a KV cache)."""
         if h.dim() == 2:  # a flattened FFN input that no batch context shapes: one sequence
             h = h[None]
         ctx = self.backbone.context
+        decoding = ctx is not None and ctx.decoding
+        if decoding and not self._editing and self.generation_key == GenerationKey.prompt:
+            self._route = ctx.memo.get(self._memo_key)  # None (no mixture) if the prompt pass was not routed here
+            return
         Bsz = h.shape[0]
-        if ctx is not None and ctx.size == Bsz and h.dim() == 3:
+        if ctx is not None and ctx.size == Bsz and h.dim() == 3 and not decoding:
             pos = ctx.prompt_last.to(h.device)
-        else:  # outside backbone.forward: the reference's key_id -1 (last position)
+        else:  # a decode forward's one new token, or outside backbone.forward: the reference's key_id -1
             pos = torch.full((Bsz,), h.shape[1] - 1, dtype=torch.long, device=h.device)
         q = h[torch.arange(Bsz, device=h.device), pos].detach().float()
         probs = self.router_probs(q)  # [B, L, E]
@@ -414,6 +443,8 @@ class ELDER(Editor):
         else:
             active = dist < self.threshold  # paper Alg. 1 / reference discriminate(): strictly below
         self._route = (idx, gates, active)
+        if ctx is not None and not decoding:  # kept by a generation's decode forwards
+            ctx.memo[self._memo_key] = (idx.detach(), gates.detach(), active)
         self.last = {
             "query": q,
             "idx": idx.detach(),

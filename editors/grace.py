@@ -58,6 +58,23 @@ Departures from the reference (all deliberate, see also conf/editor/grace.yaml)
   is an extra mode: the key token and every token after it (the teacher-forced
   target span).
 
+Generation
+----------
+At generation time (``Backbone.generate``: a prompt pass, then KV-cached decode forwards of one new token
+each) the reference re-keys every forward: EasyEdit ``easyeditor/models/grace/GRACE.py``
+(``GRACE.generate`` sets ``key_id = -1``; ``GRACEAdapter.forward`` latches ``key_id`` to the last prompt
+token on the prompt pass and then queries ``min(key_id, T - 1) = 0``, the one new token, on each decode
+step) with a KV cache; its own evaluation sidesteps this with ``use_cache=False`` (Thartvigsen/GRACE
+``grace/editors/grace.py`` likewise: ``key_id -1``, the last token of whatever is passed in). Here, by
+default (``generation_key: prompt``), the decision is made ONCE on the prompt (the query at the last prompt
+token, as teacher forcing) and kept for every generated token (``Batch.memo``): a generated token gets
+exactly what teacher forcing gives a target token, i.e. the key's value where ``replacement`` covers the
+positions after the key (``replace_all``, ``replace_from_key``) and nothing for ``replace_last`` and
+``replace_prompt``. ``generation_key: each_token`` is the reference with a KV cache: each decode forward
+queries the codebook with its one new token and, if that query hits, replaces the new token's output
+(``replace_last``/``replace_all``/``replace_from_key``; ``replace_prompt`` replaces nothing: the positions
+before a pass's only token are none).
+
 Precision: the backbone runs in ``model.dtype``; keys, values and radii are float32
 (:data:`bench.core.inject.STATE_DTYPE`), on the device of the hooked module. Queries are cast to
 float32 when read, a value is cast to ``model.dtype`` where it replaces the module's output, and
@@ -97,6 +114,11 @@ class Replacement(Choice):
     replace_from_key = "replace_from_key"
 
 
+class GenerationKey(Choice):
+    prompt = "prompt"  # decide on the prompt's last token, keep the decision for every generated token
+    each_token = "each_token"  # the reference with a KV cache: re-key each decode forward on its new token
+
+
 class ValInit(Choice):
     cold = "cold"
     warm = "warm"
@@ -128,6 +150,7 @@ class GRACEConfig(EditorConfig):
     seed: int = 0
     eps_expand: EpsExpand = MISSING
     early_stop_loss: float | None = None
+    generation_key: GenerationKey = GenerationKey.prompt
 
 
 @register("grace")
@@ -145,6 +168,8 @@ class GRACE(Editor):
         if self.eps_init < 0:
             raise ValueError(f"editor.eps_init must be >= 0, got {self.eps_init}")
         self.replacement = cfg.replacement
+        self.generation_key = cfg.generation_key
+        self._memo_key = ("grace", id(self))  # this editor's prompt-pass decision in Batch.memo
         layer = backbone.layer_index(cfg.layer, "editor.layer")  # int index or relative depth
         self.layer_index = backbone.layer_index(layer)
         self.module = backbone.ffn(layer, cfg.role) if cfg.module == Module.ffn else backbone.layer(layer)
@@ -220,11 +245,13 @@ class GRACE(Editor):
         x = as_sequence(args[0] if args else kwargs["hidden_states"], self.backbone)
         out0 = output[0] if isinstance(output, tuple) else output
         out = as_sequence(out0, self.backbone)
-        if ctx is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(ctx.attention_mask.shape):
+        if ctx is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(ctx.seq_shape):
             if not self._warned:
                 log.warning("grace: forward outside backbone.forward (no batch context); codebook not applied")
                 self._warned = True
             return None
+        if ctx.decoding and self._capture is None:
+            return self._decode_hook(ctx, x, out, out0, output)
         rows = torch.arange(x.shape[0], device=x.device)
         kpos = ctx.prompt_last.to(x.device)
         queries = x[rows, kpos].float()
@@ -233,6 +260,7 @@ class GRACE(Editor):
             raise _Captured
         dmin, idx = self._nearest(queries)
         hit = dmin <= self.eps[idx]
+        ctx.memo[self._memo_key] = (idx, hit)  # the prompt's decision, kept by a generation's decode steps
         if not bool(hit.any()):
             return None
         vals = self.values[idx]
@@ -249,6 +277,33 @@ class GRACE(Editor):
             Replacement.replace_from_key: lambda: (ar >= k) & (ar < length),
         }[self.replacement]()
         mask = (where & hit[:, None])[..., None]
+        new = torch.where(mask, vals[:, None, :].to(out.dtype), out).reshape(out0.shape)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    def _decode_hook(self, ctx, x, out, out0, output):
+        """A KV-cached decode forward (``x``/``out`` [B, 1, d]: one new token per row, after the prompt).
+
+        ``generation_key: prompt``: the prompt pass's decision (``ctx.memo``) applies as teacher forcing
+        applies it to a target token (positions after the key): the value for ``replace_all`` and
+        ``replace_from_key``, nothing for ``replace_last`` and ``replace_prompt``. ``each_token``: the
+        reference with a KV cache (EasyEdit ``token_to_edit = min(key_id, 0)``): the new token is its own
+        query and, on a hit, its output is replaced (``replace_prompt``: nothing, no position before it)."""
+        if self.replacement == Replacement.replace_prompt:
+            return None
+        if self.generation_key == GenerationKey.each_token:
+            dmin, idx = self._nearest(x[:, -1].float())
+            hit = dmin <= self.eps[idx]
+        else:
+            if self.replacement == Replacement.replace_last:
+                return None
+            memo = ctx.memo.get(self._memo_key)
+            if memo is None:  # the prompt pass met an empty codebook: nothing to keep
+                return None
+            idx, hit = memo
+        if not bool(hit.any()):
+            return None
+        vals = self.values[idx].to(out.device)
+        mask = hit.to(out.device)[:, None, None]
         new = torch.where(mask, vals[:, None, :].to(out.dtype), out).reshape(out0.shape)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 

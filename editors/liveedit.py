@@ -33,6 +33,17 @@ Mechanics
   the sample (two matmuls per block of experts, no [n, L, M, d] tensor; 10,000 experts run).
   A sample that keeps no expert, or has no image (the reference skips inputs
   without vision tokens), gets its layer output back bit for bit.
+* **Generation** (:meth:`Backbone.generate <bench.backbones.base.Backbone.generate>`, greedy with a KV
+  cache). The reference has no generation path: its evaluation is teacher-forced only
+  (``evaluation/vllm_editor_eval.py``, argmax accuracy), its ``get_llm_outpt`` calls the LM with
+  ``use_cache=False``, and its hook state (``now_infer_vt_range``), set by that wrapper and reset after one
+  use, would be unset under ``model.generate``, so its experts would not apply at all. The harness's
+  choice: the prompt pass routes each sample as above (its routing reads only vision and query reps,
+  which the prompt holds entirely) and adds the residual at its positions; it keeps the kept experts and
+  their coefficients in ``backbone.context.memo``, and each decode step adds the residual of those same
+  experts and coefficients, computed from the new token's own hidden state. That is what teacher forcing
+  adds at a target position under the same (prompt-only) decision, so generation and teacher forcing
+  agree. No option: the reference offers no other behaviour to reproduce.
 * **Ablations** (config): ``hard_routing: false`` keeps every stored expert (no sentinel
   filter); ``soft_routing: false`` replaces the soft weights by a plain mean over the kept
   experts (paper's "w/o soft routing" fuses without textual relevance; our reading).
@@ -445,20 +456,39 @@ class LiveEdit(Editor):
             return output
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
+    @property
+    def _memo_key(self) -> tuple[str, int]:
+        """This editor's entry in a generation's ``Batch.memo``: the prompt pass's (rows, coefficients)."""
+        return ("liveedit", id(self))
+
+    def _add_residual(self, h: torch.Tensor, idx: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``h`` with rows ``idx`` given the residual of coefficients ``c`` [len(idx), M]."""
+        hf = h.float()
+        dh = self.net.residual(hf[idx], self.U, self.V, c)
+        out = h.clone()
+        out[idx] = (hf[idx] + dh).to(h.dtype)
+        return out
+
     def _apply(self, h: torch.Tensor) -> torch.Tensor:
         ctx = self.backbone.context
+        if ctx is not None and ctx.decoding and tuple(ctx.seq_shape) == tuple(h.shape[:2]):
+            # a decode step: the prompt pass's experts and coefficients, on the new token (module doc, Generation)
+            if self._memo_key not in ctx.memo:
+                if not self._warned:
+                    log.warning("LiveEdit: a decode step without its prompt pass's routing; no experts applied")
+                    self._warned = True
+                return h
+            kept = ctx.memo[self._memo_key]
+            return h if kept is None else self._add_residual(h, *kept)
         if ctx is None or tuple(ctx.attention_mask.shape) != tuple(h.shape[:2]):
             if not self._warned:
                 log.warning("LiveEdit: layer %d ran outside backbone.forward; no experts applied", self.layer_idx)
                 self._warned = True
             return h
-        hf = h.float()
-        rows, c, keep, _, _ = self.route(ctx, hf)
+        rows, c, keep, _, _ = self.route(ctx, h.float())
         live = [i for i, b in enumerate(rows) if bool(keep[i].any())]
-        if not live:
-            return h
-        idx = torch.tensor([rows[i] for i in live], device=h.device)
-        dh = self.net.residual(hf[idx], self.U, self.V, c[live])
-        out = h.clone()
-        out[idx] = (hf[idx] + dh).to(h.dtype)
-        return out
+        kept = None
+        if live:
+            kept = (torch.tensor([rows[i] for i in live], device=h.device), c[live])
+        ctx.memo[self._memo_key] = kept  # for the decode steps of a generation
+        return h if kept is None else self._add_residual(h, *kept)

@@ -63,6 +63,20 @@ batch as a new cluster without checks); LoRA factors are kept in float32 and
 applied outside the base matrix (a wrapper with ``base_layer``), which is removed
 by ``reset``.
 
+Generation
+----------
+At generation time (``Backbone.generate``: a prompt pass, then KV-cached decode forwards of one new token
+each) the reference routes on the last token of whatever the key layer sees (ECNU-ICALK/MELO
+``peft_egg/src/peft/tuners/melo.py`` ``GraceLinear.forward``: ``key_id = min(self.key_id, T - 1)``,
+``key_id: -1``; ``melo/algs/lora.py`` ``LORA.generate`` calls the model's ``generate``): on a decoder-only
+model with a KV cache every decode step re-routes on its one new token and overwrites the global
+``LORA_BLOCK_MAPPING`` (on T5 the key layer is in the encoder, so the prompt's routing persists for all
+decoder steps). Here, by default (``generation_key: prompt``), the routing is decided ONCE on the prompt (the
+key at the last prompt token, as teacher forcing) and kept for every generated token (``Batch.memo``): the
+chosen block applies to a generated token as it applies to the target tokens in teacher forcing (a block
+applies to every position of its sample). ``generation_key: each_token`` is the decoder-only reference with
+a KV cache: each decode forward routes on the key layer's output at its one new token.
+
 Precision: the backbone runs in ``model.dtype``; the LoRA factors (and Adam's state), the
 keys and the vector database are float32 (:data:`bench.core.inject.STATE_DTYPE`). A LoRA matrix's
 input is cast to float32 for the low-rank product and the delta is cast back to ``model.dtype``
@@ -83,7 +97,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from bench.core.backbone import EditableBackbone
-from bench.core.editor import Editor, EditorConfig, grow_rows
+from bench.core.editor import Choice, Editor, EditorConfig, grow_rows
 from bench.core.inject import STATE_DTYPE, LinearWrapper, as_sequence, module_device
 from bench.core.optim import Steps, loss_forward, optimizer_update, run_steps
 from bench.core.types import Probe
@@ -93,6 +107,11 @@ from .registry import register
 
 NO_BLOCK = -1
 _SPLIT_EPS = 1e-5  # reference split_cluster_radii_in_half: d/2 -/+ 1e-5
+
+
+class GenerationKey(Choice):
+    prompt = "prompt"  # route on the prompt's last token, keep the block for every generated token
+    each_token = "each_token"  # the decoder-only reference with a KV cache: re-route on each new token
 
 
 class MeloLinear(LinearWrapper):
@@ -292,6 +311,7 @@ class MELOConfig(EditorConfig):
     lr_gamma: float = MISSING
     seed: int = 0
     early_stop_loss: float | None = None
+    generation_key: GenerationKey = GenerationKey.prompt
 
 
 @register("melo")
@@ -356,6 +376,8 @@ class MELO(Editor):
         self.next_block = 0
         self.block_requests: list[Probe] = []  # the requests of the block being filled (next_block - 1)
         self._route: torch.Tensor | None = None
+        self.generation_key = cfg.generation_key
+        self._memo_key = ("melo", id(self))  # this editor's prompt-pass routing in Batch.memo
         self._keys: torch.Tensor | None = None
         self._force_block: int | None = None
         self._live: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # the block being trained
@@ -392,20 +414,31 @@ class MELO(Editor):
         return self._live
 
     def _key_hook(self, module, inputs, out) -> None:
-        """Per-sample query at the last prompt token; routes every sample of the batch."""
+        """Per-sample query at the last prompt token; routes every sample of the batch.
+
+        In a generation's decode forward (one new token per row): ``generation_key: prompt`` keeps the
+        routing of the prompt pass (``ctx.memo``); ``each_token`` routes on the new token (the reference's
+        ``key_id -1`` with a KV cache)."""
         ctx = self.backbone.context
         out = as_sequence(out, self.backbone)
         Bsz = out.shape[0]
-        if ctx is not None and ctx.size == Bsz and out.dim() == 3:
-            pos = ctx.prompt_last.to(out.device)
-        else:  # called outside backbone.forward: the reference's key_id -1 (last position)
+        decoding = ctx is not None and ctx.decoding
+        if decoding and self._force_block is None and self.generation_key == GenerationKey.prompt:
+            self._route = ctx.memo.get(self._memo_key)  # None (no LoRA) if the prompt pass was not routed here
+            return
+        if decoding or ctx is None or ctx.size != Bsz or out.dim() != 3:
+            # a decode forward's one new token, or outside backbone.forward: the reference's key_id -1
             pos = torch.full((Bsz,), out.shape[1] - 1, dtype=torch.long, device=out.device)
+        else:
+            pos = ctx.prompt_last.to(out.device)
         q = out[torch.arange(Bsz, device=out.device), pos].detach().float()
         self._keys = q
         if self._force_block is not None:
             self._route = torch.full((Bsz,), self._force_block, dtype=torch.long, device=out.device)
         else:
             self._route = self.db.route(q)
+        if ctx is not None and not decoding:
+            ctx.memo[self._memo_key] = self._route  # kept by a generation's decode forwards
 
     # ----- editing -----------------------------------------------------------------------------
     def _edit(self, request: Probe) -> dict:

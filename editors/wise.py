@@ -51,6 +51,21 @@ Mechanics
   its own threshold), merged in groups of ``merge_freq / save_freq``; each sample takes
   the most activated memory that clears its threshold.
 
+Generation
+----------
+In :meth:`Backbone.generate <bench.backbones.base.Backbone.generate>` (greedy, KV cache) the prompt
+pass routes each sample as above, from its prompt tokens (the only ones there are), and keeps that
+choice in ``backbone.context.memo``; every decode step (one new token per row) gets the output of the
+*same* memory (or the original output) for its new token: what teacher forcing applies at a target
+position under the same decision, so greedy generation and teacher forcing agree. The one place
+they can legitimately disagree: with ``route_tokens: all`` (the default, EasyEdit's) teacher forcing
+averages ``d`` over prompt+target tokens, the generation's decision over the prompt tokens alone; a
+probe near the threshold can route differently in the two. ``route_tokens: prompt`` makes the two
+decisions the same. ``generation_route: each_token`` is the reference's behaviour instead
+(EasyEdit ``WISE.py``: ``WISEAdapter.forward`` has no decode case, so under a KV cache ``euc``
+averages over the one new token and each decode step re-routes from that token alone; per sample
+here, per batch there): the prompt pass routes as above, each decode step from its new token.
+
 Precision: the backbone runs in ``model.dtype``; the side memory ``W'``, the saved shards and
 the merged memory are float32 (:data:`bench.core.inject.STATE_DTYPE`), on the device of the FFN
 matrix. The matrix's input is cast to float32 to go through a memory, and the memory's output
@@ -61,6 +76,7 @@ in float16).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +94,8 @@ from bench.core.optim import run_steps
 from bench.core.types import Probe
 
 from .registry import register
+
+log = logging.getLogger(__name__)
 
 
 class Act(Choice):
@@ -101,6 +119,11 @@ class MergeAlg(Choice):
 class RouteTokens(Choice):
     all = "all"  # a sample's real tokens
     prompt = "prompt"  # up to its last prompt token
+
+
+class GenerationRoute(Choice):
+    prompt = "prompt"  # decode steps keep the prompt pass's choice (the default)
+    each_token = "each_token"  # each decode step re-routes from its new token alone (EasyEdit under a KV cache)
 
 
 # ----- TIES merging -------------------------------------------------------------------------------
@@ -189,6 +212,7 @@ class WISEConfig(EditorConfig):
     merge_prev_weight: float = MISSING
     act_ratio: float = MISSING
     route_tokens: RouteTokens = MISSING
+    generation_route: GenerationRoute = MISSING
     long_seq: int | None = None  # None: the mean token distance at any length
     retrieve: bool = MISSING
     seed: int = MISSING
@@ -233,6 +257,7 @@ class WISE(Editor):
             raise ValueError("editor.loc_prompts: need at least one generic locality prompt")
         self._editing = False
         self._trace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned_decode = False
         self._clear()
 
     # ----- state ------------------------------------------------------------------------------------
@@ -344,10 +369,11 @@ class WISE(Editor):
 
     # ----- distances and routing --------------------------------------------------------------------
     def _token_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L] bool: the tokens of each sample that its ``d`` is computed over."""
+        """[B, L] bool: the tokens of each sample that its ``d`` is computed over (in a decode step of a
+        generation, the one new token: ``generation_route: each_token``)."""
         B, L = x.shape[:2]
         ctx = self.backbone.context
-        if ctx is None or tuple(ctx.attention_mask.shape) != (B, L):
+        if ctx is None or ctx.decoding or tuple(ctx.attention_mask.shape) != (B, L):
             return torch.ones((B, L), dtype=torch.bool, device=x.device)
         valid = ctx.attention_mask.bool()
         if self.cfg.route_tokens == RouteTokens.prompt:
@@ -403,6 +429,15 @@ class WISE(Editor):
         )
         return self._cache
 
+    def _side(self, x: torch.Tensor, mems: torch.Tensor) -> torch.Tensor:
+        """[K, B, L, out]: every memory's output, one matmul per memory (a broadcast matmul would copy
+        every memory B times)."""
+        xs = x.to(mems.dtype)
+        side = torch.stack([F.linear(xs, m) for m in mems])
+        if self.module.bias is not None:
+            side = side + self.module.bias.to(side.dtype)
+        return side
+
     def route(self, x: torch.Tensor, orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample choice: index [B] (0 = original, k = candidate k-1) and candidate outputs."""
         cand = self._candidates()
@@ -410,11 +445,7 @@ class WISE(Editor):
         if cand is None:
             return torch.zeros(B, dtype=torch.long, device=x.device), None
         mems, thr = cand
-        # [K, B, L, out], one matmul per memory (a broadcast matmul would copy every memory B times)
-        xs = x.to(mems.dtype)
-        side = torch.stack([F.linear(xs, m) for m in mems])
-        if self.module.bias is not None:
-            side = side + self.module.bias.to(side.dtype)
+        side = self._side(x, mems)
         d = self._dist(orig, side, self._token_mask(x), infer=True)  # [K, B]
         ok = d > thr[:, None]
         best = torch.where(ok, d, torch.full_like(d, float("-inf"))).argmax(0)
@@ -428,13 +459,40 @@ class WISE(Editor):
             side = F.linear(x.to(self.cur.dtype), self.cur, bias)
             self._trace = (out, side)
             return side.to(out.dtype).reshape(output.shape)
-        idx, side = self.route(x, out)
+        idx, side = self._generation_route(x, out)
         if side is None or not bool(idx.any()):
             return None  # nobody routed: the original output object, untouched
         # each sample's chosen memory output (gathered, not all K stacked with the original), else the original
         chosen = side[(idx - 1).clamp(min=0), torch.arange(x.shape[0], device=x.device)].to(out.dtype)
         routed = (idx > 0).view(-1, *([1] * (out.dim() - 1)))
         return torch.where(routed, chosen, out).reshape(output.shape)
+
+    def _generation_route(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`route`, except in the decode steps of a generation (module doc, "Generation"): a full
+        forward (teacher forcing, a generation's prompt pass) routes and keeps its choice in
+        ``backbone.context.memo``; a decode step takes that choice back (``generation_route: prompt``)
+        or routes its new token (``each_token``)."""
+        ctx = self.backbone.context
+        if ctx is None or not ctx.decoding:
+            idx, side = self.route(x, out)
+            if ctx is not None:
+                ctx.memo[self._memo_key] = idx
+            return idx, side
+        if self.cfg.generation_route == GenerationRoute.each_token:
+            return self.route(x, out)
+        idx = ctx.memo.get(self._memo_key)
+        cand = self._candidates()
+        if idx is None or cand is None:  # no prompt pass of this generation went through this editor
+            if not self._warned_decode:
+                log.warning("WISE: a decode step without its prompt pass's routing; its new token is routed alone")
+                self._warned_decode = True
+            return self.route(x, out)
+        return idx, self._side(x, cand[0])
+
+    @property
+    def _memo_key(self) -> tuple[str, int]:
+        """This editor's entry in a generation's ``Batch.memo``."""
+        return ("wise", id(self))
 
     @torch.no_grad()
     def routes(self, probes: Sequence[Probe]) -> list[int]:

@@ -156,6 +156,12 @@ def test_portability_metric_on_vlkeb_style_data(tmp_path):
         "t_gen_em",
         "m_gen_em",
         "port_em",
+        *(f"gen_{k}_{m}" for k in ("rel", "t_gen", "m_gen", "port") for m in ("em", "contains", "f1")),
+        "gen_t_loc",
+        "gen_m_loc",
+        "xcheck_agree",
+        "xcheck_decided",
+        "xcheck_near_ties",
     }
     kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
     assert kinds.count("port") == 3
