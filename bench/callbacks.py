@@ -3,7 +3,8 @@
 ``SweepTable``: when a multirun starts, warns loudly when it sweeps ``seed`` over runs with
 ``shuffle=false`` (every seed then edits the same stream: only the editor's own randomness
 varies); when it ends, writes the sweep's combined ``table.md``/``table.csv``/``table.tex``
-(``bench.report``) into the sweep dir. Both run in the launching process, so they also work
+(``bench.report``: the teacher-forced columns, the generation ones and the teacher-forced minus
+generated gap table when the runs generated) into the sweep dir. Both run in the launching process, so they also work
 with the joblib and SLURM (submitit) launchers.
 """
 

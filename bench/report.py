@@ -12,7 +12,7 @@ KB/edit (memory the editor stores beside the model, per edit). These are teacher
 Generation columns (runs with ``protocol.eval=generate|both``; a column appears only when
 some run has it, a run without it shows '-'), in percent, from free greedy generation:
 G-Rel, G-T-Gen, G-M-Gen, G-Port (exact match of the generated answer, ``gen_<kind>_em``),
-G-T-Loc, G-M-Loc (generation unchanged from the pre-edit one, ``gen_t_loc``/``gen_m_loc``),
+G-T-Loc, G-M-Loc (generated answer unchanged from the pre-edit one, ``gen_t_loc``/``gen_m_loc``),
 G-Rel-F1 and G-Rel-Cont (token F1 / target contained, ``gen_rel_f1``/``gen_rel_contains``),
 and XCheck (``xcheck_agree``: share of decidable probes whose generation agrees with teacher
 forcing). The csv also has every other ``gen_*`` metric and the ``<kind>_em`` / ``xcheck_*``
@@ -36,7 +36,9 @@ settings that differ: ``editor`` always; ``model``/``data``/``edits`` when they 
 any other key that varies between runs (``editor.*`` keys when they vary among runs of
 one editor label, ``model.*``/``data.*`` among runs of one model/dataset), so that two
 ``ft_l`` rows always say how they differ. ``--by KEY`` adds a key column even when it
-does not vary (``--by seed`` gives one row per seed).
+does not vary (``--by seed`` gives one row per seed). A setting only the run's protocol record
+has (``protocol.scoring``, ``protocol.generation.decoding``, not in the config) still splits rows
+but gets no key column when the other key columns tell the rows apart without it.
 
 Spread over seeds: ``runs`` counts the averaged runs, ``seeds`` lists them; the csv has
 ``<metric>_std`` (sample std, ddof 1) and ``<metric>_ci95`` (half-width of the 95%
@@ -207,8 +209,8 @@ def _ignored(key: str) -> bool:
 def settings(summary: dict, by: list[str] = ()) -> dict:
     """Every recorded setting of a run that can change its measurement (dotted keys)."""
     flat = {k: v for k, v in _flatten(summary.get("config", {}), "", {}).items() if not _ignored(k)}
-    for k, v in (summary.get("protocol") or {}).items():  # what the protocol recorded (e.g. scoring)
-        flat.setdefault(f"protocol.{k}", json.dumps(v) if isinstance(v, list) else v)
+    for k, v in _flatten(summary.get("protocol") or {}, "protocol", {}).items():  # what it recorded (scoring, ...)
+        flat.setdefault(k, v)
     eb = (summary.get("protocol") or {}).get("edit_batch_size")
     if eb is not None:  # the batch size that ran (protocol.edit_batch_size: null takes the editor's own)
         flat["protocol.edit_batch_size"] = eb
@@ -232,6 +234,17 @@ def _sortable(v: str):
         return (0, float(v), "")
     except ValueError:
         return (1, 0.0, v)
+
+
+def _recorded_only(summaries: list[dict]) -> set[str]:
+    """Settings only the run's protocol record has (``protocol.scoring``, ``protocol.generation.decoding``, ...),
+    not its config: they split rows, but their key column is left out when the other key columns already
+    tell the rows apart (it then restates e.g. ``protocol.eval``)."""
+    out: set[str] = set()
+    for s in summaries:
+        cfg = _flatten(s.get("config", {}), "", {})
+        out |= {k for k in _flatten(s.get("protocol") or {}, "protocol", {}) if k not in cfg}
+    return out
 
 
 def group_runs(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], list[tuple[tuple, list[dict]]]]:
@@ -262,6 +275,12 @@ def group_runs(summaries: list[dict], by: list[str] = ()) -> tuple[list[str], li
     rows = []
     for gid, idx in groups.items():
         rows.append((tuple(_show(sets[idx[0]].get(k)) for k in keys), [summaries[i] for i in idx], gid))
+    recorded = _recorded_only(summaries) - set(by)
+    for k in reversed([k for k in keys if k in recorded]):  # e.g. protocol.scoring beside protocol.eval
+        i = keys.index(k)
+        if len({r[0][:i] + r[0][i + 1 :] for r in rows}) == len({r[0] for r in rows}):
+            keys.pop(i)
+            rows = [(r[0][:i] + r[0][i + 1 :], r[1], r[2]) for r in rows]
     if len({r[0] for r in rows}) < len(rows):  # two settings that print alike (e.g. 1 and 1.0)
         keys.append("config")
         rows = [(r[0] + (hashlib.sha1(r[2].encode()).hexdigest()[:8],), r[1], r[2]) for r in rows]

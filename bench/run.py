@@ -235,7 +235,26 @@ def run(cfg: DictConfig) -> dict:
             "checkpoints": pcfg.checkpoints,
             "edit_batch_size": pcfg.edit_batch_size,
             "loc_topk": 1,
-            "scoring": "teacher-forced argmax",
+            "eval": pcfg.eval,
+            "scoring": {
+                "teacher_forced": "teacher-forced argmax",
+                "generate": "greedy generation",
+                "both": "teacher-forced argmax and greedy generation",
+            }[pcfg.eval],
+            **(
+                {
+                    "generation": {
+                        "decoding": "greedy, KV cache",
+                        "max_new_tokens": pcfg.max_new_tokens,
+                        "stop": list(pcfg.stop),
+                        "matchers": list(pcfg.matchers),
+                        "normalisation": "squad",
+                        "near_tie_eps": pcfg.near_tie_eps,
+                    }
+                }
+                if pcfg.generate
+                else {}
+            ),
         },
         "status": "running",
         "config": resolved,

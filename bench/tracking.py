@@ -2,6 +2,13 @@
 
 A tracker failure never kills a run: every W&B call is guarded and, after the
 first failure, the tracker turns itself off with one warning.
+
+Metrics dicts go to W&B as they are, with no list of known keys: every key of a curve row
+(``curve/<k>`` per checkpoint, ``bench/protocol.py``) and of the final metrics (``final/<k>``,
+logged and put in the run summary by ``bench/run.py``) arrives, the generation metrics
+(``gen_<kind>_<matcher>``, ``gen_t_loc``, ``gen_m_loc``) and the cross-check figures
+(``xcheck_agree``, ``xcheck_decided``, ``xcheck_near_ties``) included; the ``results`` table is
+``bench.report``'s, with its generation and gap columns.
 """
 
 from __future__ import annotations

@@ -487,6 +487,8 @@ class WISE(Editor):
                 log.warning("WISE: a decode step without its prompt pass's routing; its new token is routed alone")
                 self._warned_decode = True
             return self.route(x, out)
+        if not bool(idx.any()):
+            return idx, None  # nobody routed at the prompt: no memory to run
         return idx, self._side(x, cand[0])
 
     @property

@@ -56,7 +56,8 @@ def test_multirun_then_report(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(sweep.rglob("summary.json"))) == 2
     # the multirun-end callback already wrote the sweep's combined table
-    assert (sweep / "table.md").read_text().count("| ft_l") == 1 and (sweep / "table.tex").exists()
+    # one row in the main table, one in the teacher-forced vs generated gap table below it
+    assert (sweep / "table.md").read_text().count("| ft_l") == 2 and (sweep / "table.tex").exists()
     assert "SEED SWEEP" not in r.stdout + r.stderr  # no seed sweep here
     df = report_main([str(sweep)])
     assert list(df.index) == ["none", "ft_l"]  # baseline first

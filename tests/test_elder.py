@@ -436,3 +436,70 @@ def test_early_stop_on_the_edit_cross_entropy(elder, toy_eval):
     stop = (first + full["ce"]) / 2
     s = run(num_iter=20, early_stop_loss=stop)
     assert 1 < s["steps"] < 20 and s["ce"] < stop
+
+
+# ----- generation (Backbone.generate, KV cache) -----------------------------------------------------
+GEN_RECORDS = (21, 25, 39)  # 2-token targets; record 39's the tiny mixture learns in full
+
+
+def generation_checks(bb, probes):
+    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
+    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
+    from bench.core.answers import cross_check
+
+    scores = bb.score(probes)
+    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
+    checks = []
+    for p, s, g in zip(probes, scores, together, strict=True):
+        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
+        for gen in (g, alone):
+            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
+            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
+        checks.append(c)
+    return together, checks
+
+
+def test_generation_keeps_the_prompt_routing_as_teacher_forcing(elder, tiny, toy_eval):
+    """generation_key=prompt (default): the experts, gates and deferral decided on the prompt apply to every
+    generated token, as teacher forcing applies them to the target tokens."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    locs = [toy_eval.probes(i)[k] for i in (21, 25) for k in (3, 4)]
+    probes = reqs + [toy_eval.probes(i)[1] for i in GEN_RECORDS] + locs
+    before = [g.ids for g in tiny.generate(reqs, max_new_tokens=4, stop=())]
+    ed = elder()
+    assert ed.cfg.generation_key == "prompt"
+    for r in reqs:
+        ed.edit(r)
+    assert bool(ed.route(reqs)["active"].all())
+    gens, checks = generation_checks(tiny, probes)
+    assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
+    # a generated token after the first (a decode forward, the mixture on the new token) was checked and agrees
+    assert any(c.agree and c.checked >= 2 for c in checks[: len(reqs)])
+
+
+def test_generation_each_token_reroutes_every_decode_forward(elder, tiny, toy_eval):
+    """generation_key=each_token (the reference's key_id -1 with a KV cache): each decode forward routes and
+    defers on the router input at its one new token; the default routes once, on the prompt."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    queries, xs = [], []  # the routers' queries, the router input (the query matrix's input) of every forward
+    for key in ("prompt", "each_token"):
+        ed = elder(generation_key=key)
+        for r in reqs:
+            ed.edit(r)
+        queries.clear()
+        xs.clear()
+        probs = ed.router_probs
+        ed.router_probs = lambda q, _p=probs: queries.append(q.clone()) or _p(q)
+        h = ed._wrappers[ed.query_target].register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().clone()))
+        try:
+            tiny.generate(reqs, max_new_tokens=4, stop=())
+        finally:
+            h.remove()
+        assert len(xs) == 4  # the prompt pass and 3 decode forwards
+        if key == "prompt":
+            assert len(queries) == 1
+        else:
+            assert len(queries) == 4
+            for q, x in zip(queries[1:], xs[1:], strict=True):  # decode forwards: the new token is the query
+                assert x.shape[1] == 1 and torch.equal(q, x[:, -1].float())
+        ed.reset()

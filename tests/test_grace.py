@@ -264,3 +264,75 @@ def test_cold_values_resume_exactly(make, toy_eval):
     assert ed2.n_keys == 4
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+# ----- generation (Backbone.generate, KV cache) -----------------------------------------------------
+#: records whose 2-token targets GRACE's value teaches in full on tiny, so that the check of a generated
+#: token after the first (made by a decode forward) is decidable
+GEN_RECORDS = (21, 25, 39)
+
+
+def generation_checks(bb, probes):
+    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
+    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
+    from bench.core.answers import cross_check
+
+    scores = bb.score(probes)
+    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
+    checks = []
+    for p, s, g in zip(probes, scores, together, strict=True):
+        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
+        for gen in (g, alone):
+            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
+            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
+        checks.append(c)
+    return together, checks
+
+
+@pytest.mark.parametrize("mode", ["replace_last", "replace_all", "replace_prompt", "replace_from_key"])
+def test_generation_keeps_the_prompt_decision_as_teacher_forcing(make, toy_eval, tiny, mode):
+    """generation_key=prompt (default): the prompt's key decides once; every generated token gets what teacher
+    forcing gives a target token (the value under replace_all/replace_from_key, nothing otherwise)."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    locs = [toy_eval.probes(i)[k] for i in (21, 25) for k in (3, 4)]
+    probes = reqs + [toy_eval.probes(i)[1] for i in GEN_RECORDS] + locs
+    before = [g.ids for g in tiny.generate(reqs, max_new_tokens=4, stop=())]
+    ed = make(replacement=mode)
+    assert ed.cfg.generation_key == "prompt"
+    for r in reqs:
+        ed.edit(r)
+    gens, checks = generation_checks(tiny, probes)
+    assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
+    if mode in ("replace_all", "replace_from_key"):
+        # a generated token after the first (a decode forward, where the value replaces the new token's
+        # output) was checked and agrees, on every edit
+        assert all(c.agree and c.checked >= 2 for c in checks[: len(reqs)])
+
+
+def test_generation_each_token_rekeys_every_decode_forward(make, toy_eval, tiny):
+    """generation_key=each_token (EasyEdit with a KV cache): each decode forward queries the codebook with its
+    one new token; the default queries it once, on the prompt."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    seen, queries = [], []  # the module's input and the codebook's queries in every forward
+    for key in ("prompt", "each_token"):
+        ed = make(replacement="replace_all", generation_key=key)
+        for r in reqs:
+            ed.edit(r)
+        nearest = ed._nearest
+        ed._nearest = lambda q, _n=nearest: queries.append(q.clone()) or _n(q)
+        h = ed.module.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+        try:
+            queries.clear()
+            seen.clear()
+            tiny.generate(reqs, max_new_tokens=4, stop=())
+        finally:
+            h.remove()
+        assert len(seen) == 4  # the prompt pass and 3 decode forwards
+        if key == "prompt":
+            assert len(queries) == 1 and queries[0].shape == (len(reqs), seen[0].shape[-1])
+        else:
+            assert len(queries) == 4
+            for q, x in zip(queries[1:], seen[1:], strict=True):  # decode forwards: the new token is the query
+                assert x.shape[1] == 1 and torch.equal(q, x[:, -1].float())
+        ed.reset()
+        ed.detach()

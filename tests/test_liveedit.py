@@ -557,3 +557,45 @@ def test_shipped_checkpoint_loads_whatever_the_init():
         assert torch.equal(a, b)
     # the trained tokens are not at a fresh init's scale (the file holds trained values, not the init)
     assert state["inpt_ext.sentinel"].std().item() > 0.1
+
+
+# ----- generation ----------------------------------------------------------------------------------------
+def test_generation_keeps_the_prompt_experts_and_agrees_with_teacher_forcing(make, tiny, toy_eval):
+    """Generation (the reference has none): the prompt pass routes each sample; every decode step adds the residual
+    of the same kept experts and coefficients, computed from its new token's hidden state: teacher forcing's
+    residual at a target position, so the greedy generation agrees with teacher forcing."""
+    from test_generation_weights import generation_agrees, replay_agrees
+
+    ed = make(hard_routing=False)  # every expert reaches the residual (the tiny checkpoint's sentinel keeps none)
+    ed.edit_batch([toy_eval.request(i) for i in (1, 4, 5)])
+    probes = [p for i in (1, 4, 5) for p in toy_eval.probes(i)]  # edited, generality, locality (text-only too)
+    gens, _ = generation_agrees(tiny, probes)
+    assert replay_agrees(tiny, probes, gens) > len(probes)
+    prompt = tiny.prepare(probes, prompt_only=True)  # the prompt's routing, computed apart
+    rows, c, keep, _, _ = ed.route(prompt, ed.layer_reps(prompt).float())
+    assert rows and bool(keep.any(1).all()) and len(rows) < len(probes)  # text-only probes are not routed
+    others = [b for b in range(len(probes)) if b not in rows]
+    seen, steps = {}, []
+
+    def before(m, args, out):
+        if tiny.context.decoding:
+            seen["h"] = (out[0] if isinstance(out, tuple) else out).clone()
+
+    def after(m, args, out):
+        if tiny.context.decoding:
+            steps.append((seen["h"], (out[0] if isinstance(out, tuple) else out).clone()))
+
+    layer = tiny.layer(ed.layer_idx)
+    hooks = [layer.register_forward_hook(before, prepend=True), layer.register_forward_hook(after)]
+    try:
+        again = tiny.generate(probes, max_new_tokens=len(gens[0].ids), stop=(), batch_size=len(probes))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [g.ids for g in again] == [g.ids for g in gens]
+    assert len(steps) == len(gens[0].ids) - 1
+    for h, out in steps:  # [B, 1, d]: the one new token of each row
+        dh = ed.net.residual(h[rows].float(), ed.U, ed.V, c)
+        assert dh.abs().max() > 0
+        torch.testing.assert_close(out[rows], h[rows] + dh, rtol=1e-5, atol=1e-5)
+        assert torch.equal(out[others], h[others])

@@ -419,3 +419,75 @@ def test_conflict_script_replays_the_run(tmp_path):
 def test_bad_num_edit_per_block_names_the_key(melo):
     with pytest.raises(ValueError, match="editor.num_edit_per_block"):
         melo(num_edit_per_block=0)
+
+
+# ----- generation (Backbone.generate, KV cache) -----------------------------------------------------
+#: records with 2-token targets that a block learns in full on tiny (lr 1e-2), so that the check of a
+#: generated token after the first (made by a decode forward) is decidable
+GEN_RECORDS = (21, 25, 39)
+
+
+def generation_checks(bb, probes):
+    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
+    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
+    from bench.core.answers import cross_check
+
+    scores = bb.score(probes)
+    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
+    checks = []
+    for p, s, g in zip(probes, scores, together, strict=True):
+        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
+        for gen in (g, alone):
+            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
+            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
+        checks.append(c)
+    return together, checks
+
+
+def test_generation_keeps_the_prompt_block_as_teacher_forcing(melo, tiny, toy_eval):
+    """generation_key=prompt (default): the block routed on the prompt applies to every generated token, as
+    teacher forcing applies it to the target tokens."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    locs = [toy_eval.probes(i)[k] for i in (21, 25) for k in (3, 4)]
+    probes = reqs + [toy_eval.probes(i)[1] for i in GEN_RECORDS] + locs
+    before = [g.ids for g in tiny.generate(reqs, max_new_tokens=4, stop=())]
+    ed = melo(lr=1e-2, num_edit_per_block=1)
+    assert ed.cfg.generation_key == "prompt"
+    for r in reqs:
+        ed.edit(r)
+    assert routes_of(ed, tiny, reqs) == [0, 1, 2]
+    gens, checks = generation_checks(tiny, probes)
+    assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
+    # a generated token after the first (a decode forward, the block on the new token) was checked and
+    # agrees, on every edit
+    assert all(c.agree and c.checked >= 2 for c in checks[: len(reqs)])
+
+
+def test_generation_each_token_reroutes_every_decode_forward(melo, tiny, toy_eval):
+    """generation_key=each_token (the decoder-only reference with a KV cache): each decode forward routes on
+    the key layer's output at its one new token; the default routes once, on the prompt."""
+    reqs = [toy_eval.request(i) for i in GEN_RECORDS]
+    queries, routes, outs = [], [], []  # the database's queries and routes, the key matrix's outputs
+    for key in ("prompt", "each_token"):
+        ed = melo(lr=1e-2, num_edit_per_block=1, generation_key=key)
+        for r in reqs:
+            ed.edit(r)
+        for seen in (queries, routes, outs):
+            seen.clear()
+        route = ed.db.route
+        ed.db.route = lambda q, _r=route: routes.append(_r(q)) or queries.append(q.clone()) or routes[-1]
+        h = ed.key_module.register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
+        try:
+            tiny.generate(reqs, max_new_tokens=4, stop=())
+        finally:
+            h.remove()
+        assert len(outs) == 4  # the prompt pass and 3 decode forwards
+        assert routes[0].tolist() == [0, 1, 2]  # the prompt pass: each edit's own block
+        if key == "prompt":
+            assert len(queries) == 1
+        else:
+            assert len(queries) == 4
+            for q, o in zip(queries[1:], outs[1:], strict=True):  # decode forwards: the new token is the key
+                assert o.shape[1] == 1 and torch.equal(q, o[:, -1].float())
+            assert any(not torch.equal(r, routes[0]) for r in routes[1:])  # a new token routes elsewhere
+        ed.reset()

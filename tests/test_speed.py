@@ -37,6 +37,14 @@ def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
     )
     saved = json.loads((out / "speed.json").read_text())
     assert saved["scoring"]["identical_predictions"] and saved["scoring"]["probes"] == 15
+    gen = saved["generation"]  # greedy generation on the same probes, protocol.generation's defaults
+    assert gen["probes"] == 15 and gen["max_new_tokens"] == 32 and gen["stop"] == ["\n"]
+    assert gen["identical_ids"] and gen["differing"] == 0
+    assert gen["ratio"] > 0 and gen["batched_s"] > 0 and gen["per_sample_s"] > 0
+    assert gen["teacher_forced_s"] == saved["scoring"]["batched_s"]
+    assert sum(gen["stopped"].values()) == 15 and set(gen["stopped"]) == {"eos", "stop", "length"}
+    assert 1 <= gen["tokens_mean"] <= gen["tokens_max"] <= 32
+    assert gen["tokens_mean"] <= gen["batch_steps_mean"] <= gen["tokens_max"] and 0 < gen["row_steps_used"] <= 1
     assert not saved["errors"], saved["errors"]
     for name in editor_names():
         r = saved["editors"][name]
@@ -63,7 +71,57 @@ def test_speed_on_tiny(tmp_path, liveedit_tiny_checkpoint, capsys):
         assert saved["editors"][name]["marginal_bytes_per_edit"] > 0
     md = (out / "speed.md").read_text()
     assert "| grace |" in md and "batched speed-up" in md and md in capsys.readouterr().out
+    assert "| greedy |" in md and "generate / teacher-forced" in md
     assert res["latency"]["base_ms"] > 0
+
+
+def test_speed_generation_reads_config_and_fails_on_batch_variance(tmp_path, monkeypatch):
+    """The generation block takes protocol.generation's values; batched generation that differs from
+    one-by-one generation fails the run after the results are written."""
+    from bench.backbones.base import Backbone
+
+    def run(out):
+        return main(
+            [
+                "--model",
+                "tiny",
+                "--edits",
+                "2",
+                "--editors",
+                "none",
+                "--stored",
+                "0",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+                f"data.root={tmp_path}/data",
+                "data.toy.n_eval=40",
+                "data.toy.n_train=20",
+                "protocol.generation.max_new_tokens=5",
+                "protocol.generation.stop=[x]",
+                "protocol.generation.batch_size=3",
+            ]
+        )
+
+    gen = run(tmp_path / "ok")["generation"]
+    assert gen["max_new_tokens"] == 5 and gen["stop"] == ["x"] and gen["batch_size"] == 3
+    assert gen["identical_ids"] and gen["tokens_max"] <= 5 and gen["batches"] == -(-gen["probes"] // 3)
+
+    real = Backbone.generate
+
+    def variant(self, probes, *args, **kwargs):  # a batch changes its rows' first token
+        gens = real(self, probes, *args, **kwargs)
+        if len(gens) > 1:
+            gens[0].ids[0] += 1
+        return gens
+
+    monkeypatch.setattr(Backbone, "generate", variant)
+    with pytest.raises(SystemExit, match="generation disagree on 1 probes"):
+        run(tmp_path / "bad")
+    saved = json.loads((tmp_path / "bad" / "speed.json").read_text())
+    assert not saved["generation"]["identical_ids"] and saved["generation"]["differing"] == 1
+    assert saved["scoring"]["identical_predictions"]
 
 
 def test_synthetic_states_load_and_hold_n_edits(editor_factory, toy_eval):

@@ -90,3 +90,52 @@ def test_wandb_name_carries_seed_and_offline_dir_is_logged(monkeypatch, caplog, 
         OmegaConf.create({"name": "wandb", "mode": "online", "group": "g"}), {"seed": 0}, "x-s0", "sw", "/tmp"
     )
     assert seen["name"] == "x-s0" and seen["group"] == "g" and t.sync_dir is None  # no double suffix; config group wins
+
+
+def test_generation_and_cross_check_metrics_reach_the_tracker(monkeypatch, tmp_path):
+    """A run scored both ways logs every gen_*/xcheck_* metric per checkpoint (curve/<k>) and at the end
+    (final/<k>, and the W&B summary), and its results table carries the generation columns."""
+    from conftest import make_cfg
+
+    import bench.run
+    from bench.run import run
+
+    runs = []
+
+    def init(**kw):
+        runs.append(FakeRun())
+        return runs[-1]
+
+    def tracker_after_model_load(*a, **k):  # the fake wandb only once the model is loaded (accelerate probes it)
+        fake_wandb(monkeypatch, init)
+        return make_tracker(*a, **k)
+
+    monkeypatch.setattr(bench.run, "make_tracker", tracker_after_model_load)
+    cfg = make_cfg(
+        "+editor=none",
+        "+model=tiny",
+        "edits=2",
+        "protocol.eval=both",
+        "protocol.checkpoints=[1]",
+        "protocol.progress=false",
+        "data.toy.n_eval=20",
+        "data.toy.n_train=10",
+        f"data.root={tmp_path / 'data'}",
+        f"out_dir={tmp_path / 'run'}",
+        "logger.name=wandb",
+        "logger.mode=offline",
+    )
+    summary = run(cfg)
+    metrics = summary["metrics"]
+    gen = {k for k in metrics if k.startswith("gen_") or k.startswith("xcheck_")}
+    assert {"gen_rel_em", "gen_t_gen_f1", "gen_m_gen_contains", "gen_t_loc", "gen_m_loc", "xcheck_agree"} <= gen
+    (run_,) = runs
+    curves = {step: m for step, m in run_.logged if any(k.startswith("curve/") for k in m)}
+    assert sorted(curves) == [1, 2]  # the checkpoint and the end of the stream
+    for step, m in curves.items():
+        assert {f"curve/{k}" for k in gen} <= set(m), step
+    final = next(m for _, m in run_.logged if any(k.startswith("final/") for k in m))
+    assert {f"final/{k}" for k in gen} <= set(final) and final["final/gen_rel_em"] == metrics["gen_rel_em"]
+    assert {f"final/{k}" for k in gen} <= set(run_.summary)
+    (table,) = [m["results"] for _, m in run_.logged if "results" in m]
+    assert table[0] == "table"  # the fake wandb.Table; the frame itself is checked by tests/test_report.py

@@ -261,3 +261,81 @@ def test_prefix_path_gives_the_full_forward_edit(make, tiny, toy_eval, layer):
     out = edit_both_paths(tiny, make, reqs, "n_iter", 10, layer=layer)
     assert_same_edits(out, atol=1e-4)
     assert [s["steps"] for s in out[True][1]] == [s["steps"] for s in out[False][1]]
+
+
+# ----- generation ----------------------------------------------------------------------------------------
+GEN_EDITS = (1, 4, 5)  # multi-token targets; record 1's edit holds on the tiny LM, so decode steps get checked too
+
+
+def decode_memories(ed, backbone, probes, n: int):
+    """Greedy generation of ``probes`` in one batch; per decode step, the memory each row's new token got
+    (0: the original output) and the one that token alone routes to."""
+    from bench.core.inject import as_sequence
+
+    steps, seen = [], {}
+
+    def before(m, args, out):
+        if backbone.context.decoding:
+            x, orig = as_sequence(args[0], backbone), as_sequence(out, backbone)
+            seen.update(x=x, orig=orig, own=ed.route(x, orig)[0].tolist())
+
+    def after(m, args, out):
+        if backbone.context.decoding:
+            out = as_sequence(out, backbone)
+            opts = torch.cat([seen["orig"][None], ed._side(seen["x"], ed._candidates()[0]).to(out.dtype)])
+            got = [[k for k in range(len(opts)) if torch.equal(out[b], opts[k, b])] for b in range(out.shape[0])]
+            assert all(len(g) == 1 for g in got), got
+            steps.append(([g[0] for g in got], seen["own"]))
+
+    hooks = [ed.module.register_forward_hook(before, prepend=True), ed.module.register_forward_hook(after)]
+    try:
+        gens = backbone.generate(probes, max_new_tokens=n, stop=(), batch_size=len(probes))
+    finally:
+        for h in hooks:
+            h.remove()
+    return gens, steps
+
+
+def decode_checked(score) -> bool:
+    """Teacher forcing predicts the target's first token and has another to check: the cross-check reaches a
+    decode step."""
+    return len(score.target_ids) > 1 and score.pred_ids[0] == score.target_ids[0]
+
+
+def test_generation_keeps_the_prompt_routing_and_agrees_with_teacher_forcing(make, tiny, toy_eval):
+    """Default ``generation_route: prompt``: the prompt pass's choice of memory holds for every new token, which
+    is what teacher forcing applies at the target positions (``route_tokens: prompt``: the same decision)."""
+    from test_generation_weights import decode_steps_unedited, generation_agrees, replay_agrees
+
+    ed = make(route_tokens="prompt")
+    assert ed.cfg.generation_route == "prompt"
+    for i in GEN_EDITS:
+        ed.edit(toy_eval.request(i))
+    probes = [p for i in GEN_EDITS for p in toy_eval.probes(i)]
+    routes = ed.routes(probes)
+    assert 0 in routes and 1 in routes, routes
+    gens, scores = generation_agrees(tiny, probes)
+    assert any(decode_checked(s) for s, r in zip(scores, routes, strict=True) if r), "no routed check decodes"
+    assert replay_agrees(tiny, probes, gens) > len(probes)
+    n = len(gens[0].ids)
+    again, steps = decode_memories(ed, tiny, probes, n)
+    assert [g.ids for g in again] == [g.ids for g in gens]
+    assert steps and all(applied == routes for applied, _ in steps)  # the prompt's decision, every step
+    with decode_steps_unedited(ed.module, tiny):  # the memory left out of the decode steps: another generation
+        skipped = tiny.generate(probes, max_new_tokens=n, stop=(), batch_size=len(probes))
+    assert any(a.ids != b.ids for a, b in zip(gens, skipped, strict=True))
+
+
+def test_generation_each_token_reroutes_every_decode_step(make, tiny, toy_eval):
+    """``generation_route: each_token`` (EasyEdit under a KV cache): each decode step routes its new token alone."""
+    ed = make(route_tokens="prompt", generation_route="each_token")
+    for i in GEN_EDITS:
+        ed.edit(toy_eval.request(i))
+    probes = [p for i in GEN_EDITS for p in toy_eval.probes(i)]
+    routes = ed.routes(probes)
+    _, steps = decode_memories(ed, tiny, probes, 6)
+    assert len(steps) == 5
+    assert all(applied == own for applied, own in steps)  # the new token's own decision
+    assert any(applied != routes for applied, _ in steps), "no decode step routed otherwise than its prompt"
+    with pytest.raises(ValueError, match="editor.generation_route"):
+        make(generation_route="target")
