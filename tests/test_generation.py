@@ -189,7 +189,7 @@ def test_generation_agrees_with_teacher_forcing_after_edits(name, request, tiny,
         ties = sum(x.near_tie for x in checks)
         print(f"{name}: {sum(x.agree is True for x in checks)}/{len(checks)} probes agree, {ties} near ties")
         assert {p.kind for p in probes} >= {"rel", "t_gen", "m_gen", "t_loc", "m_loc"}
-        assert sum(x.checked for x in checks) >= len(checks)  # the check checked something on most probes
+        assert sum(x.checked > 0 for x in checks) >= len(checks) // 2  # the check checked something on most probes
         assert ties <= len(checks) // 4
         if name != "none":
             after = [g.ids[:6] for g in batched]
