@@ -15,6 +15,10 @@ the layer computes with the master during an edit (:class:`bench.core.inject.Mas
 cast to float32, output cast back) and the backbone's weight is the master rounded to
 ``model.dtype`` afterwards; a float32 weight is trained directly. ``state_dict`` holds the
 master.
+
+Generation: the edit is a weight change and nothing else (no hook), so greedy generation with the KV
+cache (``Backbone.generate``) needs nothing special, as in the references (LiveEdit and EasyEdit score
+FT-L teacher-forced only); ``tests/test_generation_weights.py`` checks it against teacher forcing.
 """
 
 from __future__ import annotations

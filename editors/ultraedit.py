@@ -35,6 +35,10 @@ divided by it in float32.
 ``reset`` restores the original weights bit for bit (:class:`WeightSnapshot`) and zeroes the
 statistics; ``state_dict`` holds the edited weights and the statistics, so a reload reproduces
 post-edit outputs and the next edits.
+
+Generation: the edit is a weight change and nothing else (no hook), so greedy generation with the KV
+cache (``Backbone.generate``) needs nothing special, as in the reference (``weight.data += param_shift``;
+its evaluation is teacher-forced); ``tests/test_generation_weights.py`` checks it against teacher forcing.
 """
 
 from __future__ import annotations
