@@ -245,7 +245,9 @@ class Lifelong:
                 case.update(gen_text=g.text, gen_stop=g.stop)
                 if local:
                     pre_text = self.pre_gen[(i, j)]
-                    case.update(pre_gen_text=pre_text, gen_loc=locality_same(self.answer(g.text), self.answer(pre_text)))
+                    case.update(
+                        pre_gen_text=pre_text, gen_loc=locality_same(self.answer(g.text), self.answer(pre_text))
+                    )
                 else:
                     for m in c.matchers:
                         case[f"gen_{m}"] = MATCHERS[m](g.answer, p.target)

@@ -59,7 +59,7 @@ def aggregate(cases: Iterable[dict]) -> dict[str, float]:
             if k == "gen_loc":
                 gen.setdefault(f"{GEN_PREFIX}{kind}", []).append(float(v))
             elif k.startswith(GEN_PREFIX) and k not in ("gen_text", "gen_stop") and isinstance(v, int | float):
-                gen.setdefault(f"{GEN_PREFIX}{kind}_{k[len(GEN_PREFIX):]}", []).append(float(v))
+                gen.setdefault(f"{GEN_PREFIX}{kind}_{k[len(GEN_PREFIX) :]}", []).append(float(v))
         if "xcheck" in c:
             near += bool(c.get("xcheck_near_tie"))
             if c["xcheck"] is not None:
