@@ -28,7 +28,15 @@ def test_single_run_writes_result_files(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "ok" and s["editor"] == "ft_l" and s["model"] == "tiny" and s["data"] == "toy_evqa"
     assert s["n_edits"] == 3 and s["seed"] == 1 and s["git"]
-    assert set(s["metrics"]) == {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "rel_em", "t_gen_em", "m_gen_em"}
+    tf = {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "rel_em", "t_gen_em", "m_gen_em"}
+    gen = {f"gen_{k}_{m}" for k in ("rel", "t_gen", "m_gen") for m in ("em", "contains", "f1")}
+    assert set(s["metrics"]) == tf | gen | {
+        "gen_t_loc",
+        "gen_m_loc",
+        "xcheck_agree",
+        "xcheck_decided",
+        "xcheck_near_ties",
+    }
     assert all(0.0 <= v <= 1.0 for v in s["metrics"].values())
     assert s["timing"]["s_per_edit"] > 0 and s["timing"]["total_seconds"] > 0
     assert s["versions"]["torch"] and s["config"]["edits"] == 3
