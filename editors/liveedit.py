@@ -458,7 +458,8 @@ class LiveEdit(Editor):
 
     @property
     def _memo_key(self) -> tuple[str, int]:
-        """This editor's entry in a generation's ``Batch.memo``: the prompt pass's (rows, coefficients)."""
+        """This editor's entry in a generation's ``Batch.memo``: the prompt pass's (routed rows [B] bool,
+        coefficients [B, M]), or None when no row was routed."""
         return ("liveedit", id(self))
 
     def _add_residual(self, h: torch.Tensor, idx: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -479,7 +480,11 @@ class LiveEdit(Editor):
                     self._warned = True
                 return h
             kept = ctx.memo[self._memo_key]
-            return h if kept is None else self._add_residual(h, *kept)
+            if kept is None:
+                return h
+            live, c_all = kept  # per row (Batch.memo): routed to some expert?, its coefficients
+            idx = live.nonzero()[:, 0]
+            return h if not len(idx) else self._add_residual(h, idx, c_all[idx])
         if ctx is None or tuple(ctx.attention_mask.shape) != tuple(h.shape[:2]):
             if not self._warned:
                 log.warning("LiveEdit: layer %d ran outside backbone.forward; no experts applied", self.layer_idx)
@@ -487,8 +492,14 @@ class LiveEdit(Editor):
             return h
         rows, c, keep, _, _ = self.route(ctx, h.float())
         live = [i for i, b in enumerate(rows) if bool(keep[i].any())]
-        kept = None
-        if live:
-            kept = (torch.tensor([rows[i] for i in live], device=h.device), c[live])
-        ctx.memo[self._memo_key] = kept  # for the decode steps of a generation
-        return h if kept is None else self._add_residual(h, *kept)
+        if not live:
+            ctx.memo[self._memo_key] = None  # for the decode steps of a generation: nothing to add
+            return h
+        idx = torch.tensor([rows[i] for i in live], device=h.device)
+        # per row of the batch (Batch.memo's convention: finished rows of a generation are dropped by index)
+        mask = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+        mask[idx] = True
+        c_all = c.new_zeros((h.shape[0], *c.shape[1:]))
+        c_all[idx] = c[live]
+        ctx.memo[self._memo_key] = (mask, c_all)
+        return self._add_residual(h, idx, c[live])

@@ -4,6 +4,7 @@ against teacher forcing for every registered editor, and the protocol's generati
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -103,6 +104,34 @@ def test_generation_is_batch_invariant(tiny, probes):
     assert len({len(tiny.prepare([p], prompt_only=True).input_ids[0]) for p in probes}) > 3  # lengths differ
 
 
+@contextlib.contextmanager
+def staggered_eos(bb, gens):
+    """Make EOS the token that ends rows of a batch at the most different steps (its first occurrence in each
+    row's free generation): rows finishing early then leave the batch, the path under test."""
+    first: dict[int, set[int]] = {}
+    for g in gens:
+        for k, t in enumerate(g.ids):
+            if k and t not in g.ids[:k]:
+                first.setdefault(t, set()).add(k)
+    token = max(first, key=lambda t: len(first[t]))
+    old = bb.tokenizer.eos_token_id
+    bb.tokenizer.eos_token_id = token
+    try:
+        yield token
+    finally:
+        bb.tokenizer.eos_token_id = old
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(tiny, probes):
+    free = tiny.generate(probes, max_new_tokens=8, stop=())
+    with staggered_eos(tiny, free):
+        alone = [tiny.generate([p], max_new_tokens=8, stop=())[0] for p in probes]
+        assert len({len(g.ids) for g in alone}) >= 3 and sum(g.stop == "eos" for g in alone) >= 3  # staggered
+        for bs in (4, len(probes)):
+            together = tiny.generate(probes, max_new_tokens=8, stop=(), batch_size=bs)
+            assert [(g.ids, g.stop) for g in together] == [(g.ids, g.stop) for g in alone], bs
+
+
 def _reference_decode(bb, probe: Probe, n: int) -> list[int]:
     """Greedy decoding without the KV cache: the whole sequence through ``forward`` at every step."""
     ids: list[int] = []
@@ -180,6 +209,11 @@ def test_generation_agrees_with_teacher_forcing_after_edits(name, request, tiny,
         n = max(len(s.target_ids) for s in scores) + 2
         batched = tiny.generate(probes, max_new_tokens=n, stop=())
         alone = [tiny.generate([p], max_new_tokens=n, stop=())[0] for p in probes]
+        # rows stopping at different steps leave the batch (its cache, masks and the editor's memo): same tokens
+        with staggered_eos(tiny, batched):
+            early = tiny.generate(probes, max_new_tokens=n, stop=())
+            assert [g.ids for g in early] == [tiny.generate([p], max_new_tokens=n, stop=())[0].ids for p in probes]
+        assert len({len(g.ids) for g in early}) >= 2, name
         checks = []
         for p, s, gb, ga in zip(probes, scores, batched, alone, strict=True):
             assert gb.ids == ga.ids, (name, p.kind, p.prompt)  # batch invariance, edited

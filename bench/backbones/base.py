@@ -78,6 +78,44 @@ def _cache_of(output) -> Any:
     return got if got is not None else output.past_key_values
 
 
+def _select_cache_rows(cache, sel: torch.Tensor):
+    """The KV cache of the rows ``sel`` only (in that order)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(sel)
+        return cache
+    return tuple(tuple(t[sel] for t in layer) for layer in cache)  # legacy tuple-of-tuples cache
+
+
+def _select_memo(v, sel: torch.Tensor, n: int):
+    """An editor's ``Batch.memo`` value for the rows ``sel`` of ``n``: per-row tensors (first dimension ``n``)
+    are indexed, tuples and lists of them element by element; anything else is kept as it is."""
+    if isinstance(v, torch.Tensor):
+        return v[sel.to(v.device)] if v.dim() and v.shape[0] == n else v
+    if isinstance(v, tuple | list):
+        return type(v)(_select_memo(x, sel, n) for x in v)
+    return v
+
+
+def _select_rows(batch: Batch, sel: torch.Tensor) -> Batch:
+    """The prompt batch of a generation restricted to the rows ``sel`` (finished rows dropped between decode
+    forwards): every per-row field, and the editors' ``memo`` (:func:`_select_memo`), in a new dict."""
+    n = batch.size
+    idx = sel.tolist()
+    return dataclasses.replace(
+        batch,
+        inputs_embeds=batch.inputs_embeds[sel],
+        attention_mask=batch.attention_mask[sel],
+        input_ids=batch.input_ids[sel],
+        target_ids=[batch.target_ids[i] for i in idx],
+        prompt_last=batch.prompt_last[sel.to(batch.prompt_last.device)],
+        lengths=batch.lengths[sel.to(batch.lengths.device)],
+        image_mask=batch.image_mask[sel],
+        probes=[batch.probes[i] for i in idx] if batch.probes else [],
+        positions=None,
+        memo={k: _select_memo(v, sel, n) for k, v in batch.memo.items()},
+    )
+
+
 class _PrefixDone(Exception):
     """Raised by :meth:`Backbone.prefix`'s hook once layer ``k-1`` has run."""
 
@@ -522,8 +560,11 @@ class Backbone(nn.Module):
         prompt pass exactly as in :meth:`score`); each decode forward appends one token per row at
         position id ``lengths[b] + step - 1`` with the padding between a short prompt and its new tokens
         masked out: the equivalent of left padding, so a probe generates the same alone and in any
-        batch. Editors' hooks see :attr:`context` with ``step >= 1`` in the decode forwards
-        (:class:`~bench.core.types.Batch`). Nothing is cut to the target's length."""
+        batch. A row that has stopped leaves the batch before the next decode forward (its KV cache, its
+        masks and its entries in the editors' ``memo``), so a decode forward costs only the rows still
+        going. Editors' hooks see :attr:`context` with ``step >= 1`` in the decode forwards
+        (:class:`~bench.core.types.Batch`); what they keep in ``memo`` must be per-row tensors (first
+        dimension = the batch's rows), or tuples of them. Nothing is cut to the target's length."""
         from tqdm.auto import tqdm
 
         probes = list(probes)
@@ -540,7 +581,6 @@ class Backbone(nn.Module):
         dev = batch.inputs_embeds.device
         dec, head = self.decoder(), self.lm_head()
         eos = getattr(self.tokenizer, "eos_token_id", None)
-        rows = torch.arange(B, device=dev)
         with self._in_context(batch):
             o = dec(
                 inputs_embeds=batch.inputs_embeds,
@@ -550,14 +590,13 @@ class Backbone(nn.Module):
             )
         cache_kw = _cache_kwarg(dec)
         cache = _cache_of(o)
-        nxt = head(o.last_hidden_state[rows, batch.prompt_last.to(dev)]).float().argmax(-1)
+        nxt = head(o.last_hidden_state[torch.arange(B, device=dev), batch.prompt_last.to(dev)]).float().argmax(-1)
         ids: list[list[int]] = [[] for _ in range(B)]
         why: list[str | None] = [None] * B
-        mask = batch.attention_mask
+        alive = list(range(B))  # the batch rows still decoding, in the order of the cache's rows
+        view, mask = batch, batch.attention_mask
         for step in range(1, max_new_tokens + 1):
-            for b, t in enumerate(nxt.tolist()):
-                if why[b] is not None:
-                    continue
+            for b, t in zip(alive, nxt.tolist(), strict=True):
                 ids[b].append(t)
                 if eos is not None and t == eos:
                     why[b] = "eos"
@@ -565,14 +604,20 @@ class Backbone(nn.Module):
                     why[b] = "stop"
                 elif step == max_new_tokens:
                     why[b] = "length"
-            if all(w is not None for w in why):
+            keep = [k for k, b in enumerate(alive) if why[b] is None]
+            if not keep:
                 break
+            if len(keep) < len(alive):  # finished rows leave the batch (cache, masks, editors' memo)
+                sel = torch.tensor(keep, device=dev)
+                cache = _select_cache_rows(cache, sel)
+                view, mask, nxt = _select_rows(view, sel), mask[sel], nxt[sel]
+                alive = [alive[k] for k in keep]
             new = nxt[:, None]
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=mask.device)], 1)
-            positions = batch.lengths.to(dev) + (step - 1)
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], 1)
+            positions = view.lengths.to(dev) + (step - 1)
             emb = self.embed_tokens(new)
             ctx = dataclasses.replace(
-                batch, inputs_embeds=emb, attention_mask=mask, input_ids=new, step=step, positions=positions
+                view, inputs_embeds=emb, attention_mask=mask, input_ids=new, step=step, positions=positions
             )
             with self._in_context(ctx):
                 o = dec(

@@ -50,7 +50,9 @@ class Batch:
     #: the new token's position id per row in a decode forward ([B], ``step >= 1`` only)
     positions: torch.Tensor | None = None
     #: state an editor keeps from the prompt pass of a generation for its decode forwards (its routing
-    #: decision, its key's hit): one dict shared by the prompt batch and every decode step made from it
+    #: decision, its key's hit): one dict shared by the prompt batch and the decode steps made from it.
+    #: Values are per-row tensors (first dimension = the batch's rows), tuples of them, or None: when rows
+    #: finish, :meth:`Backbone.generate` drops them from the batch and indexes every such tensor
     memo: dict = field(default_factory=dict)
 
     @property
