@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = ("score", "pred", "logprob")
+KEYS = ("score", "pred", "logprob", "gen_text", "gen_loc", "xcheck")  # what a probe scored (teacher-forced, generated)
 
 
 def runs(root: Path) -> dict[str, Path]:
