@@ -61,6 +61,7 @@ class ProtocolConfig:
     matchers: tuple[str, ...] = ("em", "contains", "f1")
     gen_batch_size: int | None = None
     near_tie_eps: float = NEAR_TIE_EPS
+    immediate: bool = True  # score each edit's own rel probe right after it (edits.jsonl "immediate")
 
     @property
     def teacher_forced(self) -> bool:
@@ -89,6 +90,7 @@ class ProtocolConfig:
             matchers=tuple(g.matchers),
             gen_batch_size=g.batch_size,
             near_tie_eps=g.near_tie_eps,
+            immediate=p.immediate,
             mode=p.mode.value,
             chunk_size=p.chunk_size,
             checkpoints=sorted(p.checkpoints or ()),
@@ -146,7 +148,7 @@ class Lifelong:
         self.probes = [stream.probes(i) for i in range(len(stream))]
         self.pre: dict[tuple[int, int], list[int]] = {}
         self.pre_gen: dict[tuple[int, int], str] = {}  # pre-edit generated text of the locality probes
-        self.score_seconds = {"teacher_forced": 0.0, "generate": 0.0}
+        self.score_seconds = {"teacher_forced": 0.0, "generate": 0.0, "immediate": 0.0}
         self.edit_seconds: list[float] = []
         self.n_edited = 0
         self.curve: list[dict] = []
@@ -286,6 +288,8 @@ class Lifelong:
             "peak_mem_mb": round(peak_memory_mb(dev), 1),
             **{k: v for k, v in (stats or {}).items()},
         }
+        if self.cfg.immediate and not self._stats_bad(stats):
+            row["immediate"] = self._immediate(reqs)
         if self.writer:
             self.writer.add_edit(row)
         if self.tracker:
@@ -298,6 +302,28 @@ class Lifelong:
             )
         bar.update(len(reqs))
         self._check_stats(stats, positions)  # after the row is in edits.jsonl
+
+    def _stats_bad(self, stats: dict | None) -> bool:
+        keys = getattr(self.editor, "finite_stats", ("loss",))
+        return any(k in keys and isinstance(v, int | float) and not math.isfinite(v) for k, v in (stats or {}).items())
+
+    def _immediate(self, reqs: list[Probe]) -> dict[str, list[float]]:
+        """The just-edited requests' own rel probes scored right after their edit (immediate success),
+        one value per request in the order of ``records``: ``rel`` (teacher-forced token accuracy) and
+        ``gen_rel_<matcher>`` as the run scores. Not counted in the edit's time. Their end-of-stream
+        scores (retention) are the rel cases of the final scoring; ``python -m bench.retention`` draws both."""
+        c = self.cfg
+        t0 = time.perf_counter()
+        out: dict[str, list[float]] = {}
+        if c.teacher_forced:
+            scores = self.bb.score(reqs, c.score_batch_size)
+            out["rel"] = [token_accuracy(s.pred_ids, s.target_ids) for s in scores]
+        if c.generate:
+            gens = self.bb.generate(reqs, c.max_new_tokens, c.stop, c.gen_batch_size or c.score_batch_size)
+            for m in c.matchers:
+                out[f"gen_rel_{m}"] = [MATCHERS[m](g.answer, p.target) for g, p in zip(gens, reqs, strict=True)]
+        self.score_seconds["immediate"] += time.perf_counter() - t0
+        return out
 
     def _checkpoint(self, t: int, cases: list[dict]) -> dict:
         row = {"edits": t, **aggregate(cases), "s_per_edit": sum(self.edit_seconds) / max(1, len(self.edit_seconds))}
@@ -419,6 +445,7 @@ class Lifelong:
             "n_saves": self.n_saves,
             "score_seconds_teacher_forced": self.score_seconds["teacher_forced"],
             "score_seconds_generate": self.score_seconds["generate"],
+            "score_seconds_immediate": self.score_seconds["immediate"],
         }
 
 

@@ -25,6 +25,7 @@ from .core.metrics import aggregate
 from .data import build_data, check_prompt_lengths, dedupe, fingerprint, stream_split, with_images
 from .protocol import Lifelong, ProtocolConfig, resolve_edit_batch_size
 from .results import RunWriter, prepare_run_dir, read_progress
+from .retention import immediate_metrics, read_edits
 from .saved import load_editor, save_editor  # noqa: F401  (load_editor: the documented way to reload a run)
 from .tracking import make_tracker
 
@@ -277,6 +278,7 @@ def run(cfg: DictConfig) -> dict:
                 writer.summary(summary)
             final = proto.run()
         metrics = aggregate(final)
+        metrics.update(immediate_metrics(read_edits(out_dir)))  # edits.jsonl: the whole stream, resumed runs too
         if proto.nonfinite_logprobs:  # the guard stops a run first; never say ok with NaN in cases.jsonl
             raise NonFiniteError(f"{proto.nonfinite_logprobs} non-finite log-probs were scored")
         summary.update(

@@ -23,6 +23,7 @@ import editors
 
 from .backbones import build_backbone
 from .config import CONF_DIR, normalize_overrides, precheck
+from .core.errors import TrainingFailed
 from .data import build_data, resolve, with_images
 from .run import check_config, seed_everything
 from .tracking import make_tracker
@@ -57,6 +58,11 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
     tracker = make_tracker(cfg.logger, resolved, f"train-{name}-{cfg.model.name}-{cfg.data.name}", None, str(out_dir))
     try:
         result = cls.train_offline(backbone, cfg, train_set, out_dir, tracker, resume, progress)
+    except TrainingFailed as e:
+        tracker.finish({"status": "failed"})
+        print(json.dumps(e.result, indent=1, default=str))
+        log.error("training failed: %s", e)
+        raise
     except BaseException:
         tracker.finish({"status": "failed"})
         raise
@@ -69,7 +75,11 @@ def train(cfg: DictConfig, progress: bool = True) -> dict:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     logging.getLogger("bench").setLevel(logging.INFO)
-    train(cfg, progress=cfg.protocol.progress)
+    try:
+        train(cfg, progress=cfg.protocol.progress)
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _argv(argv: list[str]) -> list[str]:

@@ -149,6 +149,12 @@ from .registry import register
 log = logging.getLogger(__name__)
 
 
+class DeadCheckpoint(ValueError):
+    """A LiveEdit checkpoint whose experts are dead (``bench.train``'s live-expert check failed)."""
+
+    user_error = True
+
+
 @dataclass
 class LiveEditTrainConfig:
     epochs: int | None = MISSING  # null: max_steps alone sets the length
@@ -173,6 +179,8 @@ class LiveEditTrainConfig:
     routing_warmup_lr: float | None = MISSING
     routing_warmup_max_gb: float = MISSING
     forward: TrainForward = MISSING
+    live_check_records: int = MISSING
+    min_live_share: float = MISSING
 
 
 @dataclass
@@ -218,10 +226,14 @@ class LiveEdit(Editor):
 
     @staticmethod
     def _checked_meta(cfg, bb, meta: dict) -> dict:
-        """``meta`` when it fits ``bb`` (a backbone or its Arch; None: nothing to compare)."""
+        """``meta`` when it fits ``bb`` (a backbone or its Arch; None: nothing to compare) and its training's
+        live-expert check did not fail."""
+        ckpt = cfg.checkpoint
+        check = meta.get("live_check") or {}
+        if check.get("usable") is False:
+            raise DeadCheckpoint(f"editor.checkpoint: {ckpt} is not usable: {check.get('message', 'dead experts')}")
         if bb is None:
             return meta
-        ckpt = cfg.checkpoint
         if meta.get("backbone") != bb.name or int(meta.get("hidden_size", -1)) != bb.hidden_size:
             raise ValueError(
                 f"editor.checkpoint: {ckpt} was trained for backbone {meta.get('backbone')!r} "

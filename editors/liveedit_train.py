@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # the editor calls this module (LiveEdit.train_offline); anno
     from .liveedit import LiveEdit
 
 from bench.core.editor import typed_config
+from bench.core.errors import TrainingFailed
 from bench.core.io import dumps
 
 from .liveedit_nets import (
@@ -474,4 +475,70 @@ def train(
         last = {"step": step}
         if not (out_dir / WEIGHTS_FILE).exists():
             save(last)
-    return {**last, "checkpoint": str(out_dir / WEIGHTS_FILE), "train_seconds": round(time.time() - t0, 1)}
+    train_seconds = round(time.time() - t0, 1)
+    check = live_check(editor_cls, backbone, ecfg, net, {**meta, "step": step}, train_set)
+    meta["live_check"] = check
+    save(last)  # the checkpoint's metadata now says whether it is usable
+    result = {**last, "checkpoint": str(out_dir / WEIGHTS_FILE), "train_seconds": train_seconds, "live_check": check}
+    if not check["usable"]:
+        raise TrainingFailed(check["message"], result)
+    return {**result, "status": "ok"}
+
+
+@torch.no_grad()
+def live_check(editor_cls, backbone: EditableBackbone, ecfg, net, meta: dict, train_set) -> dict:
+    """Are the trained generator's experts alive? Edits a fixed sample of ``editor.train.live_check_records``
+    train-split records (seeded by ``editor.train.seed``) with ``net`` and measures, at every real position of
+    those edits' own rel inputs, the stored experts' ReLU pre-activations ``LN(h) U_m^T``
+    (``LiveEditNet.residual``'s first matmul): an expert whose pre-activations are all <= 0 adds nothing and
+    gets no gradient. Also the routing statistics of those inputs (:meth:`LiveEdit.routing_stats`).
+
+    Returns ``{share_positive, max, records, experts, positions, routed, kept_mean, threshold, usable,
+    message}``; ``usable`` is ``share_positive >= editor.train.min_live_share``."""
+    tc = ecfg.train
+    n = min(tc.live_check_records, len(train_set))
+    rng = np.random.default_rng([tc.seed, 7919])
+    idx = sorted(rng.choice(len(train_set), size=n, replace=False).tolist())
+    rel = [next(p for p in train_set.probes(i) if p.kind == "rel") for i in idx]
+    was_training = net.training
+    net.eval()
+    ed = editor_cls.with_net(backbone, ecfg, net, meta)
+    try:
+        ed.edit_batch(rel)
+        batch = backbone.prepare(rel)
+        x = ed.net.res_norm(ed.layer_reps(batch).float())
+        M, r, d = ed.U.shape
+        pre = (x @ ed.U.reshape(M * r, d).T)[batch.attention_mask.bool()]
+        stats = ed.routing_stats(batch)
+    finally:
+        ed.reset()
+        ed.detach()
+        net.train(was_training)
+    share = float((pre > 0).float().mean())
+    out = {
+        "records": n,
+        "experts": M,
+        "positions": int(batch.attention_mask.bool().sum()),
+        "share_positive": round(share, 6),
+        "max": float(pre.max()),
+        "routed": stats["routed"],
+        "kept_mean": stats["kept_mean"],
+        "threshold": tc.min_live_share,
+        "usable": share >= tc.min_live_share,
+    }
+    if out["usable"]:
+        out["message"] = (
+            f"live experts: {100 * share:.1f}% of the ReLU pre-activations of {M} experts > 0 on {n} train-split "
+            f"edits (threshold {100 * tc.min_live_share:g}%)"
+        )
+    else:
+        out["message"] = (
+            f"dead experts: only {100 * share:.2f}% of the ReLU pre-activations of the {M} experts the trained "
+            f"generator made for {n} train-split edits are > 0 (threshold editor.train.min_live_share="
+            f"{tc.min_live_share:g}), so every expert adds (almost) nothing and LiveEdit would score as the "
+            "unedited model. Train again with another editor.train.seed, or editor.train.forward="
+            f"{'inference' if str(tc.forward) == 'reference' else 'reference'}, or a routing warm-up "
+            "(editor.train.routing_warmup_steps); docs/editors.md (LiveEdit, dead experts)"
+        )
+    log.info("live-expert check: %s", out["message"])
+    return out

@@ -155,6 +155,7 @@ def liveedit_train_cfg(out_dir: Path, data_root: Path, steps: int, *extra: str):
         f"editor.train.max_steps={steps}",
         "protocol.progress=false",
         *LIVEEDIT_TINY,
+        "editor.train.min_live_share=0",  # the live-expert check is tested on its own (tests/test_liveedit.py)
         *extra,
     )
 
@@ -169,7 +170,10 @@ def liveedit_tiny_checkpoint(tmp_path_factory) -> str:
     # records: on toy_evqa v3, seed 0's records give dead experts (every pre-activation < 0, outputs
     # unchanged), seed 1's live ones. The contract tests need live experts to test anything; the
     # trained smol_llava checkpoint is tested in tests/test_e2e_embedded.py.
-    train(liveedit_train_cfg(out / "ckpt", out / "data", 8, "data.toy.seed=1"), progress=False)
+    train(
+        liveedit_train_cfg(out / "ckpt", out / "data", 8, "data.toy.seed=1", "editor.train.min_live_share=0.01"),
+        progress=False,
+    )
     return str(out / "ckpt")
 
 

@@ -599,3 +599,33 @@ def test_generation_keeps_the_prompt_experts_and_agrees_with_teacher_forcing(mak
         assert dh.abs().max() > 0
         torch.testing.assert_close(out[rows], h[rows] + dh, rtol=1e-5, atol=1e-5)
         assert torch.equal(out[others], h[others])
+
+
+def test_training_that_ends_with_dead_experts_fails_and_its_checkpoint_is_refused(tmp_path, tiny):
+    """On the tiny LM an 8-step generator trained on toy seed 0's records makes dead experts (conftest): the
+    live-expert check fails training, marks the checkpoint unusable, and LiveEdit refuses it with the same
+    message; the session's live checkpoint (toy seed 1) passed the same check."""
+    import editors
+    from bench.core.errors import TrainingFailed
+    from bench.train import train
+    from editors.liveedit import DeadCheckpoint
+
+    out = tmp_path / "dead"
+    with pytest.raises(TrainingFailed, match=r"dead experts: only 0\.00% .*min_live_share=0\.01") as e:
+        train(liveedit_train_cfg(out, tmp_path / "data", 8, "editor.train.min_live_share=0.01"), progress=False)
+    assert e.value.result["status"] == "failed" and e.value.result["live_check"]["share_positive"] == 0.0
+    _, meta = load_checkpoint(out)
+    assert meta["live_check"]["usable"] is False
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "editor" / "liveedit.yaml"), {"checkpoint": str(out)})
+    with pytest.raises(DeadCheckpoint, match=f"{out} is not usable: dead experts") as refused:
+        editors.build(cfg, tiny)
+    assert str(e.value) in str(refused.value)
+    with pytest.raises(DeadCheckpoint):  # before the model loads too (python -m bench's preflight)
+        editors.get("liveedit").preflight(cfg, None)
+
+
+def test_live_checkpoint_passes_the_check(liveedit_tiny_checkpoint):
+    _, meta = load_checkpoint(liveedit_tiny_checkpoint)
+    check = meta["live_check"]
+    assert check["usable"] is True and check["share_positive"] >= check["threshold"] == 0.01
+    assert check["records"] == 16 and check["routed"] == 16

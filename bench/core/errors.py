@@ -34,6 +34,18 @@ class NonFiniteError(RuntimeError):
     user_error = True
 
 
+class TrainingFailed(RuntimeError):
+    """An editor's training stage ran to its end but produced nothing usable (e.g. LiveEdit's dead experts):
+    ``python -m bench.train`` prints the message (what happened, what to try), exits 1, and keeps
+    ``result`` (what training returned, ``status: failed``) in its output."""
+
+    user_error = True
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = {**result, "status": "failed", "error": message}
+
+
 class DiskFullError(OSError):
     """A write that failed for want of space (``ENOSPC``): one line naming the file, the bytes it tried
     to write and the bytes free (``shutil.disk_usage``). Printed without a traceback, exit 2, like the

@@ -95,6 +95,7 @@ class ProtocolSchema:
     progress: bool = True
     save_every: int = spec(10, min=0, means="0: never")
     eval: EvalMode = EvalMode.both
+    immediate: bool = True
     generation: GenerationSchema = field(default_factory=GenerationSchema)
 
 
