@@ -148,7 +148,7 @@ def test_generation_is_what_teacher_forcing_implies_for_every_editor(results):
 
 
 def test_teacher_forcing_overstates_what_edited_models_generate(results):
-    """"The Mirage of Model Editing" (Yang et al., ACL 2025, Sec. 3-4: teacher-forced success far above what the
+    """The Mirage of Model Editing (Yang et al., ACL 2025, Sec. 3-4: teacher-forced success far above what the
     edited model generates): the editors most reliable teacher-forced generate the exact target far less often
     (README table, 100 edits: GRACE 100 -> 66, MELO 96 -> 34, LiveEdit 88 -> 0), while containing it more often
     than matching it (their answers run on past the target)."""
