@@ -30,7 +30,8 @@ def test_single_run_writes_result_files(tmp_path):
     assert s["n_edits"] == 3 and s["seed"] == 1 and s["git"]
     tf = {"rel", "t_gen", "m_gen", "t_loc", "m_loc", "rel_em", "t_gen_em", "m_gen_em"}
     gen = {f"gen_{k}_{m}" for k in ("rel", "t_gen", "m_gen") for m in ("em", "contains", "f1")}
-    assert set(s["metrics"]) == tf | gen | {
+    immediate = {"immediate_rel", "immediate_gen_rel_em", "immediate_gen_rel_contains", "immediate_gen_rel_f1"}
+    assert set(s["metrics"]) == tf | gen | immediate | {
         "gen_t_loc",
         "gen_m_loc",
         "xcheck_agree",

@@ -162,6 +162,8 @@ def test_portability_metric_on_vlkeb_style_data(tmp_path):
         "xcheck_agree",
         "xcheck_decided",
         "xcheck_near_ties",
+        "immediate_rel",
+        *(f"immediate_gen_rel_{m}" for m in ("em", "contains", "f1")),
     }
     kinds = [json.loads(x)["kind"] for x in (tmp_path / "cases.jsonl").read_text().splitlines()]
     assert kinds.count("port") == 3
