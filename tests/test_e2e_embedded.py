@@ -52,7 +52,7 @@ def test_liveedit_shipped_checkpoint_on_smol_llava(tmp_path):
 
     from bench.run import run
 
-    common = ("+model=smol_llava", "edits=20", "protocol.progress=false")
+    common = ("+model=smol_llava", "edits=20", "protocol.progress=false", "protocol.eval=teacher_forced")
     base = run(make_cfg("+editor=none", *common, f"out_dir={tmp_path / 'none'}"))
     cfg = make_cfg("+editor=liveedit", *common, f"out_dir={tmp_path / 'liveedit'}")
     assert cfg.editor.checkpoint and cfg.editor.specialized.file.endswith("liveedit/smol_llava.yaml")
