@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -111,6 +112,32 @@ def assert_batch_consistent(backbone, probes, atol: float = 1e-4) -> None:
         alone = backbone.score([p])[0]
         assert alone.pred_ids == s.pred_ids, p
         assert alone.logprob == pytest.approx(s.logprob, abs=atol), p
+
+
+class GenerationChecks(NamedTuple):
+    together: list  # the probes' generations, in one batch
+    scores: list  # their teacher-forced scores
+    batched: list  # cross-checks of ``together``
+    alone: list  # cross-checks of the same probes generated one by one
+
+
+def generation_checks(backbone, probes, extra: int = 2, batch_size: int | None = None) -> GenerationChecks:
+    """Greedy generations with the KV cache (no stop string, ``extra`` tokens past the longest target), batched
+    and one by one, cross-checked against teacher forcing (:func:`bench.core.answers.cross_check`); asserts
+    every decidable check agrees."""
+    from bench.core.answers import cross_check
+
+    scores = backbone.score(probes)
+    n = max(len(s.target_ids) for s in scores) + extra
+    together = backbone.generate(probes, max_new_tokens=n, stop=(), batch_size=batch_size)
+    out = GenerationChecks(together, scores, [], [])
+    for p, s, g in zip(probes, scores, together, strict=True):
+        alone = backbone.generate([p], max_new_tokens=len(s.target_ids) + extra, stop=())[0]
+        for how, gen, into in (("batched", g, out.batched), ("alone", alone, out.alone)):
+            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
+            assert c.agree is not False, f"{how} {p.kind} {p.prompt!r}: {gen.ids} vs TF {s.pred_ids} ({s.target_ids})"
+            into.append(c)
+    return out
 
 
 def tiny_cfg(tmp_path: Path, *extra: str):

@@ -5,7 +5,7 @@ import functools
 
 import pytest
 import torch
-from conftest import assert_batch_consistent
+from conftest import assert_batch_consistent, generation_checks
 
 from editors.elder import MixLoRALinear
 
@@ -442,23 +442,6 @@ def test_early_stop_on_the_edit_cross_entropy(elder, toy_eval):
 GEN_RECORDS = (21, 25, 39)  # 2-token targets; record 39's the tiny mixture learns in full
 
 
-def generation_checks(bb, probes):
-    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
-    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
-    from bench.core.answers import cross_check
-
-    scores = bb.score(probes)
-    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
-    checks = []
-    for p, s, g in zip(probes, scores, together, strict=True):
-        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
-        for gen in (g, alone):
-            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
-            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
-        checks.append(c)
-    return together, checks
-
-
 def test_generation_keeps_the_prompt_routing_as_teacher_forcing(elder, tiny, toy_eval):
     """generation_key=prompt (default): the experts, gates and deferral decided on the prompt apply to every
     generated token, as teacher forcing applies them to the target tokens."""
@@ -471,7 +454,7 @@ def test_generation_keeps_the_prompt_routing_as_teacher_forcing(elder, tiny, toy
     for r in reqs:
         ed.edit(r)
     assert bool(ed.route(reqs)["active"].all())
-    gens, checks = generation_checks(tiny, probes)
+    gens, _, _, checks = generation_checks(tiny, probes)
     assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
     # a generated token after the first (a decode forward, the mixture on the new token) was checked and agrees
     assert any(c.agree and c.checked >= 2 for c in checks[: len(reqs)])

@@ -10,6 +10,7 @@ import functools
 
 import pytest
 import torch
+from conftest import generation_checks
 
 from bench.core.answers import cross_check
 
@@ -19,18 +20,10 @@ EXTRA = 2  # tokens generated past the target's length
 def generation_agrees(backbone, probes, extra: int = EXTRA):
     """Greedy generations of ``probes`` (one batch) after teacher forcing's :func:`cross_check`: every decidable
     check agrees, in one batch and one probe at a time, and some check is decided. Returns (generations, scores)."""
-    scores = backbone.score(probes)
-    n = max(len(s.target_ids) for s in scores) + extra
-    together = backbone.generate(probes, max_new_tokens=n, stop=(), batch_size=len(probes))
-    decided = 0
-    for p, s, g in zip(probes, scores, together, strict=True):
-        alone = backbone.generate([p], max_new_tokens=len(s.target_ids) + extra, stop=())[0]
-        for how, gen in (("batched", g), ("alone", alone)):
-            cc = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
-            assert cc.agree is not False, f"{how} {p.kind} {p.prompt!r}: {gen.ids} vs TF {s.pred_ids} ({s.target_ids})"
-            decided += cc.agree is True and cc.checked > 0
+    got = generation_checks(backbone, probes, extra, batch_size=len(probes))
+    decided = sum(c.agree is True and c.checked > 0 for c in (*got.batched, *got.alone))
     assert decided, "no probe's cross-check was decided"
-    return together, scores
+    return got.together, got.scores
 
 
 def replay(backbone, probe, ids: list[int]) -> tuple[list[int], list[float]]:

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 import torch
-from conftest import MIN_EDIT_GAIN, assert_batch_consistent
+from conftest import MIN_EDIT_GAIN, assert_batch_consistent, generation_checks
 
 from bench.backbones.base import Probe
 
@@ -272,23 +272,6 @@ def test_cold_values_resume_exactly(make, toy_eval):
 GEN_RECORDS = (21, 25, 39)
 
 
-def generation_checks(bb, probes):
-    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
-    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
-    from bench.core.answers import cross_check
-
-    scores = bb.score(probes)
-    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
-    checks = []
-    for p, s, g in zip(probes, scores, together, strict=True):
-        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
-        for gen in (g, alone):
-            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
-            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
-        checks.append(c)
-    return together, checks
-
-
 @pytest.mark.parametrize("mode", ["replace_last", "replace_all", "replace_prompt", "replace_from_key"])
 def test_generation_keeps_the_prompt_decision_as_teacher_forcing(make, toy_eval, tiny, mode):
     """generation_key=prompt (default): the prompt's key decides once; every generated token gets what teacher
@@ -301,7 +284,7 @@ def test_generation_keeps_the_prompt_decision_as_teacher_forcing(make, toy_eval,
     assert ed.cfg.generation_key == "prompt"
     for r in reqs:
         ed.edit(r)
-    gens, checks = generation_checks(tiny, probes)
+    gens, _, _, checks = generation_checks(tiny, probes)
     assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
     if mode in ("replace_all", "replace_from_key"):
         # a generated token after the first (a decode forward, where the value replaces the new token's

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 import torch
-from conftest import assert_batch_consistent
+from conftest import assert_batch_consistent, generation_checks
 
 import editors
 from bench.backbones.base import Probe
@@ -427,23 +427,6 @@ def test_bad_num_edit_per_block_names_the_key(melo):
 GEN_RECORDS = (21, 25, 39)
 
 
-def generation_checks(bb, probes):
-    """Greedy generations with the KV cache, batched and one by one, cross-checked against teacher
-    forcing; asserts every decidable check agrees. Returns (batched generations, their checks)."""
-    from bench.core.answers import cross_check
-
-    scores = bb.score(probes)
-    together = bb.generate(probes, max_new_tokens=max(len(s.target_ids) for s in scores) + 2, stop=())
-    checks = []
-    for p, s, g in zip(probes, scores, together, strict=True):
-        alone = bb.generate([p], max_new_tokens=len(s.target_ids) + 2, stop=())[0]
-        for gen in (g, alone):
-            c = cross_check(gen.ids, s.pred_ids, s.target_ids, s.margins)
-            assert c.agree is not False, (p.kind, p.prompt, gen.ids, s.pred_ids, s.target_ids)
-        checks.append(c)
-    return together, checks
-
-
 def test_generation_keeps_the_prompt_block_as_teacher_forcing(melo, tiny, toy_eval):
     """generation_key=prompt (default): the block routed on the prompt applies to every generated token, as
     teacher forcing applies it to the target tokens."""
@@ -456,7 +439,7 @@ def test_generation_keeps_the_prompt_block_as_teacher_forcing(melo, tiny, toy_ev
     for r in reqs:
         ed.edit(r)
     assert routes_of(ed, tiny, reqs) == [0, 1, 2]
-    gens, checks = generation_checks(tiny, probes)
+    gens, _, _, checks = generation_checks(tiny, probes)
     assert any(g.ids != b for g, b in zip(gens[: len(reqs)], before, strict=True))  # the edits reach the generations
     # a generated token after the first (a decode forward, the block on the new token) was checked and
     # agrees, on every edit
