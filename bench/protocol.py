@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from bench.core.editor import Editor
 
 from .backbones.base import Backbone, Probe
-from .core.answers import MATCHERS, NEAR_TIE_EPS, check_matchers, cross_check, locality_same
+from .core.answers import MATCHERS, NEAR_TIE_EPS, answer_before_stop, check_matchers, cross_check, locality_same
 from .core.errors import NonFiniteError, UserError, nonfinite_hint
 from .core.metrics import LOCALITY_KINDS, aggregate, agreement, token_accuracy
 from .core.records import RecordSet
@@ -162,12 +162,16 @@ class Lifelong:
     def _where(self) -> str:
         return f"editor {self.editor.name!r} with model.dtype={str(self.bb.dtype).removeprefix('torch.')}"
 
-    def _check_stats(self, stats: dict | None, positions: list[int]) -> None:
-        """Stop on a non-finite value of the editor's ``finite_stats`` (its loss) after an edit."""
+    def _bad_stats(self, stats: dict | None) -> dict:
+        """The editor's ``finite_stats`` (its loss) among an edit's ``stats`` that are NaN or infinite."""
         keys = getattr(self.editor, "finite_stats", ("loss",))
-        bad = {
+        return {
             k: v for k, v in (stats or {}).items() if k in keys and isinstance(v, int | float) and not math.isfinite(v)
         }
+
+    def _check_stats(self, stats: dict | None, positions: list[int]) -> None:
+        """Stop on a non-finite value of the editor's ``finite_stats`` (its loss) after an edit."""
+        bad = self._bad_stats(stats)
         if not bad:
             return
         first, last = self.n_edited - len(positions) + 1, self.n_edited
@@ -266,8 +270,6 @@ class Lifelong:
 
     def answer(self, text: str) -> str:
         """The answer in a generated text: what comes before the first stop string."""
-        from .core.answers import answer_before_stop
-
         return answer_before_stop(text, self.cfg.stop)
 
     # ----- editing ----------------------------------------------------------------------------
@@ -288,7 +290,7 @@ class Lifelong:
             "peak_mem_mb": round(peak_memory_mb(dev), 1),
             **{k: v for k, v in (stats or {}).items()},
         }
-        if self.cfg.immediate and not self._stats_bad(stats):
+        if self.cfg.immediate and not self._bad_stats(stats):
             row["immediate"] = self._immediate(reqs)
         if self.writer:
             self.writer.add_edit(row)
@@ -302,10 +304,6 @@ class Lifelong:
             )
         bar.update(len(reqs))
         self._check_stats(stats, positions)  # after the row is in edits.jsonl
-
-    def _stats_bad(self, stats: dict | None) -> bool:
-        keys = getattr(self.editor, "finite_stats", ("loss",))
-        return any(k in keys and isinstance(v, int | float) and not math.isfinite(v) for k, v in (stats or {}).items())
 
     def _immediate(self, reqs: list[Probe]) -> dict[str, list[float]]:
         """The just-edited requests' own rel probes scored right after their edit (immediate success),
